@@ -1,0 +1,21 @@
+"""SuperPos-Prompt and other soft-prompt methods as registered PEFT methods.
+
+Importing this package registers the methods with peft, so stock ``get_peft_model`` and
+``PeftModel.from_pretrained`` work with their configs.
+"""
+
+from . import _peft_compat  # noqa: F401  (checks the peft version and installs the hooks first)
+from .dropout import disable_dropout
+from .export import export_prompt_tuning
+from .optim import make_param_groups
+from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SuperPosPromptConfig",
+    "SuperPosPromptEmbedding",
+    "disable_dropout",
+    "export_prompt_tuning",
+    "make_param_groups",
+]

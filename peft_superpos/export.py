@@ -1,0 +1,59 @@
+"""Export a trained prompt of ours as a stock PROMPT_TUNING adapter, loadable without this package."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import PeftModel, PromptTuningConfig
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from safetensors.torch import save_file
+
+from ._peft_compat import is_ours
+from .tuners.prompt_table import PROMPT_TABLE_KEY
+
+
+def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, adapter_name: str = "default") -> Path:
+    """Write ``adapter_name`` as a plain PROMPT_TUNING adapter (its final ``(n, d)`` table) to ``save_directory``.
+
+    Stock ``PeftModel.from_pretrained(base, save_directory)`` then gives identical logits and generations in a
+    process that never imports peft_superpos. Files are written to a temporary folder first and moved into
+    place one by one, so an interrupted export never leaves a half-written file.
+    """
+    config = model.peft_config.get(adapter_name)
+    if not is_ours(config):
+        raise ValueError(
+            f"Adapter {adapter_name!r} is {getattr(config, 'peft_type', None)}, not a peft_superpos prompt method."
+        )
+    encoder = model.prompt_encoder[adapter_name]
+    reason = getattr(encoder, "not_exportable_reason", None)
+    if reason:
+        raise ValueError(f"{config.peft_type.value} cannot be exported as plain prompt tuning: {reason}")
+    with torch.no_grad():
+        table = encoder.embedding.weight if config.inference_mode else encoder.table()
+    table = table.detach().float().cpu().contiguous()
+    stock = PromptTuningConfig(
+        task_type=config.task_type,
+        num_virtual_tokens=table.shape[0],
+        token_dim=table.shape[1],
+        num_transformer_submodules=1,
+        num_attention_heads=config.num_attention_heads,
+        num_layers=config.num_layers,
+        base_model_name_or_path=config.base_model_name_or_path,
+        revision=config.revision,
+        inference_mode=True,
+    )
+    target = Path(save_directory)
+    target.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target))
+    try:
+        stock.save_pretrained(str(staging))
+        save_file({PROMPT_TABLE_KEY: table}, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+        for file in staging.iterdir():
+            os.replace(file, target / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

