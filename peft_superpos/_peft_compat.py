@@ -14,6 +14,9 @@ input embeddings, exactly like stock prompt tuning. To make stock ``get_peft_mod
    training (peft refuses it for every prompt method because stock prompt tuning saves only the final
    table; ours save all the trainable state), and turn an unreadable adapter file into a clear error.
 
+5. let an encoder adjust the embeddings of the input tokens before the prompt goes in front
+   (``adjust_input_embeds``, used by DePT; see section 5). Encoders without that method are unaffected.
+
 Saving and loading need no patch: they go through the ``BasePromptEncoder`` hooks that peft provides.
 Every patch checks the adapter's type first and leaves every other PEFT method untouched.
 """
@@ -23,12 +26,19 @@ from __future__ import annotations
 import functools
 import inspect
 import warnings
-from collections.abc import Iterable
 
 import peft
 import torch
 from packaging.version import Version
-from peft import PeftModel, PeftModelForSeq2SeqLM
+from peft import (
+    PeftModel,
+    PeftModelForCausalLM,
+    PeftModelForFeatureExtraction,
+    PeftModelForQuestionAnswering,
+    PeftModelForSeq2SeqLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+)
 from peft.config import PeftConfig, PromptLearningConfig
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.tuners_utils import BasePromptEncoder
@@ -87,8 +97,16 @@ def special_token_ids(model: torch.nn.Module) -> set[int]:
     """Ids the model config or generation config names as special (pad, bos, eos, ...)."""
     ids: set[int] = set()
     for cfg in (getattr(model, "config", None), getattr(model, "generation_config", None)):
-        for attr in ("pad_token_id", "bos_token_id", "eos_token_id", "unk_token_id", "sep_token_id",
-                     "cls_token_id", "mask_token_id", "decoder_start_token_id"):
+        for attr in (
+            "pad_token_id",
+            "bos_token_id",
+            "eos_token_id",
+            "unk_token_id",
+            "sep_token_id",
+            "cls_token_id",
+            "mask_token_id",
+            "decoder_start_token_id",
+        ):
             value = getattr(cfg, attr, None)
             values = value if isinstance(value, (list, tuple)) else [value]
             ids.update(int(v) for v in values if isinstance(v, int) and v >= 0)
@@ -123,13 +141,18 @@ def _setup_prompt_encoder(self: PeftModel, adapter_name: str) -> None:
 
 # -- 3. seq2seq forward and generate -----------------------------------------------------------------------
 def prepend_prompt(
-    model: PeftModel, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor | None,
+    model: PeftModel,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
     attention_mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Ids ``(B, L)`` or embeddings ``(B, L, d)`` -> embeddings ``(B, n + L, d)`` with the prompt in front,
     and the attention mask widened to ``(B, n + L)``."""
     if inputs_embeds is None:
         inputs_embeds = model.word_embeddings(input_ids)
+    adjust = input_embeds_adjuster(model)  # section 5 (DePT)
+    if adjust is not None:
+        inputs_embeds = adjust(inputs_embeds, attention_mask)
     batch_size = inputs_embeds.shape[0]
     prompts = model.get_prompt(batch_size=batch_size).to(inputs_embeds.dtype)
     if attention_mask is not None:
@@ -152,7 +175,9 @@ def _seq2seq_forward(self: PeftModelForSeq2SeqLM, *args, **kwargs):
     arguments.pop("task_ids", None)
     self._adjust_prompt_learning_kwargs(self.active_peft_config, kwargs=extra)
     inputs_embeds, attention_mask = prepend_prompt(
-        self, arguments.pop("input_ids", None), arguments.pop("inputs_embeds", None),
+        self,
+        arguments.pop("input_ids", None),
+        arguments.pop("inputs_embeds", None),
         arguments.pop("attention_mask", None),
     )
     return self.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **arguments, **extra)
@@ -168,7 +193,9 @@ def _seq2seq_generate(self: PeftModelForSeq2SeqLM, *args, **kwargs):
     if args:
         kwargs["input_ids"] = args[0]
     if kwargs.pop("encoder_outputs", None) is not None:
-        warnings.warn("`encoder_outputs` is ignored by prompt methods: the prompt changes the encoder input.")
+        warnings.warn(
+            "`encoder_outputs` is ignored by prompt methods: the prompt changes the encoder input.", stacklevel=2
+        )
     kwargs.pop("task_ids", None)
     self._adjust_prompt_learning_kwargs(self.active_peft_config, kwargs=kwargs)
     inputs_embeds, attention_mask = prepend_prompt(
@@ -237,6 +264,97 @@ def _from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=
     return peft_model
 
 
+# -- 5. adjusting the input embeddings (DePT) ------------------------------------------------------------
+# An encoder may define ``adjust_input_embeds(inputs_embeds (B, L, d), attention_mask (B, L) | None) -> (B, L, d)``.
+# It is applied to the embeddings of the original input tokens only, before the prompt is prepended: in
+# ``prepend_prompt`` (seq2seq forward/generate), in the stock causal-LM / classification / QA / feature
+# extraction forwards (which then get ``inputs_embeds`` instead of ``input_ids``), and in causal-LM generation
+# where peft embeds the input ids (its ``prepare_inputs_for_generation``, at the step that injects the prompt).
+# Decoder tokens and generated tokens never get it, with or without a KV cache. Every patch below returns the
+# stock call unchanged unless the active adapter's encoder defines the method.
+def input_embeds_adjuster(model: PeftModel):
+    """The active adapter's ``adjust_input_embeds`` when it is one of ours and defines it, else None."""
+    if not is_ours(model.active_peft_config):
+        return None
+    return getattr(model.prompt_encoder[model.active_adapter], "adjust_input_embeds", None)
+
+
+def _with_adjusted_input_embeds(original):
+    """Wrap a stock ``forward(self, input_ids, attention_mask, inputs_embeds, ..., **kwargs)`` so that it gets
+    the adjusted ``inputs_embeds`` (embedding ``input_ids`` first when needed) in place of ``input_ids``."""
+    signature = inspect.signature(original)
+    var_keyword = next(p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
+
+    @functools.wraps(original)
+    def forward(self, *args, **kwargs):
+        adjust = input_embeds_adjuster(self)
+        if adjust is None:
+            return original(self, *args, **kwargs)
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        if arguments.get("input_ids") is None and arguments.get("inputs_embeds") is None:
+            return original(self, *args, **kwargs)
+        arguments.pop("self")
+        extra = arguments.pop(var_keyword, {})
+        input_ids, inputs_embeds = arguments.pop("input_ids", None), arguments.pop("inputs_embeds", None)
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        arguments["inputs_embeds"] = adjust(inputs_embeds, arguments.get("attention_mask"))
+        return original(self, **arguments, **extra)
+
+    return forward
+
+
+_ADJUSTED_FORWARD_CLASSES = (
+    PeftModelForCausalLM,
+    PeftModelForSequenceClassification,
+    PeftModelForTokenClassification,
+    PeftModelForQuestionAnswering,
+    PeftModelForFeatureExtraction,
+)
+_original_forwards = {cls: cls.forward for cls in _ADJUSTED_FORWARD_CLASSES}
+_original_causal_generate = PeftModelForCausalLM.generate
+_original_causal_prepare_inputs = PeftModelForCausalLM.prepare_inputs_for_generation
+
+
+@functools.wraps(_original_causal_generate)
+def _causal_generate(self: PeftModelForCausalLM, *args, **kwargs):
+    if input_embeds_adjuster(self) is None:
+        return _original_causal_generate(self, *args, **kwargs)
+    input_ids = args[0] if args else kwargs.get("input_ids")
+    if input_ids is None:
+        raise ValueError(
+            f"{self.active_peft_config.peft_type.value} adjusts the input token embeddings: pass `input_ids` to "
+            "generate (not only `inputs_embeds`)."
+        )
+    self._peft_superpos_input_length = input_ids.shape[1]  # generated tokens start after it
+    try:
+        return _original_causal_generate(self, *args, **kwargs)
+    finally:
+        del self._peft_superpos_input_length
+
+
+@functools.wraps(_original_causal_prepare_inputs)
+def _causal_prepare_inputs(self: PeftModelForCausalLM, *args, **kwargs):
+    adjust = input_embeds_adjuster(self)
+    if adjust is None:
+        return _original_causal_prepare_inputs(self, *args, **kwargs)
+    input_length = getattr(self, "_peft_superpos_input_length", None)
+    attention_mask = kwargs.get("attention_mask")
+    if not (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2):
+        attention_mask = None
+
+    def adjust_original_input(module, inputs, output):  # peft embeds the ids of the whole sequence so far
+        length = output.shape[1] if input_length is None else min(input_length, output.shape[1])
+        mask = None if attention_mask is None else attention_mask[:, :length]
+        return torch.cat((adjust(output[:, :length], mask), output[:, length:]), dim=1)
+
+    handle = self.word_embeddings.register_forward_hook(adjust_original_input)
+    try:
+        return _original_causal_prepare_inputs(self, *args, **kwargs)
+    finally:
+        handle.remove()
+
+
 def _install() -> None:
     if getattr(PeftModel, "_peft_superpos_installed", False):
         return
@@ -245,8 +363,11 @@ def _install() -> None:
     PeftModel.from_pretrained = classmethod(_from_pretrained)
     PeftModelForSeq2SeqLM.forward = _seq2seq_forward
     PeftModelForSeq2SeqLM.generate = _seq2seq_generate
+    for cls, original in _original_forwards.items():  # section 5
+        cls.forward = _with_adjusted_input_embeds(original)
+    PeftModelForCausalLM.generate = _causal_generate
+    PeftModelForCausalLM.prepare_inputs_for_generation = _causal_prepare_inputs
     PeftModel._peft_superpos_installed = True
 
 
 _install()
-

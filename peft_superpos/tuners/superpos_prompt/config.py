@@ -26,9 +26,7 @@ class SuperPosPromptConfig(PromptLearningConfig):
         default=128,
         metadata={"help": "Number of vocabulary embeddings each prompt token superposes (paper: 128)."},
     )
-    seed: int = field(
-        default=0, metadata={"help": "Seed for sampling the m vocabulary ids and for initialising p'."}
-    )
+    seed: int = field(default=0, metadata={"help": "Seed for sampling the m vocabulary ids and for initialising p'."})
     token_ids: list[int] | None = field(
         default=None,
         metadata={

@@ -8,7 +8,13 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, check_fits_model, check_same_embeddings, check_token_ids, sample_token_ids
+from ..prompt_table import (
+    PromptTableEncoder,
+    check_fits_model,
+    check_same_embeddings,
+    check_token_ids,
+    sample_token_ids,
+)
 from .config import SuperPosPromptConfig
 
 
