@@ -8,11 +8,17 @@ from . import _peft_compat  # noqa: F401  (checks the peft version and installs 
 from .dropout import disable_dropout
 from .export import export_prompt_tuning
 from .optim import make_param_groups
+from .tuners.dept import DePTConfig, DePTEmbedding
+from .tuners.residual_prompt import ResidualPromptConfig, ResidualPromptEmbedding
 from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DePTConfig",
+    "DePTEmbedding",
+    "ResidualPromptConfig",
+    "ResidualPromptEmbedding",
     "SuperPosPromptConfig",
     "SuperPosPromptEmbedding",
     "disable_dropout",

@@ -8,8 +8,9 @@ input embeddings, exactly like stock prompt tuning. To make stock ``get_peft_mod
 1. add a member to ``PeftType`` and call peft's own ``register_peft_method``;
 2. build our encoders in ``PeftModel._setup_prompt_encoder`` (peft raises "Not supported" for unknown types);
 3. route ``PeftModelForSeq2SeqLM.forward`` / ``generate`` through the prompt-tuning path (peft's
-   other prompt-learning paths build decoder prompts we do not have). Causal LM, sequence/token
-   classification and feature extraction already take a generic path that works unchanged;
+   other prompt-learning paths build decoder prompts we do not have). Causal LM, sequence classification
+   and feature extraction already take a generic path that works unchanged; token classification does
+   too, except that peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``;
 4. let ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
    training (peft refuses it for every prompt method because stock prompt tuning saves only the final
    table; ours save all the trainable state), and turn an unreadable adapter file into a clear error.
@@ -43,6 +44,7 @@ from peft.config import PeftConfig, PromptLearningConfig
 from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.tuners.tuners_utils import BasePromptEncoder
 from peft.utils import PeftType, register_peft_method
+from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
@@ -206,6 +208,26 @@ def _seq2seq_generate(self: PeftModelForSeq2SeqLM, *args, **kwargs):
     return self.base_model.generate(inputs_embeds=inputs_embeds, **kwargs)
 
 
+def _widen_token_labels(forward):
+    """Wrap ``PeftModelForTokenClassification.forward``: prepend ``-100`` labels for the prompt positions."""
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def wrapped(self: PeftModelForTokenClassification, *args, **kwargs):
+        if not is_ours(self.active_peft_config):
+            return forward(self, *args, **kwargs)
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        labels = arguments.get("labels")
+        if labels is not None:
+            num_tokens = self.active_peft_config.num_virtual_tokens
+            arguments["labels"] = torch.cat((labels.new_full((labels.shape[0], num_tokens), -100), labels), dim=1)
+        arguments.pop("self")
+        extra = arguments.pop("kwargs", {})
+        return forward(self, **arguments, **extra)
+
+    return wrapped
+
+
 # -- 4. resuming training and clear load errors ---------------------------------------------------------
 _HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "use_auth_token", "local_files_only")
 
@@ -220,6 +242,9 @@ def make_trainable(model: PeftModel, adapter_name: str) -> None:
     model.peft_config[adapter_name].inference_mode = False
     for parameter in model.prompt_encoder[adapter_name].trainable_parameters():
         parameter.requires_grad_(True)
+    for module in model.modules():  # modules_to_save, e.g. the classification head of SEQ_CLS / TOKEN_CLS
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            module.set_requires_grad(adapter_name, True)
 
 
 def _read_weights_or_explain(load, model_id: str):
@@ -365,6 +390,7 @@ def _install() -> None:
     PeftModelForSeq2SeqLM.generate = _seq2seq_generate
     for cls, original in _original_forwards.items():  # section 5
         cls.forward = _with_adjusted_input_embeds(original)
+    PeftModelForTokenClassification.forward = _widen_token_labels(PeftModelForTokenClassification.forward)
     PeftModelForCausalLM.generate = _causal_generate
     PeftModelForCausalLM.prepare_inputs_for_generation = _causal_prepare_inputs
     PeftModel._peft_superpos_installed = True

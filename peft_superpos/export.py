@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, PromptTuningConfig
-from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from ._peft_compat import is_ours
@@ -19,9 +19,10 @@ from .tuners.prompt_table import PROMPT_TABLE_KEY
 def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write ``adapter_name`` as a plain PROMPT_TUNING adapter (its final ``(n, d)`` table) to ``save_directory``.
 
-    Stock ``PeftModel.from_pretrained(base, save_directory)`` then gives identical logits and generations in a
-    process that never imports peft_superpos. Files are written to a temporary folder first and moved into
-    place one by one, so an interrupted export never leaves a half-written file.
+    Tensors peft saves besides the prompt (``modules_to_save``, e.g. the classification head of SEQ_CLS /
+    TOKEN_CLS models) are exported with it. Stock ``PeftModel.from_pretrained(base, save_directory)`` then gives
+    identical logits and generations in a process that never imports peft_superpos. Files are written to a
+    temporary folder first and moved into place one by one, so an interrupted export never leaves a half-written file.
     """
     config = model.peft_config.get(adapter_name)
     if not is_ours(config):
@@ -35,6 +36,14 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
     with torch.no_grad():
         table = encoder.embedding.weight if config.inference_mode else encoder.table()
     table = table.detach().float().cpu().contiguous()
+    # everything peft saves for this adapter except our encoder's own state (the prompt-method specifics)
+    encoder_keys = set(encoder.state_dict()) | {PROMPT_TABLE_KEY}
+    tensors = {
+        key: value.detach().cpu().contiguous()
+        for key, value in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
+        if key not in encoder_keys
+    }
+    tensors[PROMPT_TABLE_KEY] = table
     stock = PromptTuningConfig(
         task_type=config.task_type,
         num_virtual_tokens=table.shape[0],
@@ -42,6 +51,7 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
         num_transformer_submodules=1,
         num_attention_heads=config.num_attention_heads,
         num_layers=config.num_layers,
+        modules_to_save=config.modules_to_save,
         base_model_name_or_path=config.base_model_name_or_path,
         revision=config.revision,
         inference_mode=True,
@@ -51,7 +61,7 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target))
     try:
         stock.save_pretrained(str(staging))
-        save_file({PROMPT_TABLE_KEY: table}, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
+        save_file(tensors, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
         for file in staging.iterdir():
             os.replace(file, target / file.name)
     finally:

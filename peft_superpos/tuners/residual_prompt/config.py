@@ -1,0 +1,97 @@
+"""Configuration of Residual Prompt Tuning (Razdaibiedina et al., ACL Findings 2023)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..._peft_compat import PeftType, PromptLearningConfig
+
+
+@dataclass
+class ResidualPromptConfig(PromptLearningConfig):
+    """Residual Prompt Tuning: a prompt table ``P`` (n x d) passed through a shallow network with a skip
+    connection, ``P' = P + LN(W2 ReLU(W1 P + b1) + b2)``, computed row by row (each prompt token on its own).
+
+    ``P`` starts as the input embeddings of ``n`` unique vocabulary ids sampled from ``seed`` (special ids
+    skipped). ``W1`` is ``d x bottleneck_size``, ``W2`` is ``bottleneck_size x d``; with ``separate_mlps`` every
+    prompt token has its own ``W1, b1, W2, b2`` (and LayerNorm). The network is only a reparameterisation for
+    training: the final table ``P'`` is a plain prompt table, so ``export_prompt_tuning`` turns a trained
+    adapter into a stock PROMPT_TUNING one.
+
+    Trainable parameters: ``n·d + k·(2·d·b + b + d) [+ k·2·d with LayerNorm]`` where ``k`` is 1 (shared MLP)
+    or ``n`` (``separate_mlps``).
+
+    Settings of the paper, for comparison runs: learning rate 0.3, weight decay 0.01 (AdamW), bottleneck
+    400 for T5 (the SuperPos-Prompt paper compares against bottleneck 128, the default here), LayerNorm on,
+    one MLP shared by all tokens.
+    """
+
+    num_virtual_tokens: int = field(default=10, metadata={"help": "Number of prompt tokens n."})
+    bottleneck_size: int = field(
+        default=128,
+        metadata={
+            "help": "Hidden width of the reparameterisation MLP. 128 is the setting the SuperPos-Prompt paper "
+            "compares with; the Residual Prompt Tuning paper uses a larger one (400 for T5)."
+        },
+    )
+    use_layer_norm: bool = field(
+        default=True, metadata={"help": "Apply LayerNorm (with affine weight and bias) to the MLP output."}
+    )
+    separate_mlps: bool = field(
+        default=False,
+        metadata={"help": "Give every prompt token its own MLP instead of one MLP shared by all tokens."},
+    )
+    mlp_dropout: float = field(
+        default=0.0,
+        metadata={
+            "help": "Dropout after the ReLU of the MLP. It is active only in train mode with autograd on; the "
+            "table computed without autograd (cached for evaluation and generation, saved, exported) is "
+            "always the dropout-free one, so the prompt seen at inference never depends on a dropout draw."
+        },
+    )
+    seed: int = field(
+        default=0, metadata={"help": "Seed for sampling the initial vocabulary ids and for initialising the MLP."}
+    )
+    sample_vocab_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Sample initial ids from [0, sample_vocab_size). Defaults to the embedding table size; set it "
+            "to len(tokenizer) for models whose table has padding rows (T5: 32100 of 32128)."
+        },
+    )
+    exclude_token_ids: list[int] | None = field(
+        default=None,
+        metadata={"help": "Extra ids never sampled, besides the special ids of the model config."},
+    )
+    disable_dropout: bool = field(
+        default=False,
+        metadata={
+            "help": "Switch off every dropout of the frozen backbone when the adapter is created. The original "
+            "paper keeps the backbone's dropout (False); SuperPos-Prompt switches it off by default."
+        },
+    )
+    base_vocab_size: int | None = field(
+        default=None,
+        metadata={"help": "Rows of the embedding table the adapter was made on; filled in and checked at load."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.RESIDUAL_PROMPT
+        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
+            raise ValueError(f"num_virtual_tokens must be a positive int, got {self.num_virtual_tokens!r}.")
+        if not isinstance(self.bottleneck_size, int) or self.bottleneck_size <= 0:
+            raise ValueError(
+                f"bottleneck_size must be a positive int, got {self.bottleneck_size!r} (the SuperPos-Prompt paper "
+                "compares with 128)."
+            )
+        if not 0.0 <= float(self.mlp_dropout) < 1.0:
+            raise ValueError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout!r}.")
+        if self.num_transformer_submodules not in (None, 1):
+            raise ValueError(
+                "Residual Prompt Tuning prepends prompts to the encoder input only: num_transformer_submodules "
+                f"must be 1 (or unset), got {self.num_transformer_submodules}."
+            )
+        self.num_transformer_submodules = 1
+        if self.sample_vocab_size is not None and self.sample_vocab_size <= 0:
+            raise ValueError(f"sample_vocab_size must be > 0, got {self.sample_vocab_size}.")
