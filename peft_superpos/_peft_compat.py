@@ -137,6 +137,8 @@ def _setup_prompt_encoder(self: PeftModel, adapter_name: str) -> None:
     self.word_embeddings = self.base_model.get_input_embeddings()
     encoder_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
     encoder = encoder_cls(config, self.word_embeddings, special_token_ids(self.base_model))
+    with torch.no_grad():
+        encoder.table()  # fills ``embedding.weight``, which peft reads directly when ``inference_mode`` is set
     self.prompt_encoder.update({adapter_name: encoder.to(self.device)})
     self.prompt_tokens[adapter_name] = torch.arange(config.num_virtual_tokens * config.num_transformer_submodules)
 
