@@ -32,6 +32,24 @@ def sample_token_ids(
     return picked.sort().values
 
 
+def embedding_rows(word_embeddings: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """A detached fp32 copy of the embedding rows at ``ids`` ``(k,)``: ``(k, d)``."""
+    weight = word_embeddings.weight
+    with torch.no_grad():
+        return weight[ids.to(weight.device)].detach().float().clone()
+
+
+def sample_vocabulary(
+    config, word_embeddings: nn.Embedding, count: int, special_token_ids: Iterable[int] = ()
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` ids sampled as ``config`` says (seed, sample_vocab_size, exclusions plus the model's special
+    ids) and their fp32 embedding rows: ``(count,)``, ``(count, d)``."""
+    exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
+    rows = word_embeddings.weight.shape[0]
+    ids = sample_token_ids(rows, count, config.seed, exclude, config.sample_vocab_size)
+    return ids, embedding_rows(word_embeddings, ids)
+
+
 def check_token_ids(token_ids: list[int], num_embeddings: int) -> torch.Tensor:
     """Explicit ids as a ``(m,)`` tensor, or a ValueError naming the ids outside the embedding table."""
     bad = [i for i in token_ids if not 0 <= i < num_embeddings]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..._peft_compat import PeftType, PromptLearningConfig
+from ..._peft_compat import PeftType
+from ..prompt_config import PromptMethodConfig
 
 BEYOND_MAX_LENGTH: tuple[str, ...] = ("error", "ignore")
 
 
 @dataclass
-class DePTConfig(PromptLearningConfig):
+class DePTConfig(PromptMethodConfig):
     """DePT splits a soft prompt into a shorter prompt ``P`` (n x d) prepended to the input, and a low-rank
     update ``A·B`` (``A``: max_length x r, ``B``: r x d) added position by position to the input embeddings:
     token j of the input gets ``E[x_j] + (A B)[j]``. The prompt tokens themselves get no update, and neither
@@ -57,36 +58,11 @@ class DePTConfig(PromptLearningConfig):
     )
     prompt_lr: float = field(default=3e-1, metadata={"help": "Learning rate of the soft prompt P (paper: 3e-1)."})
     lora_lr: float = field(default=1e-4, metadata={"help": "Learning rate of A and B (paper: 1e-4)."})
-    seed: int = field(
-        default=0, metadata={"help": "Seed for sampling the initial vocabulary ids of P and for initialising A."}
-    )
-    sample_vocab_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Sample initial ids from [0, sample_vocab_size). Defaults to the embedding table size; set it "
-            "to len(tokenizer) for models whose table has padding rows (T5: 32100 of 32128)."
-        },
-    )
-    exclude_token_ids: list[int] | None = field(
-        default=None,
-        metadata={"help": "Extra ids never sampled, besides the special ids of the model config."},
-    )
-    disable_dropout: bool = field(
-        default=False,
-        metadata={
-            "help": "Switch off every dropout of the frozen backbone when the adapter is created. The original "
-            "paper keeps the backbone's dropout (False); SuperPos-Prompt switches it off by default."
-        },
-    )
-    base_vocab_size: int | None = field(
-        default=None,
-        metadata={"help": "Rows of the embedding table the adapter was made on; filled in and checked at load."},
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.DEPT
-        for name in ("num_virtual_tokens", "r", "max_length"):
+        for name in ("r", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}.")
@@ -96,14 +72,6 @@ class DePTConfig(PromptLearningConfig):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"{name} must be a positive number, got {value!r}.")
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError(
-                "DePT prepends prompts to the encoder input only: num_transformer_submodules must be 1 (or unset), "
-                f"got {self.num_transformer_submodules}."
-            )
-        self.num_transformer_submodules = 1
-        if self.sample_vocab_size is not None and self.sample_vocab_size <= 0:
-            raise ValueError(f"sample_vocab_size must be > 0, got {self.sample_vocab_size}.")
 
     def lr_by_name(self, adapter_name: str | None = None) -> dict[str, float]:
         """``{parameter-name part: learning rate}`` for ``make_param_groups(model, wd, lr_by_name=...)``: the

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, check_fits_model, sample_token_ids
+from ..prompt_table import PromptTableEncoder, check_fits_model, sample_vocabulary
 from .config import DePTConfig
 
 
@@ -34,10 +34,7 @@ class DePTEmbedding(PromptTableEncoder):
         rows, dim = weight.shape
         check_fits_model(config, word_embeddings)
         super().__init__(num_tokens, dim, weight.dtype)
-        exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
-        ids = sample_token_ids(rows, num_tokens, config.seed, exclude, config.sample_vocab_size)
-        with torch.no_grad():
-            initial = weight[ids.to(weight.device)].detach().float().clone()
+        _, initial = sample_vocabulary(config, word_embeddings, num_tokens, special_token_ids)
         generator = torch.Generator().manual_seed(config.seed + 1)
         lora_a = torch.randn(config.max_length, config.r, generator=generator) / math.sqrt(config.r)
         self.soft_prompt = nn.Parameter(initial)

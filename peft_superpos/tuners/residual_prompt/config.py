@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..._peft_compat import PeftType, PromptLearningConfig
+from ..._peft_compat import PeftType
+from ..prompt_config import PromptMethodConfig
 
 
 @dataclass
-class ResidualPromptConfig(PromptLearningConfig):
+class ResidualPromptConfig(PromptMethodConfig):
     """Residual Prompt Tuning: a prompt table ``P`` (n x d) passed through a shallow network with a skip
     connection, ``P' = P + LN(W2 ReLU(W1 P + b1) + b2)``, computed row by row (each prompt token on its own).
 
@@ -49,37 +50,10 @@ class ResidualPromptConfig(PromptLearningConfig):
             "always the dropout-free one, so the prompt seen at inference never depends on a dropout draw."
         },
     )
-    seed: int = field(
-        default=0, metadata={"help": "Seed for sampling the initial vocabulary ids and for initialising the MLP."}
-    )
-    sample_vocab_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Sample initial ids from [0, sample_vocab_size). Defaults to the embedding table size; set it "
-            "to len(tokenizer) for models whose table has padding rows (T5: 32100 of 32128)."
-        },
-    )
-    exclude_token_ids: list[int] | None = field(
-        default=None,
-        metadata={"help": "Extra ids never sampled, besides the special ids of the model config."},
-    )
-    disable_dropout: bool = field(
-        default=False,
-        metadata={
-            "help": "Switch off every dropout of the frozen backbone when the adapter is created. The original "
-            "paper keeps the backbone's dropout (False); SuperPos-Prompt switches it off by default."
-        },
-    )
-    base_vocab_size: int | None = field(
-        default=None,
-        metadata={"help": "Rows of the embedding table the adapter was made on; filled in and checked at load."},
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.RESIDUAL_PROMPT
-        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
-            raise ValueError(f"num_virtual_tokens must be a positive int, got {self.num_virtual_tokens!r}.")
         if not isinstance(self.bottleneck_size, int) or self.bottleneck_size <= 0:
             raise ValueError(
                 f"bottleneck_size must be a positive int, got {self.bottleneck_size!r} (the SuperPos-Prompt paper "
@@ -87,11 +61,3 @@ class ResidualPromptConfig(PromptLearningConfig):
             )
         if not 0.0 <= float(self.mlp_dropout) < 1.0:
             raise ValueError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout!r}.")
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError(
-                "Residual Prompt Tuning prepends prompts to the encoder input only: num_transformer_submodules "
-                f"must be 1 (or unset), got {self.num_transformer_submodules}."
-            )
-        self.num_transformer_submodules = 1
-        if self.sample_vocab_size is not None and self.sample_vocab_size <= 0:
-            raise ValueError(f"sample_vocab_size must be > 0, got {self.sample_vocab_size}.")

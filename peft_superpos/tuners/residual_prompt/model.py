@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, check_fits_model, sample_token_ids
+from ..prompt_table import PromptTableEncoder, check_fits_model, sample_vocabulary
 from .config import ResidualPromptConfig
 
 
@@ -35,10 +35,7 @@ class ResidualPromptEmbedding(PromptTableEncoder):
         rows, dim = weight.shape
         check_fits_model(config, word_embeddings)
         super().__init__(num_tokens, dim, weight.dtype)
-        exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
-        ids = sample_token_ids(rows, num_tokens, config.seed, exclude, config.sample_vocab_size)
-        with torch.no_grad():
-            initial = weight[ids.to(weight.device)].detach().float().clone()
+        _, initial = sample_vocabulary(config, word_embeddings, num_tokens, special_token_ids)
         device = initial.device
         k, b = (num_tokens if config.separate_mlps else 1), config.bottleneck_size
         generator = torch.Generator().manual_seed(config.seed + 1)

@@ -5,14 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ..._peft_compat import PeftType, PromptLearningConfig
+from ..._peft_compat import PeftType
+from ..prompt_config import PromptMethodConfig
 
 WeightInit = Literal["normal", "uniform", "one_hot"]
 WEIGHT_INITS: tuple[str, ...] = ("normal", "uniform", "one_hot")
 
 
 @dataclass
-class SuperPosPromptConfig(PromptLearningConfig):
+class SuperPosPromptConfig(PromptMethodConfig):
     """Each of the ``num_virtual_tokens`` prompt tokens is a learned superposition of ``m`` frozen vocabulary
     embeddings: ``p_i = (E_freeze + ΔE_i)ᵀ p'_i``.
 
@@ -34,17 +35,6 @@ class SuperPosPromptConfig(PromptLearningConfig):
             "from the model's embedding table at creation (skipping special tokens) and written here, so the "
             "saved adapter_config.json records them."
         },
-    )
-    sample_vocab_size: int | None = field(
-        default=None,
-        metadata={
-            "help": "Sample ids from [0, sample_vocab_size). Defaults to the embedding table size; set it to "
-            "len(tokenizer) for models whose table has padding rows (T5: 32100 of 32128)."
-        },
-    )
-    exclude_token_ids: list[int] | None = field(
-        default=None,
-        metadata={"help": "Extra ids never sampled, besides the special ids of the model config."},
     )
     use_softmax: bool = field(
         default=False,
@@ -69,24 +59,12 @@ class SuperPosPromptConfig(PromptLearningConfig):
             "finding: faster convergence, better scores). See peft_superpos.disable_dropout."
         },
     )
-    base_vocab_size: int | None = field(
-        default=None,
-        metadata={"help": "Rows of the embedding table the adapter was made on; filled in and checked at load."},
-    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.SUPERPOS_PROMPT
-        if not isinstance(self.num_virtual_tokens, int) or self.num_virtual_tokens <= 0:
-            raise ValueError(f"num_virtual_tokens must be a positive int, got {self.num_virtual_tokens!r}.")
         if not isinstance(self.m, int) or self.m <= 0:
             raise ValueError(f"m must be a positive int, got {self.m!r}: the paper uses m=128.")
-        if self.num_transformer_submodules not in (None, 1):
-            raise ValueError(
-                "SuperPos-Prompt prepends prompts to the encoder input only: num_transformer_submodules must be "
-                f"1 (or unset), got {self.num_transformer_submodules}."
-            )
-        self.num_transformer_submodules = 1
         if self.token_ids is not None:
             self.token_ids = [int(i) for i in self.token_ids]
             if len(self.token_ids) != self.m:
@@ -107,5 +85,3 @@ class SuperPosPromptConfig(PromptLearningConfig):
             )
         if self.weight_init_std is not None and self.weight_init_std <= 0:
             raise ValueError(f"weight_init_std must be > 0, got {self.weight_init_std}.")
-        if self.sample_vocab_size is not None and self.sample_vocab_size <= 0:
-            raise ValueError(f"sample_vocab_size must be > 0, got {self.sample_vocab_size}.")

@@ -13,7 +13,8 @@ from ..prompt_table import (
     check_fits_model,
     check_same_embeddings,
     check_token_ids,
-    sample_token_ids,
+    embedding_rows,
+    sample_vocabulary,
 )
 from .config import SuperPosPromptConfig
 
@@ -47,14 +48,12 @@ class SuperPosPromptEmbedding(PromptTableEncoder):
         check_fits_model(config, word_embeddings)
         super().__init__(num_tokens, weight.shape[1], weight.dtype)
         if config.token_ids is None:
-            exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
-            ids = sample_token_ids(weight.shape[0], config.m, config.seed, exclude, config.sample_vocab_size)
+            ids, frozen = sample_vocabulary(config, word_embeddings, config.m, special_token_ids)
             config.token_ids = ids.tolist()
         else:
             ids = check_token_ids(config.token_ids, weight.shape[0])
+            frozen = embedding_rows(word_embeddings, ids)
         self.use_softmax = config.use_softmax
-        with torch.no_grad():
-            frozen = weight[ids.to(weight.device)].detach().float().clone()
         self.register_buffer("token_ids", ids)
         self.register_buffer("frozen_embeddings", frozen)
         self.delta = nn.Parameter(torch.zeros(num_tokens, config.m, weight.shape[1], device=frozen.device))
