@@ -48,10 +48,10 @@ def variants(num_virtual_tokens: int) -> dict[str, Callable[[], object]]:
     )
     if hasattr(peft_superpos, "ResidualPromptConfig"):
         table["residual b=128"] = lambda: peft_superpos.ResidualPromptConfig(
-            task_type=causal, num_virtual_tokens=n, bottleneck=128
+            task_type=causal, num_virtual_tokens=n, bottleneck_size=128
         )
     if hasattr(peft_superpos, "DePTConfig"):
-        table["dept"] = lambda: peft_superpos.DePTConfig(task_type=causal)
+        table["dept r=30"] = lambda: peft_superpos.DePTConfig(task_type=causal, num_virtual_tokens=n, r=30)
     return table
 
 

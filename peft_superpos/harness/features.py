@@ -1,0 +1,188 @@
+"""Text-to-text features: tokenisation of ``source`` / ``target`` pairs and a dynamic-padding collator.
+
+Decoder-only models see ``source + DECODER_SEPARATOR + " " + target + eos`` as one sequence; encoder-decoders
+get ``source`` in the encoder and ``target + eos`` as labels. Only the target tokens (and eos) are trained on:
+every other label is -100.
+
+Decoder batches are **left-padded**, so every row's target ends at the last column and the logits needed for
+the loss are the last ``K`` positions (``K`` = longest target + 1): the trainer passes ``logits_to_keep=K``
+and the LM head runs on ``K`` positions instead of ``n_virtual + L``. Position ids are made padding-aware by
+:func:`install_padding_aware_positions`, so left padding changes nothing in the model's output.
+Encoder-decoder batches are right-padded (labels with -100).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DECODER_SEPARATOR",
+    "TextToTextCollator",
+    "TextToTextEncoder",
+    "install_padding_aware_positions",
+    "keep_for_labels",
+]
+
+DECODER_SEPARATOR = "\nAnswer:"
+"""Text between the source and the label word for decoder-only models."""
+
+IGNORE_INDEX = -100
+
+
+class TextToTextEncoder:
+    """Turns ``(source, target)`` into token ids for one model kind, truncating only the source."""
+
+    def __init__(self, tokenizer: Any, is_encoder_decoder: bool, max_length: int = 256) -> None:
+        if tokenizer.eos_token_id is None:
+            raise ValueError("The tokenizer has no eos token: the harness ends every target with eos.")
+        self.tokenizer = tokenizer
+        self.is_encoder_decoder = is_encoder_decoder
+        self.max_length = max_length
+        self.eos_id = int(tokenizer.eos_token_id)
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id)
+        self._separator = [] if is_encoder_decoder else self._ids(DECODER_SEPARATOR)
+        self._target_cache: dict[str, list[int]] = {}
+
+    def _ids(self, text: str, special: bool = False) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=special)["input_ids"])
+
+    def target_ids(self, target: str) -> list[int]:
+        """Label-word tokens followed by eos (decoders: tokenised as they follow the separator)."""
+        cached = self._target_cache.get(target)
+        if cached is not None:
+            return cached
+        if self.is_encoder_decoder:
+            ids = self._ids(target)
+        else:
+            # Tokenise in context so BPE merges match the training sequence, then drop the separator part.
+            joint = self._ids(DECODER_SEPARATOR + " " + target)
+            sep = self._separator
+            ids = joint[len(sep) :] if joint[: len(sep)] == sep else self._ids(" " + target)
+        ids = [i for i in ids if i != self.eos_id] + [self.eos_id]
+        self._target_cache[target] = ids
+        return ids
+
+    def source_ids(self, source: str, room: int | None = None) -> list[int]:
+        """Source tokens (with the tokenizer's special tokens; decoders: plus the separator), cut to ``room``."""
+        room = self.max_length if room is None else room
+        ids = self._ids(source, special=True)
+        if self.is_encoder_decoder:
+            if len(ids) > room:  # keep a trailing special token (T5's </s>) after truncation
+                ids = ids[: room - 1] + ids[-1:] if ids[-1] == self.eos_id else ids[:room]
+            return ids
+        if ids and ids[-1] == self.eos_id:  # tokenizers that append eos to every text
+            ids = ids[:-1]
+        keep = max(1, room - len(self._separator))
+        return ids[:keep] + self._separator
+
+    def encode(self, source: str, target: str) -> dict[str, list[int]]:
+        """Training features: ``input_ids`` and ``labels`` (-100 outside the target)."""
+        target_ids = self.target_ids(target)
+        if self.is_encoder_decoder:
+            return {"input_ids": self.source_ids(source), "labels": target_ids}
+        source_ids = self.source_ids(source, room=max(1, self.max_length - len(target_ids)))
+        return {
+            "input_ids": source_ids + target_ids,
+            "labels": [IGNORE_INDEX] * len(source_ids) + target_ids,
+        }
+
+    def encode_dataset(self, dataset: Any, num_proc: int | None = None) -> Any:
+        """Map a ``datasets.Dataset`` of source/target rows to ``input_ids`` / ``labels`` columns only."""
+        return dataset.map(
+            lambda row: self.encode(row["source"], row["target"]),
+            remove_columns=list(dataset.column_names),
+            num_proc=num_proc,
+            desc="Tokenizing",
+            load_from_cache_file=False,
+        )
+
+
+@dataclass
+class TextToTextCollator:
+    """Pads a list of features per batch: decoders on the left, encoder-decoders on the right."""
+
+    pad_id: int
+    is_encoder_decoder: bool
+    pad_to_multiple_of: int | None = None
+
+    def _width(self, lengths: Sequence[int]) -> int:
+        width = max(lengths)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        return width
+
+    def _pad(self, rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
+        width = self._width([len(r) for r in rows])
+        out = torch.full((len(rows), width), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                if left:
+                    out[i, width - len(row) :] = torch.as_tensor(row, dtype=torch.long)
+                else:
+                    out[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        return out
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        left = not self.is_encoder_decoder
+        input_ids = [list(f["input_ids"]) for f in features]
+        batch = {
+            "input_ids": self._pad(input_ids, self.pad_id, left),
+            "attention_mask": self._pad([[1] * len(r) for r in input_ids], 0, left),
+        }
+        if "labels" in features[0]:
+            labels = [list(f["labels"]) for f in features]
+            batch["labels"] = self._pad(labels, IGNORE_INDEX, left)
+        return batch
+
+
+def keep_for_labels(labels: torch.Tensor) -> tuple[int, int]:
+    """For left-padded decoder labels ``(B, L)``: ``(first, K)`` where ``first`` is the first column holding a
+    label and ``K = L - first + 1`` the number of trailing positions whose logits the loss needs (the logit at
+    column ``j`` predicts the token at ``j + 1``)."""
+    has_label = (labels != IGNORE_INDEX).any(dim=0)
+    if not bool(has_label.any()):
+        raise ValueError("a batch without any label token")
+    first = int(has_label.nonzero()[0])
+    first = max(first, 1)
+    return first, labels.shape[1] - first + 1
+
+
+def install_padding_aware_positions(model: torch.nn.Module) -> bool:
+    """Give a decoder-only transformers model position ids counted over its attention mask when none are
+    passed (a forward pre-hook), like ``generate`` does for plain models.
+
+    Without it, left padding would shift every position (and the gap between a prepended soft prompt and the
+    text would depend on the batch's padding): peft drops the position ids of prompt methods, so the hook sits
+    on the base model and sees the prompt-extended mask. Returns False when the model takes no position ids.
+    """
+    if getattr(model.config, "is_encoder_decoder", False) or getattr(model, "_padding_aware_positions", False):
+        return False
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return False
+
+    def hook(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        if kwargs.get("position_ids") is not None or args:
+            return None
+        mask = kwargs.get("attention_mask")
+        if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+            return None
+        tokens = kwargs.get("inputs_embeds")
+        if tokens is None:
+            tokens = kwargs.get("input_ids")
+        if tokens is None:
+            return None
+        query_length = tokens.shape[1]
+        if bool(mask.all()) and mask.shape[1] == query_length:
+            return None  # no padding, no cache: the default positions are already right
+        positions = (mask.long().cumsum(-1) - 1).clamp_min(0)[:, -query_length:]
+        kwargs["position_ids"] = positions
+        return args, kwargs
+
+    model.register_forward_pre_hook(hook, with_kwargs=True)
+    model._padding_aware_positions = True
+    return True

@@ -1,0 +1,346 @@
+"""One training/evaluation run: task data + model + method -> Trainer -> metrics.jsonl, final.json, PNG.
+
+:func:`run_experiment` is what the CLI (``peft-superpos-train``) calls; it works the same under
+``accelerate launch --num_processes N`` (``batch_size`` is the *global* batch of one optimizer step and is
+split over the processes, so the same command trains the same model with 1 or N processes).
+
+Resuming: when ``output_dir`` holds Trainer checkpoints (``checkpoint-<step>``) the run continues from the
+latest one (model/adapter, optimizer, RNG and data-order state), unless ``overwrite_output_dir`` is set.
+``run_config.json`` records the settings that define a run; restarting into a folder made by a different run
+is refused. See :mod:`.callbacks` for what happens to the rows of ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .callbacks import (
+    CURVE_FILE,
+    FINAL_FILE,
+    METRICS_FILE,
+    MetricsRecorder,
+    atomic_write_text,
+    plot_learning_curve,
+    read_rows,
+    repair_metrics_file,
+)
+from .features import TextToTextCollator, TextToTextEncoder, install_padding_aware_positions
+from .methods import MethodSettings, get_method, is_prompt_method
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["RunConfig", "RunConfigError", "build_model", "last_complete_checkpoint", "run_experiment"]
+
+RUN_CONFIG_FILE = "run_config.json"
+# Settings that must match for a restart to continue a run (the rest, e.g. eval/save steps, may change).
+_IDENTITY_FIELDS = (
+    "task",
+    "model",
+    "method",
+    "method_settings",
+    "batch_size",
+    "max_length",
+    "seed",
+    "max_train_samples",
+    "gradient_accumulation_steps",
+)
+
+
+class RunConfigError(ValueError):
+    """A problem with the user's settings or files (the CLI prints it as a one-line error)."""
+
+
+@dataclass
+class RunConfig:
+    task: str
+    output_dir: str
+    data_dir: str | None = None
+    model: str | None = None  # None: the embedded SmolLM2 (peft_superpos.models.DEFAULT_MODEL)
+    method: str = "superpos"
+    method_settings: MethodSettings = field(default_factory=MethodSettings)
+    max_steps: int | None = None
+    epochs: float | None = None
+    eval_steps: int = 100
+    save_steps: int | None = None  # default: eval_steps
+    save_total_limit: int | None = 2
+    batch_size: int = 8
+    eval_batch_size: int = 16
+    gradient_accumulation_steps: int = 1
+    max_length: int = 256
+    eval_mode: str = "generate"
+    eval_split: str = "validation"
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    seed: int = 42
+    overwrite_output_dir: bool = False
+    disable_tqdm: bool | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def load_data(config: RunConfig, task: Any) -> tuple[Any, Any]:
+    from ..data import load_task_split
+
+    train = load_task_split(task, "train", config.data_dir)
+    evaluation = load_task_split(task, config.eval_split, config.data_dir)
+    if config.max_train_samples is not None and config.max_train_samples < len(train):
+        train = train.shuffle(seed=config.seed).select(range(config.max_train_samples))
+    if config.max_eval_samples is not None and config.max_eval_samples < len(evaluation):
+        evaluation = evaluation.select(range(config.max_eval_samples))  # the first N, for comparable runs
+    if len(train) == 0 or len(evaluation) == 0:
+        raise RunConfigError(f"{task.display_name}: empty train or {config.eval_split} split")
+    return train, evaluation
+
+
+def build_model(config: RunConfig) -> tuple[Any, Any, Any, dict[str, float] | None]:
+    """``(model, tokenizer, peft_config or None, lr_by_name)`` for ``config.method`` (seeded)."""
+    from transformers import set_seed
+
+    from .. import disable_dropout
+    from ..models import load_model_and_tokenizer
+
+    spec = get_method(config.method)
+    settings = dataclasses.replace(config.method_settings, seed=config.seed, max_length=config.max_length)
+    model, tokenizer = load_model_and_tokenizer(config.model)
+    if not settings.keep_dropout:
+        disable_dropout(model)
+    set_seed(config.seed)  # prompt inits drawn from torch's RNG (stock prompt tuning) are repeatable
+    peft_config = spec.build(settings, model, tokenizer)
+    lr_by_name = None
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+        lr_by_name = spec.lr_by_name(peft_config, settings)
+    install_padding_aware_positions(model.get_base_model() if peft_config is not None else model)
+    return model, tokenizer, peft_config, lr_by_name
+
+
+def _check_identity(config: RunConfig, output_dir: Path) -> None:
+    path = output_dir / RUN_CONFIG_FILE
+    current = json.loads(json.dumps(config.to_dict()))
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = [k for k in _IDENTITY_FIELDS if saved.get(k) != current.get(k)]
+        if changed:
+            raise RunConfigError(
+                f"{output_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir "
+                "or pass --overwrite-output-dir"
+            )
+    if _is_main_process():
+        atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def _clear_output_dir(output_dir: Path) -> None:
+    for entry in output_dir.glob("checkpoint-*"):
+        shutil.rmtree(entry, ignore_errors=True)
+    for name in (METRICS_FILE, FINAL_FILE, CURVE_FILE, RUN_CONFIG_FILE):
+        (output_dir / name).unlink(missing_ok=True)
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-<step>`` whose ``trainer_state.json`` (Trainer writes it last) is readable.
+
+    Trainer writes checkpoints in place, so a kill during a save leaves a partial folder: the main process
+    deletes such folders (they hold nothing a resume could use) and the run resumes from the one before.
+    """
+    complete: list[tuple[int, Path]] = []
+    for folder in output_dir.glob("checkpoint-*"):
+        suffix = folder.name.split("-", 1)[1]
+        if not folder.is_dir() or not suffix.isdigit():
+            continue
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            if _is_main_process():
+                logger.warning("Removing incomplete checkpoint %s (the run was killed while saving it)", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            continue
+        complete.append((int(suffix), folder))
+    return str(max(complete)[1]) if complete else None
+
+
+def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) -> Any:
+    from transformers import TrainingArguments
+
+    world = _world_size()
+    if config.batch_size % world:
+        raise RunConfigError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
+    if config.max_steps is None and config.epochs is None:
+        epochs, max_steps = 1.0, -1
+    else:
+        epochs, max_steps = (config.epochs or 1.0), (config.max_steps if config.max_steps is not None else -1)
+    save_steps = config.save_steps or config.eval_steps
+    return TrainingArguments(
+        output_dir=config.output_dir,
+        per_device_train_batch_size=config.batch_size // world,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_steps=max_steps,
+        num_train_epochs=epochs,
+        learning_rate=spec_lr,
+        lr_scheduler_type="constant",
+        warmup_steps=0,
+        eval_strategy="steps",
+        eval_steps=config.eval_steps,
+        logging_strategy="steps",
+        logging_steps=config.eval_steps,
+        save_strategy="steps",
+        save_steps=save_steps,
+        save_total_limit=config.save_total_limit,
+        seed=config.seed,
+        data_seed=config.seed,
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        dataloader_num_workers=0,
+        average_tokens_across_devices=True,
+        ddp_find_unused_parameters=False if prompt_method else None,
+        disable_tqdm=config.disable_tqdm,
+        use_cpu=not torch.cuda.is_available(),
+    )
+
+
+def _count_parameters(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def run_experiment(config: RunConfig) -> dict[str, Any]:
+    """Train and evaluate; return the content of ``final.json`` (also written by the main process)."""
+    from ..data import get_task
+    from ..optim import make_param_groups
+    from .trainer import EndOfTrainingCallback, TextToTextTrainer
+
+    wall_start = time.perf_counter()
+    task = get_task(config.task)
+    spec = get_method(config.method)
+    config.method = spec.name
+    if config.eval_mode not in ("generate", "rank"):
+        raise RunConfigError(f"unknown eval mode {config.eval_mode!r}; expected generate or rank")
+    for name in ("eval_steps", "batch_size", "max_length"):
+        if getattr(config, name) <= 0:
+            raise RunConfigError(f"--{name.replace('_', '-')} must be positive")
+    output_dir = Path(config.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if config.overwrite_output_dir and _is_main_process():
+        _clear_output_dir(output_dir)
+    _check_identity(config, output_dir)
+    checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
+    if _is_main_process():
+        repair_metrics_file(output_dir / METRICS_FILE)
+    previous_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
+    session = 1 + max((int(r.get("session", 0)) for r in previous_rows), default=-1)
+
+    train_raw, eval_raw = load_data(config, task)
+    load_start = time.perf_counter()
+    model, tokenizer, peft_config, lr_by_name = build_model(config)
+    load_time = time.perf_counter() - load_start
+    is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
+    text_encoder = TextToTextEncoder(tokenizer, is_encoder_decoder, config.max_length)
+    train_features = text_encoder.encode_dataset(train_raw)
+
+    lr = spec.resolved_lr(config.method_settings)
+    weight_decay = spec.resolved_weight_decay(config.method_settings)
+    groups = make_param_groups(model, weight_decay, lr_by_name=lr_by_name)
+    optimizer = torch.optim.AdamW(groups, lr=lr)
+    args = _training_arguments(config, lr, is_prompt_method(spec.name))
+    recorder = MetricsRecorder(output_dir, session=session, title=f"{task.display_name} / {spec.name}")
+    trainer = TextToTextTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_features,
+        eval_dataset=eval_raw,
+        data_collator=TextToTextCollator(text_encoder.pad_id, is_encoder_decoder),
+        optimizers=(optimizer, None),
+        callbacks=[recorder, EndOfTrainingCallback()],
+        task=task,
+        text_encoder=text_encoder,
+        eval_mode=config.eval_mode,
+        eval_batch_size=config.eval_batch_size,
+        raw_eval_dataset=eval_raw,
+    )
+    trainable, total = _count_parameters(model)
+    if checkpoint:
+        logger.info("Resuming from %s", checkpoint)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Position ids are not supported")
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+
+    final: dict[str, Any] = {}
+    if trainer.is_world_process_zero():
+        all_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
+        last_per_step = {int(r["step"]): r for r in all_rows}
+        rows = [last_per_step[s] for s in sorted(last_per_step)]
+        superseded = [r for r in all_rows if r is not last_per_step[int(r["step"])]]
+        scored = [r for r in rows if r.get("eval_score") is not None]
+        best = max(scored, key=lambda r: r["eval_score"]) if scored else None
+        final = {
+            "task": task.name,
+            "method": spec.name,
+            "config": json.loads(json.dumps(config.to_dict())),
+            "hyperparameters": {
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "lr_by_name": lr_by_name,
+                "scheduler": "constant",
+                "optimizer": "AdamW",
+            },
+            "peft_config": peft_config.to_dict() if peft_config is not None else None,
+            "model_class": type(trainer.model.get_base_model() if peft_config is not None else trainer.model).__name__,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "world_size": trainer.args.world_size,
+            "global_step": trainer.state.global_step,
+            "resumed_from": checkpoint,
+            "session": session,
+            "final": rows[-1] if rows else None,
+            "best": best,
+            "final_train_loss": rows[-1].get("train_loss") if rows else None,
+            "superseded_rows": superseded,
+            "timings": {
+                "model_load_s": load_time,
+                "train_runtime_s": result.metrics.get("train_runtime"),
+                "train_steps_per_second": result.metrics.get("train_steps_per_second"),
+                "eval_time_s": sum(r.get("eval_eval_time_s") or 0.0 for r in rows if r.get("session") == session),
+                "wall_s": time.perf_counter() - wall_start,
+            },
+        }
+        atomic_write_text(output_dir / FINAL_FILE, json.dumps(_finite(final), indent=2))
+        if rows:
+            plot_learning_curve(rows, output_dir / CURVE_FILE, f"{task.display_name} / {spec.name}")
+    return final
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, set):
+        return sorted(value)
+    return value

@@ -1,0 +1,109 @@
+"""``transformers.Trainer`` subclass: label-token loss with ``logits_to_keep``, and task evaluation.
+
+* Loss: the sum of the cross-entropies of the label tokens divided by the number of label tokens in the
+  global batch (Trainer's ``num_items_in_batch``, gathered across processes), so a 2-process DDP run and a
+  1-process run with the same global batch take the same step, and gradient accumulation is exact.
+* Decoder-only models get ``logits_to_keep=K`` (batches are left-padded, so the label tokens sit in the last
+  ``K`` columns): the LM head runs on ``K`` positions, not on ``num_virtual_tokens + L``.
+* ``evaluate`` runs generation or rank classification (see :mod:`.evaluation`) instead of Trainer's
+  prediction loop; the metrics go through ``self.log`` and the callbacks' ``on_evaluate``.
+* Resuming stock PROMPT_TUNING: peft refuses ``load_adapter(..., is_trainable=True)`` only for a *new*
+  adapter; Trainer reloads into the existing trainable adapter, and the saved ``prompt_embeddings`` table is
+  the whole trainable state of stock prompt tuning, so resuming is exact. :meth:`_load_from_checkpoint` still
+  checks that the trainable parameters stay trainable after the reload.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from .evaluation import evaluate
+from .features import IGNORE_INDEX, TextToTextEncoder, keep_for_labels
+
+__all__ = ["EndOfTrainingCallback", "TextToTextTrainer"]
+
+
+class TextToTextTrainer(Trainer):
+    def __init__(
+        self,
+        *args: Any,
+        task: Any,
+        text_encoder: TextToTextEncoder,
+        eval_mode: str = "generate",
+        eval_batch_size: int = 16,
+        raw_eval_dataset: Any = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.task = task
+        self.text_encoder = text_encoder
+        self.eval_mode = eval_mode
+        self.eval_batch_size_ = eval_batch_size
+        self.raw_eval_dataset = raw_eval_dataset
+        self.is_encoder_decoder = text_encoder.is_encoder_decoder
+        # compute_loss normalises by num_items_in_batch itself: ask Trainer to count (and gather) label tokens.
+        self.model_accepts_loss_kwargs = True
+        self.logits_kept: list[tuple[int, int]] = []  # (K, sequence length) of recent steps, for tests/logs
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs["labels"]
+        if self.is_encoder_decoder:
+            outputs = model(
+                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels, use_cache=False
+            )
+            logits, targets = outputs.logits, labels
+        else:
+            first, keep = keep_for_labels(labels)
+            outputs = model(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                logits_to_keep=keep,
+                use_cache=False,
+            )
+            self.logits_kept = (self.logits_kept + [(outputs.logits.shape[1], labels.shape[1])])[-8:]
+            logits, targets = outputs.logits[:, -keep:-1], labels[:, first:]
+        loss_sum = torch.nn.functional.cross_entropy(
+            logits.float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1).to(logits.device),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        if num_items_in_batch is None:
+            loss = loss_sum / (targets != IGNORE_INDEX).sum().clamp_min(1)
+        else:
+            loss = loss_sum / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        return (loss, outputs) if return_outputs else loss
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        dataset = eval_dataset if eval_dataset is not None else self.raw_eval_dataset
+        metrics = evaluate(
+            self.model, self.text_encoder, self.task, dataset, mode=self.eval_mode, batch_size=self.eval_batch_size_
+        )
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: Any = None) -> None:
+        target = model if model is not None else self.model
+        trainable = [name for name, p in target.named_parameters() if p.requires_grad]
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        frozen_now = [name for name, p in target.named_parameters() if name in trainable and not p.requires_grad]
+        if frozen_now:  # never silently resume with a frozen adapter
+            for name, parameter in target.named_parameters():
+                if name in frozen_now:
+                    parameter.requires_grad_(True)
+
+
+class EndOfTrainingCallback(TrainerCallback):
+    """Log the train loss at the last step too (Trainer already evaluates and saves there)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_log = True
+        return control

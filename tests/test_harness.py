@@ -1,0 +1,182 @@
+"""In-process tests of the harness: features, logits_to_keep, padding, every method, both eval modes,
+repeatability and resuming (stock prompt tuning included)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from harness_utils import FIXTURE_DATA, tiny_model_dir
+
+from peft_superpos.harness import (
+    METHODS,
+    MethodSettings,
+    RunConfig,
+    TextToTextCollator,
+    TextToTextEncoder,
+    build_model,
+    read_rows,
+    run_experiment,
+)
+from peft_superpos.harness.evaluation import sequence_logprobs
+from peft_superpos.harness.features import keep_for_labels
+from peft_superpos.harness.trainer import TextToTextTrainer
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def gpt2(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def t5(tmp_path_factory):
+    return tiny_model_dir(tmp_path_factory, "t5")
+
+
+def _config(model, output_dir, method="superpos", **overrides) -> RunConfig:
+    settings = MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2)
+    values = dict(
+        task="cb",
+        output_dir=str(output_dir),
+        data_dir=str(FIXTURE_DATA),
+        model=str(model),
+        method=method,
+        method_settings=settings,
+        max_steps=2,
+        eval_steps=2,
+        batch_size=2,
+        eval_batch_size=8,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def test_decoder_features_mask_everything_but_the_target(llama):
+    model, tokenizer, _, _ = build_model(_config(llama, "unused", method="full"))
+    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=False, max_length=12)
+    long = encoder.encode("cb hypothesis: " + "the train " * 20, "neutral")
+    short = encoder.encode("cb hypothesis: x", "entailment")
+    assert len(long["input_ids"]) == 12  # source truncated, target kept whole
+    target = encoder.target_ids("neutral")
+    assert target[-1] == tokenizer.eos_token_id and long["input_ids"][-len(target) :] == target
+    assert long["labels"] == [-100] * (12 - len(target)) + target
+    batch = TextToTextCollator(encoder.pad_id, False)([short, long])
+    assert batch["input_ids"].shape == (2, 12)
+    assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1  # left padding
+    first, keep = keep_for_labels(batch["labels"])
+    assert keep == 12 - first + 1 and keep == len(target) + 1
+
+
+def test_seq2seq_features(t5):
+    _, tokenizer, _, _ = build_model(_config(t5, "unused", method="full"))
+    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=True, max_length=6)
+    features = encoder.encode("cb hypothesis: " + "the train " * 20, "neutral")
+    assert len(features["input_ids"]) == 6 and features["labels"][-1] == tokenizer.eos_token_id
+    batch = TextToTextCollator(encoder.pad_id, True)([features, encoder.encode("cb x", "entailment")])
+    assert batch["attention_mask"][1, 0] == 1 and batch["attention_mask"][1, -1] == 0  # right padding
+
+
+def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
+    from transformers import TrainingArguments
+
+    model, tokenizer, _, _ = build_model(_config(llama, tmp_path, method="superpos"))
+    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=False)
+    rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
+    batch = TextToTextCollator(encoder.pad_id, False)([encoder.encode(s, t) for s, t in rows])
+    seen = []
+    handle = model.get_base_model().lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = TextToTextTrainer(model=model, args=args, task=None, text_encoder=encoder)
+    loss = trainer.compute_loss(model, batch)
+    _, keep = keep_for_labels(batch["labels"])
+    length = batch["input_ids"].shape[1] + 3  # 3 virtual tokens in front
+    assert seen == [keep] and keep < length
+    # The same loss from the full logits (peft pads the labels for the virtual tokens itself).
+    full = model(**batch).loss
+    handle.remove()
+    torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("method", ["superpos", "lora"])
+def test_left_padding_does_not_change_scores(family, method, request, tmp_path):
+    path = request.getfixturevalue(family)
+    model, tokenizer, _, _ = build_model(_config(path, tmp_path, method=method))
+    model.eval()
+    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=False)
+    short = encoder.encode("cb hypothesis: x", "neutral")
+    long = encoder.encode("cb hypothesis: the train has already left premise: I think so", "entailment")
+    collate = TextToTextCollator(encoder.pad_id, False)
+    with torch.no_grad():
+        alone = sequence_logprobs(model, collate([short]), False)
+        padded = sequence_logprobs(model, collate([short, long]), False)
+    torch.testing.assert_close(alone[0], padded[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_and_evaluates(method, llama, tmp_path):
+    final = run_experiment(_config(llama, tmp_path, method=method, eval_mode="rank"))
+    assert final["method"] == method and final["global_step"] == 2
+    assert final["trainable_parameters"] > 0
+    assert final["final"]["eval_invalid_rate"] == 0.0  # rank classification never yields invalid labels
+    assert final["final_train_loss"] is not None and final["hyperparameters"]["scheduler"] == "constant"
+    if method == "full":
+        assert final["trainable_parameters"] == final["total_parameters"]
+    else:
+        assert final["trainable_parameters"] < final["total_parameters"]
+
+
+@pytest.mark.parametrize("mode", ["generate", "rank"])
+def test_seq2seq_both_eval_modes(mode, t5, tmp_path):
+    final = run_experiment(_config(t5, tmp_path, eval_mode=mode, task="rte"))
+    row = final["final"]
+    assert row["step"] == 2 and 0.0 <= row["eval_score"] <= 100.0 and "eval_accuracy" in row
+    if mode == "rank":
+        assert row["eval_invalid_rate"] == 0.0
+
+
+def test_same_command_twice_gives_the_same_metrics(llama, tmp_path):
+    keys = ("step", "train_loss", "eval_score", "eval_invalid_rate")
+    results = []
+    for name in ("a", "b"):
+        run_experiment(_config(llama, tmp_path / name, max_steps=4, eval_steps=2))
+        results.append([{k: r[k] for k in keys} for r in read_rows(tmp_path / name / "metrics.jsonl")])
+    assert results[0] == results[1] and len(results[0]) == 2
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "superpos"])
+def test_resume_continues_exactly(method, gpt2, tmp_path):
+    """Stop after 2 steps, restart with 4: same rows and adapter as a run of 4 steps at once."""
+    run_experiment(_config(gpt2, tmp_path / "whole", method=method, max_steps=4))
+    run_experiment(_config(gpt2, tmp_path / "parts", method=method, max_steps=2))
+    final = run_experiment(_config(gpt2, tmp_path / "parts", method=method, max_steps=4))
+    assert final["resumed_from"].endswith("checkpoint-2") and final["session"] == 1
+    whole = read_rows(tmp_path / "whole" / "metrics.jsonl")
+    parts = read_rows(tmp_path / "parts" / "metrics.jsonl")
+    assert [r["step"] for r in parts] == [2, 4]
+    for a, b in zip(whole, parts, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
+        assert a["eval_score"] == pytest.approx(b["eval_score"])
+    from safetensors.torch import load_file
+
+    left = load_file(tmp_path / "whole" / "checkpoint-4" / "adapter_model.safetensors")
+    right = load_file(tmp_path / "parts" / "checkpoint-4" / "adapter_model.safetensors")
+    assert left.keys() == right.keys()
+    for key in left:
+        torch.testing.assert_close(left[key], right[key], rtol=1e-5, atol=1e-6)
+    assert json.loads((tmp_path / "parts" / "final.json").read_text())["trainable_parameters"] > 0
+
+
+def test_restart_into_another_runs_folder_is_refused(llama, tmp_path):
+    from peft_superpos.harness import RunConfigError
+
+    run_experiment(_config(llama, tmp_path, method="superpos"))
+    with pytest.raises(RunConfigError, match="different run"):
+        run_experiment(_config(llama, tmp_path, method="lora"))
