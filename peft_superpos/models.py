@@ -75,8 +75,7 @@ def embedded_gguf_path() -> pathlib.Path:
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ModuleNotFoundError(
-            f"Converting the default model {DEFAULT_MODEL!r} needs the 'gguf' package. "
-            f"Install it with: {_INSTALL_HINT}"
+            f"Converting the default model {DEFAULT_MODEL!r} needs the 'gguf' package. Install it with: {_INSTALL_HINT}"
         )
 
 

@@ -20,9 +20,7 @@ from peft_superpos.data import (
 )
 
 FIXTURES = Path(__file__).parent / "fixtures" / "data"
-REAL_DATA = Path(
-    os.environ.get("PEFT_SUPERPOS_TEST_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")
-)
+REAL_DATA = Path(os.environ.get("PEFT_SUPERPOS_TEST_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 # (task, split) -> number of examples in the fixture files (MultiRC: answer options).
 FIXTURE_SIZES = {
@@ -215,9 +213,7 @@ def test_multirc_is_flattened_with_question_groups() -> None:
     ds = load_task_split("multirc", "train", data_dir=FIXTURES)
     assert Counter(ds["group"]) == {"0-0": 3, "0-1": 2, "1-2": 2}
     assert ds["label"] == [1, 0, 1, 1, 0, 1, 0]
-    assert ds[0]["source"].startswith(
-        "multirc question: What did Anna buy? answer: A red bike paragraph: Sent 1:"
-    )
+    assert ds[0]["source"].startswith("multirc question: What did Anna buy? answer: A red bike paragraph: Sent 1:")
 
 
 def test_glue_quotes_and_bom_are_kept_verbatim() -> None:
@@ -280,9 +276,7 @@ def test_malformed_tsv_row_names_file_and_line(tmp_path: Path) -> None:
 
 def test_malformed_jsonl_row_names_file_and_line(tmp_path: Path) -> None:
     good = '{"premise": "p", "hypothesis": "h", "label": "entailment", "idx": 0}\n'
-    path = _write(
-        tmp_path / "superglue" / "CB" / "val.jsonl", good + '{"premise": "p", "label": "neutral"}\n'
-    )
+    path = _write(tmp_path / "superglue" / "CB" / "val.jsonl", good + '{"premise": "p", "label": "neutral"}\n')
     with pytest.raises(ValueError, match=rf"{path}, line 2: malformed CB row: missing field 'hypothesis'"):
         load_task_split("cb", "validation", data_dir=tmp_path)
     _write(path, good + good + "{not json\n")
@@ -333,9 +327,7 @@ def test_hub_rows_are_formatted(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls[-1] == ("nyu-mll/glue", "mnli", "validation_matched")
 
 
-real_data = pytest.mark.skipif(
-    not REAL_DATA.is_dir(), reason=f"real GLUE/SuperGLUE files not found at {REAL_DATA}"
-)
+real_data = pytest.mark.skipif(not REAL_DATA.is_dir(), reason=f"real GLUE/SuperGLUE files not found at {REAL_DATA}")
 
 
 @real_data

@@ -245,9 +245,7 @@ def _load_from_hub(task: Task, split: str) -> Iterable[dict[str, Any]]:
         ) from err
 
 
-def load_task_split(
-    task: Task | str, split: str, data_dir: str | os.PathLike[str] | None = None
-) -> datasets.Dataset:
+def load_task_split(task: Task | str, split: str, data_dir: str | os.PathLike[str] | None = None) -> datasets.Dataset:
     """Load ``split`` ("train", "validation"; MNLI also "validation_(mis)matched") of ``task``.
 
     Uses the official files under ``data_dir`` (default: ``$PEFT_SUPERPOS_DATA_DIR``) when set,
@@ -263,7 +261,5 @@ def load_task_split(
     examples = [task.format(row) for row in rows]
     columns = ["source", "target", "label"] + (["group"] if task.name == "multirc" else [])
     label_type = "float64" if task.is_regression else "int64"
-    features = datasets.Features(
-        {c: datasets.Value(label_type if c == "label" else "string") for c in columns}
-    )
+    features = datasets.Features({c: datasets.Value(label_type if c == "label" else "string") for c in columns})
     return datasets.Dataset.from_dict({c: [ex[c] for ex in examples] for c in columns}, features=features)

@@ -94,9 +94,7 @@ def compute_metrics(
         num_labels = len(task.choices)
         bad = [x for x in (*predictions, *references) if x is not None and x not in range(num_labels)]
         if bad:
-            raise ValueError(
-                f"label ids for {task.display_name} must be in 0..{num_labels - 1}, got {bad[0]!r}"
-            )
+            raise ValueError(f"label ids for {task.display_name} must be in 0..{num_labels - 1}, got {bad[0]!r}")
     invalid = sum(p is None for p in predictions)
     preds = fill_invalid(task, predictions, references)
     refs = np.asarray(references, dtype=float if task.is_regression else int)

@@ -163,9 +163,7 @@ _MARKUP = re.compile(r"<br>|</?b>")
 
 def _multirc_template(row: Mapping[str, Any]) -> str:
     paragraph = _clean(_MARKUP.sub(" ", str(row["paragraph"])))
-    return (
-        f"multirc question: {_clean(row['question'])} answer: {_clean(row['answer'])} paragraph: {paragraph}"
-    )
+    return f"multirc question: {_clean(row['question'])} answer: {_clean(row['answer'])} paragraph: {paragraph}"
 
 
 def _glue(task_dir: str, *, validation: str = "dev.tsv") -> TaskFiles:
