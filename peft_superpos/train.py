@@ -26,6 +26,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" only where it tells something: not after a help text that states its default
+    itself, and not for a default of None (no value given) or a flag's False."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .harness.methods import METHODS
 
@@ -33,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="peft-superpos-train",
         description="Train and evaluate SuperPos-Prompt (or a baseline) on a GLUE/SuperGLUE task.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("task", help="task name, e.g. cb, rte, copa, mrpc, cola, stsb, sst2 (case-insensitive)")
     parser.add_argument(

@@ -1,5 +1,5 @@
 """Tiny offline models for the harness/CLI/example tests: a whitespace word-level tokenizer trained on the
-fixture texts, and random Llama / GPT-2 / T5 models saved with ``save_pretrained``."""
+fixture texts, and random Llama / GPT-2 / T5 models (from ``tiny_models``) saved with ``save_pretrained``."""
 
 from __future__ import annotations
 
@@ -27,72 +27,34 @@ def _fixture_words() -> list[str]:
     return texts
 
 
-def build_tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    tokenizer = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    trainer = trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"], min_frequency=1)
-    tokenizer.train_from_iterator(_fixture_words(), trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
-
-
-def build_model(family: str, vocab_size: int):
-    import torch
-    from transformers import (
-        GPT2Config,
-        GPT2LMHeadModel,
-        LlamaConfig,
-        LlamaForCausalLM,
-        T5Config,
-        T5ForConditionalGeneration,
-    )
-
-    torch.manual_seed(0)
-    common = {"pad_token_id": 0, "eos_token_id": 1}
-    if family == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            tie_word_embeddings=True,
-            bos_token_id=None,
-            **common,
-        )
-        return LlamaForCausalLM(config)
-    if family == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512, bos_token_id=1, **common
-        )
-        return GPT2LMHeadModel(config)
-    if family == "t5":
-        config = T5Config(
-            vocab_size=vocab_size,
-            d_model=32,
-            d_ff=64,
-            d_kv=8,
-            num_layers=2,
-            num_heads=4,
-            decoder_start_token_id=0,
-            dropout_rate=0.1,
-            **common,
-        )
-        return T5ForConditionalGeneration(config)
-    raise ValueError(family)
+# How the harness models differ from tiny_models' defaults (besides the fixture vocabulary and its special ids).
+_HARNESS_OVERRIDES = {
+    "llama": {
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": True,
+        "bos_token_id": None,
+        "attention_dropout": 0.0,
+    },
+    "gpt2": {"max_position_embeddings": 512},
+    "t5": {},
+}
 
 
 def save_tiny_model(family: str, folder: str | os.PathLike) -> Path:
     """Build and save a tiny ``family`` model plus the fixture tokenizer into ``folder`` (once)."""
+    from tiny_models import make_tiny, word_level_tokenizer
+
     folder = Path(folder)
     if (folder / "config.json").is_file():
         return folder
-    tokenizer = build_tokenizer()
-    model = build_model(family, len(tokenizer))
+    tokenizer = word_level_tokenizer(corpus=_fixture_words())
+    model = make_tiny(
+        family,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        **_HARNESS_OVERRIDES[family],
+    )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

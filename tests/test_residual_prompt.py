@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import finish_python, start_python
+from conftest import fresh_reload
 from peft import PeftModel, get_peft_model
 from tiny_models import SPECIAL_IDS, make_tiny, tiny_batch
 
@@ -131,19 +131,10 @@ def test_export_matches_the_adapter(tmp_path):
 
 
 # -- save, reload in a fresh process, resume -------------------------------------------------------------------
-RELOAD_SCRIPT = """
-import torch
-import peft_superpos
-from peft import PeftModel
-from tiny_models import make_tiny, tiny_batch
-for family, task, folder in {cases!r}:
-    model = PeftModel.from_pretrained(make_tiny(family, task), folder).eval()
-    input_ids, mask = tiny_batch(family, length=6)
-    extra = {{"decoder_input_ids": input_ids[:, :3]}} if task == "SEQ_2_SEQ_LM" else {{}}
-    with torch.no_grad():
-        logits = model(input_ids=input_ids, attention_mask=mask, **extra).logits
-    torch.save(logits, folder + "/child_logits.pt")
-"""
+def trained_residual(family: str, task: str):
+    model, encoder = make_residual(family, task, separate_mlps=family == "t5")
+    perturb(encoder)
+    return model
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -151,39 +142,12 @@ def saved_adapters(tmp_path_factory):
     """Save trained-looking adapters and start reloading them in a fresh process at once, so that the child's
     start-up overlaps the other tests of this file; the last test collects its logits."""
     tmp_path = tmp_path_factory.mktemp("residual_reload")
-    cases, parents, models = [], {}, {}
-    for family, task in CASES:
-        model, encoder = make_residual(family, task, separate_mlps=family == "t5")
-        perturb(encoder)
-        model.eval()
-        folder = str(tmp_path / family)
-        model.save_pretrained(folder)
-        input_ids, mask = tiny_batch(family, length=6)
-        extra = {"decoder_input_ids": input_ids[:, :3]} if task == "SEQ_2_SEQ_LM" else {}
-        with torch.no_grad():
-            parents[folder] = model(input_ids=input_ids, attention_mask=mask, **extra).logits
-        cases.append((family, task, folder))
-        models[folder] = model
-    child = start_python(RELOAD_SCRIPT.format(cases=cases), tmp_path, "reload_residual")
-    yield cases, parents, models, child
-    if child.poll() is None:
-        child.kill()
-        child.communicate()
+    with fresh_reload(trained_residual, CASES, tmp_path, "reload_residual") as saved:
+        yield saved
 
 
 def test_save_reload_in_fresh_process_and_resume(saved_adapters):
-    cases, parents, models, child = saved_adapters
-    for family, task, folder in cases:  # resume here while the child runs
-        resumed = PeftModel.from_pretrained(make_tiny(family, task), folder, is_trainable=True)
-        saved = dict(models[folder].prompt_encoder["default"].named_parameters())
-        loaded = dict(resumed.prompt_encoder["default"].named_parameters())
+    for family, resumed, saved, loaded in saved_adapters.resumed():  # resume here while the child runs
         assert saved.keys() == loaded.keys() and len(saved) == 7
-        assert all(torch.equal(saved[k], loaded[k]) and loaded[k].requires_grad for k in saved)
         assert resumed.peft_config["default"].separate_mlps == (family == "t5")
-        input_ids, mask = tiny_batch(family, length=6)
-        resumed.train()
-        resumed(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss.backward()
-        assert all(p.grad is not None for p in loaded.values())
-    finish_python(child)
-    for folder, logits in parents.items():
-        assert torch.equal(torch.load(folder + "/child_logits.pt"), logits)
+    saved_adapters.check_child()

@@ -2,10 +2,14 @@
 
 ``make_tiny(family, task_type)`` returns a seeded model with hidden size 32, 2 layers, a vocabulary of
 ``VOCAB`` ids, and dropout 0.1 wherever the architecture has it. The same ``(family, task_type, seed)``
-always gives the same weights, so a subprocess can rebuild the parent's base model bit-exactly.
+always gives the same weights, so a subprocess can rebuild the parent's base model bit-exactly. Keyword
+overrides (any config argument) build other shapes; ``word_level_tokenizer`` builds a matching tokenizer. This
+module is the one place the tests build tiny configs, models and tokenizers.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
 
 import torch
 import transformers
@@ -25,108 +29,101 @@ ENCODER_FAMILIES = ("bert", "roberta")
 ALL_FAMILIES = CAUSAL_FAMILIES + SEQ2SEQ_FAMILIES + ENCODER_FAMILIES
 
 _SPECIAL = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
+_DECODER_ONLY = {
+    "intermediate_size": FFN,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 128,
+    "attention_dropout": DROPOUT,
+    "tie_word_embeddings": False,
+    **_SPECIAL,
+}
+_CONFIG_CLASSES = {
+    "gpt2": "GPT2Config",
+    "llama": "LlamaConfig",
+    "qwen2": "Qwen2Config",
+    "mistral": "MistralConfig",
+    "opt": "OPTConfig",
+    "t5": "T5Config",
+    "bart": "BartConfig",
+    "bert": "BertConfig",
+    "roberta": "RobertaConfig",
+}
 
 
-def _decoder_only(cls_name: str, **extra):
-    kwargs = {"vocab_size": VOCAB, "hidden_size": HIDDEN, **extra}
-    return getattr(transformers, cls_name)(
-        intermediate_size=FFN,
-        num_hidden_layers=LAYERS,
-        num_attention_heads=HEADS,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        attention_dropout=DROPOUT,
-        tie_word_embeddings=False,
+def _family_defaults(family: str, hidden: int, heads: int) -> dict:
+    """What a tiny ``family`` config sets beyond vocabulary, width, depth and heads (``hidden`` and ``heads``
+    are the final width and head count, for the sizes derived from them)."""
+    if family == "gpt2":
+        return {"n_positions": 128, "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, **_SPECIAL}
+    if family in ("llama", "qwen2"):
+        return _DECODER_ONLY
+    if family == "mistral":
+        return {**_DECODER_ONLY, "head_dim": hidden // heads}
+    if family == "opt":
+        return {
+            "word_embed_proj_dim": hidden,
+            "ffn_dim": FFN,
+            "max_position_embeddings": 128,
+            "dropout": DROPOUT,
+            "attention_dropout": DROPOUT,
+            **_SPECIAL,
+        }
+    if family == "t5":
+        return {
+            "d_kv": hidden // heads,
+            "d_ff": FFN,
+            "num_decoder_layers": LAYERS,
+            "dropout_rate": DROPOUT,
+            "pad_token_id": PAD,
+            "eos_token_id": EOS,
+            "decoder_start_token_id": PAD,
+        }
+    if family == "bart":
+        return {
+            "decoder_layers": LAYERS,
+            "decoder_attention_heads": heads,
+            "encoder_ffn_dim": FFN,
+            "decoder_ffn_dim": FFN,
+            "max_position_embeddings": 128,
+            "dropout": DROPOUT,
+            "attention_dropout": DROPOUT,
+            "activation_dropout": DROPOUT,
+            "decoder_start_token_id": EOS,
+            "forced_eos_token_id": None,
+            **_SPECIAL,
+        }
+    return {  # bert, roberta
+        "intermediate_size": FFN,
+        "max_position_embeddings": 128 + PAD + 2,
+        "hidden_dropout_prob": DROPOUT,
+        "attention_probs_dropout_prob": DROPOUT,
+        "num_labels": 3,
         **_SPECIAL,
-        **kwargs,
-    )
+    }
 
 
 def make_config(family: str, **overrides):
-    """The ``PretrainedConfig`` of a tiny ``family`` model. ``overrides`` (``vocab_size``, ``hidden_size``)
-    are supported for the decoder-only families other than OPT, to build a model of a different shape."""
-    if overrides and family not in ("gpt2", "llama", "qwen2", "mistral"):
-        raise ValueError(f"config overrides are not supported for {family!r}")
-    if family == "gpt2":
-        overrides.setdefault("vocab_size", VOCAB)
-        overrides["n_embd"] = overrides.pop("hidden_size", HIDDEN)
-        return transformers.GPT2Config(
-            n_layer=LAYERS,
-            n_head=HEADS,
-            n_positions=128,
-            resid_pdrop=DROPOUT,
-            embd_pdrop=DROPOUT,
-            attn_pdrop=DROPOUT,
-            **_SPECIAL,
-            **overrides,
-        )
-    if family == "llama":
-        return _decoder_only("LlamaConfig", **overrides)
-    if family == "qwen2":
-        return _decoder_only("Qwen2Config", **overrides)
-    if family == "mistral":
-        overrides.setdefault("head_dim", overrides.get("hidden_size", HIDDEN) // HEADS)
-        return _decoder_only("MistralConfig", **overrides)
-    if family == "opt":
-        return transformers.OPTConfig(
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            word_embed_proj_dim=HIDDEN,
-            ffn_dim=FFN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            max_position_embeddings=128,
-            dropout=DROPOUT,
-            attention_dropout=DROPOUT,
-            **_SPECIAL,
-        )
-    if family == "t5":
-        return transformers.T5Config(
-            vocab_size=VOCAB,
-            d_model=HIDDEN,
-            d_kv=HIDDEN // HEADS,
-            d_ff=FFN,
-            num_layers=LAYERS,
-            num_decoder_layers=LAYERS,
-            num_heads=HEADS,
-            dropout_rate=DROPOUT,
-            pad_token_id=PAD,
-            eos_token_id=EOS,
-            decoder_start_token_id=PAD,
-        )
-    if family == "bart":
-        return transformers.BartConfig(
-            vocab_size=VOCAB,
-            d_model=HIDDEN,
-            encoder_layers=LAYERS,
-            decoder_layers=LAYERS,
-            encoder_attention_heads=HEADS,
-            decoder_attention_heads=HEADS,
-            encoder_ffn_dim=FFN,
-            decoder_ffn_dim=FFN,
-            max_position_embeddings=128,
-            dropout=DROPOUT,
-            attention_dropout=DROPOUT,
-            activation_dropout=DROPOUT,
-            decoder_start_token_id=EOS,
-            forced_eos_token_id=None,
-            **_SPECIAL,
-        )
-    if family in ("bert", "roberta"):
-        cls = transformers.BertConfig if family == "bert" else transformers.RobertaConfig
-        return cls(
-            vocab_size=VOCAB,
-            hidden_size=HIDDEN,
-            num_hidden_layers=LAYERS,
-            num_attention_heads=HEADS,
-            intermediate_size=FFN,
-            max_position_embeddings=128 + PAD + 2,
-            hidden_dropout_prob=DROPOUT,
-            attention_probs_dropout_prob=DROPOUT,
-            num_labels=3,
-            **_SPECIAL,
-        )
-    raise ValueError(f"unknown tiny model family {family!r}; choose one of {ALL_FAMILIES}")
+    """The ``PretrainedConfig`` of a tiny ``family`` model.
+
+    ``overrides`` replace any config argument, named as the config class names it or by its generic name
+    (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``, ``max_position_embeddings``, ``head_dim``,
+    wherever the class maps that name): e.g. ``vocab_size``, ``hidden_size``, ``eos_token_id=1``,
+    ``pad_token_id=None``, ``max_position_embeddings=512``. Sizes derived from the width (head size, OPT's
+    projection) follow the overridden width and head count unless given too.
+    """
+    if family not in _CONFIG_CLASSES:
+        raise ValueError(f"unknown tiny model family {family!r}; choose one of {ALL_FAMILIES}")
+    cls = getattr(transformers, _CONFIG_CLASSES[family])
+
+    def native(name: str) -> str:
+        return cls.attribute_map.get(name, name)
+
+    overrides = {native(name): value for name, value in overrides.items()}
+    hidden = overrides.get(native("hidden_size"), HIDDEN)
+    heads = overrides.get(native("num_attention_heads"), HEADS)
+    defaults = {"vocab_size": VOCAB, "hidden_size": hidden, "num_hidden_layers": LAYERS, "num_attention_heads": heads}
+    defaults.update(_family_defaults(family, hidden, heads))
+    return cls(**{native(name): value for name, value in defaults.items()} | overrides)
 
 
 _AUTO_BY_TASK = {
@@ -160,8 +157,30 @@ def make_tiny(family: str, task_type=None, seed: int = 0, dtype: torch.dtype = t
     model.eval()
     if getattr(model, "generation_config", None) is not None:
         model.generation_config.do_sample = False
-        model.generation_config.pad_token_id = PAD
+        model.generation_config.pad_token_id = config.pad_token_id
     return model
+
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")
+
+
+def word_level_tokenizer(vocabulary: Sequence[str] | None = None, *, corpus: Iterable[str] = (), with_pad: bool = True):
+    """A fast WordLevel tokenizer splitting on whitespace (no download), with ``SPECIAL_TOKENS`` as pad, eos and
+    unk: over ``vocabulary`` (every word in id order, the special tokens included), or else trained on the texts
+    of ``corpus`` (ids 0, 1, 2 the special tokens, then the words, most frequent first). ``with_pad=False`` leaves
+    the pad token unset, as in a tokenizer that has none."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    pad, eos, unk = SPECIAL_TOKENS
+    word_ids = None if vocabulary is None else {word: i for i, word in enumerate(vocabulary)}
+    backend = Tokenizer(models.WordLevel(word_ids, unk_token=unk))
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if vocabulary is None:
+        trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
+        backend.train_from_iterator(corpus, trainer=trainer)
+    kwargs = {"pad_token": pad} if with_pad else {}
+    return PreTrainedTokenizerFast(tokenizer_object=backend, eos_token=eos, unk_token=unk, **kwargs)
 
 
 def tiny_batch(family: str, batch: int = 2, length: int = 7, pad_side: str = "right", seed: int = 1):
@@ -178,6 +197,16 @@ def tiny_batch(family: str, batch: int = 2, length: int = 7, pad_side: str = "ri
             input_ids[1, :2] = PAD
             attention_mask[1, :2] = 0
     return input_ids, attention_mask
+
+
+def batch_logits(model, family: str, task_type=None, length: int = 6) -> torch.Tensor:
+    """The logits of ``model`` (no grad) on ``tiny_batch(family, length=length)``; a seq2seq model gets the
+    first three input ids as its decoder input."""
+    task = str(getattr(task_type, "value", task_type) or default_task(family))
+    input_ids, attention_mask = tiny_batch(family, length=length)
+    extra = {"decoder_input_ids": input_ids[:, :3]} if task == "SEQ_2_SEQ_LM" else {}
+    with torch.no_grad():
+        return model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
 
 def make_superpos(family: str, task_type=None, base_seed: int = 0, base=None, **config_kwargs):
