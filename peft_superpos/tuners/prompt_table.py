@@ -110,10 +110,16 @@ class PromptTableEncoder(BasePromptEncoder):
     ``prompt_embeddings``, so training resumes exactly and the table exports to stock prompt tuning.
     """
 
-    def __init__(self, num_tokens: int, dim: int, output_dtype: torch.dtype) -> None:
+    def __init__(self, config, word_embeddings: nn.Embedding) -> None:
+        """Checks that ``word_embeddings`` fits ``config`` and sets ``num_tokens`` (n), ``dim`` (d) and the
+        output dtype (the model's)."""
         super().__init__()
-        self.embedding = PromptTable(num_tokens, dim)
-        self.output_dtype = output_dtype if output_dtype.is_floating_point else torch.float32
+        check_fits_model(config, word_embeddings)
+        self.num_tokens = config.num_virtual_tokens * config.num_transformer_submodules
+        self.dim = word_embeddings.weight.shape[1]
+        dtype = word_embeddings.weight.dtype
+        self.output_dtype = dtype if dtype.is_floating_point else torch.float32
+        self.embedding = PromptTable(self.num_tokens, self.dim)
         self._cache_key: tuple | None = None
 
     def compute_table(self) -> torch.Tensor:

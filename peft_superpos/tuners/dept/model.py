@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, check_fits_model, sample_vocabulary
+from ..prompt_table import PromptTableEncoder, sample_vocabulary
 from .config import DePTConfig
 
 
@@ -29,11 +29,8 @@ class DePTEmbedding(PromptTableEncoder):
     def __init__(
         self, config: DePTConfig, word_embeddings: nn.Embedding, special_token_ids: Iterable[int] = ()
     ) -> None:
-        num_tokens = config.num_virtual_tokens * config.num_transformer_submodules
-        weight = word_embeddings.weight
-        rows, dim = weight.shape
-        check_fits_model(config, word_embeddings)
-        super().__init__(num_tokens, dim, weight.dtype)
+        super().__init__(config, word_embeddings)
+        num_tokens, dim = self.num_tokens, self.dim
         _, initial = sample_vocabulary(config, word_embeddings, num_tokens, special_token_ids)
         generator = torch.Generator().manual_seed(config.seed + 1)
         lora_a = torch.randn(config.max_length, config.r, generator=generator) / math.sqrt(config.r)

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, check_fits_model, sample_vocabulary
+from ..prompt_table import PromptTableEncoder, sample_vocabulary
 from .config import ResidualPromptConfig
 
 
@@ -30,11 +30,8 @@ class ResidualPromptEmbedding(PromptTableEncoder):
     def __init__(
         self, config: ResidualPromptConfig, word_embeddings: nn.Embedding, special_token_ids: Iterable[int] = ()
     ) -> None:
-        num_tokens = config.num_virtual_tokens * config.num_transformer_submodules
-        weight = word_embeddings.weight
-        rows, dim = weight.shape
-        check_fits_model(config, word_embeddings)
-        super().__init__(num_tokens, dim, weight.dtype)
+        super().__init__(config, word_embeddings)
+        num_tokens, dim = self.num_tokens, self.dim
         _, initial = sample_vocabulary(config, word_embeddings, num_tokens, special_token_ids)
         device = initial.device
         k, b = (num_tokens if config.separate_mlps else 1), config.bottleneck_size

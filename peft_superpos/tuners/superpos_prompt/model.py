@@ -10,7 +10,6 @@ from torch import nn
 
 from ..prompt_table import (
     PromptTableEncoder,
-    check_fits_model,
     check_same_embeddings,
     check_token_ids,
     embedding_rows,
@@ -43,10 +42,8 @@ class SuperPosPromptEmbedding(PromptTableEncoder):
     def __init__(
         self, config: SuperPosPromptConfig, word_embeddings: nn.Embedding, special_token_ids: Iterable[int] = ()
     ) -> None:
-        num_tokens = config.num_virtual_tokens * config.num_transformer_submodules
-        weight = word_embeddings.weight
-        check_fits_model(config, word_embeddings)
-        super().__init__(num_tokens, weight.shape[1], weight.dtype)
+        super().__init__(config, word_embeddings)
+        num_tokens, weight = self.num_tokens, word_embeddings.weight
         if config.token_ids is None:
             ids, frozen = sample_vocabulary(config, word_embeddings, config.m, special_token_ids)
             config.token_ids = ids.tolist()
