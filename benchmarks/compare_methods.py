@@ -26,6 +26,10 @@ from peft_superpos.harness.run import RunConfig, run_experiment  # noqa: E402
 DEFAULT_METHODS = ("superpos", "prompt_tuning", "residual")
 
 
+def _jsonable(value: object) -> object:
+    return sorted(value) if isinstance(value, (set, frozenset)) else str(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task")
@@ -95,7 +99,9 @@ def main() -> None:
     figure.tight_layout()
     figure.savefig(out / f"compare-{args.task}.png", dpi=100)
     summary = {m: {"final": r["final"], "rows": r["rows"]} for m, r in results.items()}
-    (out / f"compare-{args.task}.json").write_text(json.dumps({"command": command, "runs": summary}, indent=2))
+    (out / f"compare-{args.task}.json").write_text(
+        json.dumps({"command": command, "runs": summary}, indent=2, default=_jsonable)
+    )
     (out / f"compare-{args.task}.md").write_text(f"`{command}`\n\n{table}\n")
 
 

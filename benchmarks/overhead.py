@@ -8,7 +8,8 @@ shows their median and [min, max].
 Memory on CPU: the peak resident memory reached during one training step (Linux ``VmHWM`` after resetting
 it through ``/proc/self/clear_refs``) minus the resident memory just before the step, plus the adapter's
 persistent training state (parameters, gradients and the two AdamW moments of every trainable tensor, and
-the encoder's buffers), which the step's peak does not see because it exists before the step.
+the encoder's buffers), which the step's peak does not see because it exists before the step. The memory
+ratio compares medians.
 
     python benchmarks/overhead.py --model tiny --rounds 5
     python benchmarks/overhead.py --model smollm2 --rounds 3 --batch-size 8 --seq-len 128
@@ -111,6 +112,26 @@ class Variant:
         _, peak = memory_kib()
         return seconds, peak - before
 
+    def adapter_only(self, repeats: int = 20) -> float:
+        """Median seconds of the adapter's own work in a training step, without the backbone: computing the
+        prompt from its parameters, back-propagating into them and the AdamW step. Far less noisy than the
+        difference of two whole steps; ``train_step / (train_step - adapter difference)`` bounds the ratio."""
+        encoder = self.model.prompt_encoder["default"]
+        tokens = self.model.prompt_tokens["default"].unsqueeze(0)
+        adjust = getattr(encoder, "adjust_input_embeds", None)  # DePT's update of the input embeddings
+        inputs_embeds = self.model.word_embeddings(self.batch["input_ids"]).detach()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            loss = encoder(tokens).float().square().sum()
+            if adjust is not None:
+                loss = loss + adjust(inputs_embeds, self.batch["attention_mask"]).float().square().sum()
+            loss.backward()
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
     @torch.no_grad()
     def inference(self) -> float:
         """Seconds of one steady-state eval forward (after a warm-up forward that may build caches)."""
@@ -157,6 +178,7 @@ def main() -> None:
     for _ in range(args.warmup):
         for run in runs.values():
             run.train_step()
+    adapter_s = {name: run.adapter_only() for name, run in runs.items()}
 
     train = {name: [] for name in names}
     peak = {name: [] for name in names}
@@ -180,7 +202,8 @@ def main() -> None:
     reference_memory = [p + adapter_state_bytes(runs[REFERENCE].model) / 1024 for p in peak[REFERENCE]]
     header = (
         "| variant | trainable | train step s | train ratio | infer s | infer ratio | step peak + state MiB "
-        "| memory ratio | adapter state MiB |\n|---|---:|---:|---|---:|---|---:|---:|---:|"
+        "| memory ratio | adapter state MiB | adapter-only ms | adapter-only extra / step |\n"
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|"
     )
     rows = [header]
     for name, run in runs.items():
@@ -190,6 +213,9 @@ def main() -> None:
             "trainable_parameters": run.trainable,
             "train_step_s": summarise(train[name], train[REFERENCE]),
             "inference_s": summarise(infer[name], infer[REFERENCE]),
+            "adapter_only_s": adapter_s[name],
+            "adapter_only_extra_over_reference_step": (adapter_s[name] - adapter_s[REFERENCE])
+            / statistics.median(train[REFERENCE]),
             "memory_kib": {  # the step peak is ~0 on tiny models, so compare medians rather than per-round ratios
                 "median": statistics.median(memory),
                 "ratio_median": statistics.median(memory) / max(statistics.median(reference_memory), 1.0),
@@ -203,7 +229,8 @@ def main() -> None:
             f"| {name} | {run.trainable:,} | {t['median']:.4f} | {t['ratio_median']:.3f} "
             f"[{t['ratio_min']:.3f}, {t['ratio_max']:.3f}] | {i['median']:.4f} | {i['ratio_median']:.3f} "
             f"[{i['ratio_min']:.3f}, {i['ratio_max']:.3f}] | {m['median'] / 1024:.1f} | {m['ratio_median']:.3f} "
-            f"| {state_kib / 1024:.2f} |"
+            f"| {state_kib / 1024:.2f} | {adapter_s[name] * 1e3:.2f} "
+            f"| {entry['adapter_only_extra_over_reference_step']:+.4f} |"
         )
     table = "\n".join(rows)
     print(f"\nmodel={args.model} batch={args.batch_size}x{args.seq_len} rounds={args.rounds}\n{table}")

@@ -180,3 +180,13 @@ def test_restart_into_another_runs_folder_is_refused(llama, tmp_path):
     run_experiment(_config(llama, tmp_path, method="superpos"))
     with pytest.raises(RunConfigError, match="different run"):
         run_experiment(_config(llama, tmp_path, method="lora"))
+
+
+def test_restarting_a_finished_run_trains_nothing(llama, tmp_path):
+    """The same command again after the run finished reuses it: no extra step, no new rows or checkpoints."""
+    first = run_experiment(_config(llama, tmp_path, max_steps=2, eval_steps=2))
+    rows = (tmp_path / "metrics.jsonl").read_text()
+    again = run_experiment(_config(llama, tmp_path, max_steps=2, eval_steps=2))
+    assert again == first and again["global_step"] == 2
+    assert (tmp_path / "metrics.jsonl").read_text() == rows
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]

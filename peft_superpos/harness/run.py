@@ -181,6 +181,21 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
     return str(max(complete)[1]) if complete else None
 
 
+def finished_run(config: RunConfig, output_dir: Path, checkpoint: str | None) -> dict[str, Any] | None:
+    """The saved ``final.json`` when ``checkpoint`` already reached the requested number of steps, else None.
+
+    Trainer resumed from a checkpoint at ``max_steps`` would take one more step; a finished run is reused as
+    it is instead (raise ``--max-steps`` to train it further)."""
+    final_file = output_dir / FINAL_FILE
+    if checkpoint is None or not final_file.is_file():
+        return None
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    target = config.max_steps if config.max_steps is not None else state.get("max_steps")
+    if target is None or state.get("global_step", 0) < target:
+        return None
+    return json.loads(final_file.read_text())
+
+
 def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) -> Any:
     from transformers import TrainingArguments
 
@@ -249,6 +264,10 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         _clear_output_dir(output_dir)
     _check_identity(config, output_dir)
     checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
+    finished = finished_run(config, output_dir, checkpoint)
+    if finished is not None:
+        logger.info("%s already finished at step %s: nothing to train", output_dir, finished["global_step"])
+        return finished
     if _is_main_process():
         repair_metrics_file(output_dir / METRICS_FILE)
     previous_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
