@@ -7,7 +7,6 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import torch
 from peft import PeftModel, PromptTuningConfig
 from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
@@ -33,9 +32,7 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
     reason = getattr(encoder, "not_exportable_reason", None)
     if reason:
         raise ValueError(f"{config.peft_type.value} cannot be exported as plain prompt tuning: {reason}")
-    with torch.no_grad():
-        table = encoder.embedding.weight if config.inference_mode else encoder.table()
-    table = table.detach().float().cpu().contiguous()
+    table = encoder.final_table(config.inference_mode)
     # everything peft saves for this adapter except our encoder's own state (the prompt-method specifics)
     encoder_keys = set(encoder.state_dict()) | {PROMPT_TABLE_KEY}
     tensors = {

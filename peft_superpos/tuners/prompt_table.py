@@ -140,9 +140,16 @@ class PromptTableEncoder(BasePromptEncoder):
             return self.compute_table()
         key = self._state_key()
         if key != self._cache_key:
-            self.embedding.weight = self.compute_table().detach().clone()
-            self._cache_key = self._state_key()
+            self.embedding.weight = self.compute_table()  # autograd is off: a fresh tensor with no graph
+            self._cache_key = key
         return self.embedding.weight
+
+    def final_table(self, inference_mode: bool) -> torch.Tensor:
+        """The table to save or export, ``(n, d)`` fp32 on the CPU: the loaded one in inference mode (peft
+        reads ``embedding.weight`` then), else computed from the parameters."""
+        with torch.no_grad():
+            table = self.embedding.weight if inference_mode else self.table()
+        return table.detach().float().cpu().contiguous()
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(indices, self.table()).to(self.output_dtype)
@@ -152,9 +159,7 @@ class PromptTableEncoder(BasePromptEncoder):
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         encoder: PromptTableEncoder = model.prompt_encoder[adapter_name]
         saved = {name: tensor.detach().cpu() for name, tensor in encoder.state_dict().items()}
-        with torch.no_grad():
-            table = encoder.embedding.weight if config.inference_mode else encoder.table()
-        saved[PROMPT_TABLE_KEY] = table.detach().float().cpu()
+        saved[PROMPT_TABLE_KEY] = encoder.final_table(config.inference_mode)
         return saved
 
     def _load_adapter_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
