@@ -140,7 +140,8 @@ class PromptTableEncoder(BasePromptEncoder):
             return self.compute_table()
         key = self._state_key()
         if key != self._cache_key:
-            self.embedding.weight = self.compute_table()  # autograd is off: a fresh tensor with no graph
+            # a copy: compute_table may return a parameter itself (DePT's soft prompt), which must not alias
+            self.embedding.weight = self.compute_table().detach().clone()
             self._cache_key = key
         return self.embedding.weight
 
