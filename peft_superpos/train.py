@@ -53,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
         "unset: the Hugging Face Hub)",
     )
     parser.add_argument(
-        "--model", default=None, help="local path or Hub id (default: the embedded SmolLM2-135M-Instruct)"
+        "--model",
+        default=None,
+        help="local path, Hub id, or an embedded model: smollm2 (the default, SmolLM2-135M-Instruct) or minilm "
+        "(all-MiniLM-L6-v2, trained as a sequence classifier)",
     )
     parser.add_argument("--output-dir", required=True, help="run folder (resumed if it holds checkpoints)")
     parser.add_argument("--overwrite-output-dir", action="store_true", help="start afresh, deleting old results")
@@ -88,13 +91,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=42)
     train.add_argument("--max-train-samples", type=_positive_int, default=None, help="random subset of train")
     train.add_argument("--disable-tqdm", action="store_true", help="no progress bars")
+    train.add_argument(
+        "--no-group-by-length",
+        dest="group_by_length",
+        action="store_false",
+        help="random batches instead of length-grouped ones (more padding, slower)",
+    )
 
     evaluation = parser.add_argument_group("evaluation")
     evaluation.add_argument(
         "--eval-mode",
-        choices=("generate", "rank"),
-        default="generate",
-        help="generate: greedy decoding parsed to a label (paper); rank: best label word by log-likelihood",
+        choices=("generate", "rank", "classify"),
+        default=None,
+        help="generate: greedy decoding parsed to a label (paper; the default for language models); rank: best "
+        "label word by log-likelihood; classify: the classification head (the default for sequence classifiers)",
+    )
+    evaluation.add_argument(
+        "--eval-only", action="store_true", help="evaluate the model (untrained adapter) once; train nothing"
+    )
+    evaluation.add_argument(
+        "--zero-shot-floor",
+        action="store_true",
+        help="also evaluate the base model before training and report it beside the score",
     )
     evaluation.add_argument("--eval-batch-size", type=_positive_int, default=16)
     evaluation.add_argument("--eval-split", default="validation", help="validation (MNLI: also _mismatched)")
@@ -138,6 +156,9 @@ def config_from_args(args: argparse.Namespace):
         max_train_samples=args.max_train_samples,
         max_eval_samples=args.max_eval_samples,
         seed=args.seed,
+        group_by_length=args.group_by_length,
+        eval_only=args.eval_only,
+        zero_shot_floor=args.zero_shot_floor,
         overwrite_output_dir=args.overwrite_output_dir,
         disable_tqdm=True if args.disable_tqdm else None,
     )
@@ -169,6 +190,10 @@ def _user_error(error: BaseException) -> str | None:
     return None
 
 
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -196,10 +221,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if final:
         best = final.get("best") or {}
         last = final.get("final") or {}
+        floors = final.get("floors") or {}
+        beside = ", ".join(
+            f"{name.replace('_', '-')} floor {value:.1f}" for name, value in floors.items() if value is not None
+        )
         print(
             f"done: {final['task']} / {final['method']} step {final['global_step']}: final score "
-            f"{last.get('eval_score')}, best {best.get('eval_score')} (step {best.get('step')}); "
-            f"results in {config.output_dir}"
+            f"{_fmt(last.get('eval_score'))}, best {_fmt(best.get('eval_score'))} (step {best.get('step')}); "
+            f"{beside}; results in {config.output_dir}"
         )
     return 0
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURE_DATA = REPO_ROOT / "tests" / "fixtures" / "data"
-FAMILIES = ("llama", "gpt2", "t5")
+FAMILIES = ("llama", "gpt2", "t5", "bert")
 
 
 def _fixture_words() -> list[str]:
@@ -37,7 +37,9 @@ _HARNESS_OVERRIDES = {
     },
     "gpt2": {"max_position_embeddings": 512},
     "t5": {},
+    "bert": {"max_position_embeddings": 512},  # saved as a plain BertModel, like the embedded MiniLM
 }
+_HARNESS_TASK_TYPES = {"bert": "FEATURE_EXTRACTION"}
 
 
 def save_tiny_model(family: str, folder: str | os.PathLike) -> Path:
@@ -50,6 +52,7 @@ def save_tiny_model(family: str, folder: str | os.PathLike) -> Path:
     tokenizer = word_level_tokenizer(corpus=_fixture_words())
     model = make_tiny(
         family,
+        _HARNESS_TASK_TYPES.get(family),
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,

@@ -1,4 +1,6 @@
-"""Run records: ``metrics.jsonl`` (one row per evaluation), ``final.json`` and ``learning_curve.png``.
+"""Run records: ``metrics.jsonl`` (one row per evaluation), ``predictions/step-<step>.jsonl`` (one line per
+evaluated example: ``id``, ``gold``, ``pred`` — ``invalid`` plus the ``raw`` text when the output is no label),
+``final.json`` and ``learning_curve.png``.
 
 ``metrics.jsonl`` is append-only: each row is written with a single ``os.write`` on an ``O_APPEND`` descriptor
 and fsync'ed, so a run killed at any moment leaves whole rows (at worst one torn last line, which the next
@@ -27,17 +29,20 @@ __all__ = [
     "METRICS_FILE",
     "FINAL_FILE",
     "CURVE_FILE",
+    "PREDICTIONS_DIR",
     "MetricsRecorder",
     "append_row",
     "atomic_write_text",
     "plot_learning_curve",
     "read_rows",
     "repair_metrics_file",
+    "write_predictions",
 ]
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final.json"
 CURVE_FILE = "learning_curve.png"
+PREDICTIONS_DIR = "predictions"
 
 
 def _clean(value: Any) -> Any:
@@ -104,6 +109,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_predictions(output_dir: str | os.PathLike, step: int, records: list[dict[str, Any]]) -> Path:
+    """Write one evaluation's per-example records to ``predictions/step-<step>.jsonl`` (atomically)."""
+    folder = Path(output_dir) / PREDICTIONS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"step-{step:06d}.jsonl"
+    atomic_write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
+    return path
+
+
 def plot_learning_curve(rows: list[dict[str, Any]], path: str | os.PathLike, title: str = "") -> None:
     """Eval score and train loss against the step (matplotlib, Agg backend), written atomically."""
     import matplotlib
@@ -115,6 +129,10 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: str | os.PathLike, tit
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         ax.plot(steps, [r.get("eval_score") for r in rows], "o-", color="tab:blue", label="eval score")
+        shares = [r.get("eval_majority_pred_share") for r in rows]
+        if any(s is not None for s in shares):  # 100 = every example gets the same prediction (a collapse)
+            ax.plot(steps, shares, "^:", color="tab:gray", label="most frequent prediction, %")
+            ax.legend(loc="lower left", fontsize="small")
         ax.set_xlabel("step")
         ax.set_ylabel("eval score", color="tab:blue")
         losses = [(r["step"], r["train_loss"]) for r in rows if r.get("train_loss") is not None]

@@ -1,35 +1,78 @@
-"""Evaluation of a text-to-text classifier: greedy generation (the paper's protocol) or rank classification.
+"""Evaluation of a task model: greedy generation (the paper's protocol), rank classification, or a
+classification head.
 
 * ``generate``: greedy decoding of at most (longest label word + 1) tokens, parsed with
   ``task.parse_prediction``; text that is no label word is invalid, counts as wrong and is reported as
   ``invalid_rate``.
 * ``rank``: every string of ``task.choices`` (plus eos) is scored by the sum of its token log-likelihoods
   given the source; the best one is the prediction, so there are no invalid predictions.
+* ``classify`` (sequence-classification models): the arg-max class (STS-B: the regression output).
 
-Both return ``compute_metrics`` of the task (``score`` = mean of the task's metrics). Under ``torch.distributed``
-each process evaluates every ``world_size``-th example and the predictions are gathered, so every process
-returns the same metrics.
+Examples are batched in order of length (longest first) so batches pad little; predictions are put back in
+dataset order before scoring. :func:`evaluate` returns the task metrics (``score`` = mean of the task's
+metrics), the predicted-class counts (a collapse to one class shows as ``majority_pred_share`` near 100), the
+padding share of the evaluation batches, and one record per example (id, gold, prediction or the raw invalid
+text). Under ``torch.distributed`` each process evaluates every ``world_size``-th example and the predictions
+are gathered, so every process returns the same result.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from ..data import compute_metrics
-from .features import IGNORE_INDEX, TextToTextCollator, TextToTextEncoder, keep_for_labels
+from .features import IGNORE_INDEX, ClassificationEncoder, TextToTextCollator, TextToTextEncoder, keep_for_labels
 
-__all__ = ["EVAL_MODES", "evaluate", "rank_predictions", "generate_predictions", "sequence_logprobs"]
+__all__ = [
+    "EVAL_MODES",
+    "EvalResult",
+    "classify_predictions",
+    "constant_prediction_floor",
+    "evaluate",
+    "generate_predictions",
+    "rank_predictions",
+    "sequence_logprobs",
+]
 
-EVAL_MODES = ("generate", "rank")
+EVAL_MODES = ("generate", "rank", "classify")
+INVALID = "invalid"
 
 
-def _batches(items: Sequence[Any], size: int):
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+@dataclass
+class PaddingCount:
+    """Real and padded token counts of a series of batches."""
+
+    real: int = 0
+    total: int = 0
+
+    def add(self, attention_mask: torch.Tensor) -> None:
+        self.real += int(attention_mask.sum())
+        self.total += attention_mask.numel()
+
+    @property
+    def fraction(self) -> float:
+        return 1.0 - self.real / self.total if self.total else 0.0
+
+
+@dataclass
+class EvalResult:
+    """``metrics`` (what metrics.jsonl logs) and ``records`` (one dict per example, in dataset order)."""
+
+    metrics: dict[str, Any]
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _length_sorted_batches(lengths: Sequence[int], size: int) -> Iterator[list[int]]:
+    """Positions of ``lengths`` in batches of ``size``, longest first."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -58,34 +101,45 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], is
 
 @torch.no_grad()
 def rank_predictions(
-    model: torch.nn.Module, encoder: TextToTextEncoder, sources: Sequence[str], choices: Sequence[str], batch_size: int
+    model: torch.nn.Module,
+    encoder: TextToTextEncoder,
+    sources: Sequence[str],
+    choices: Sequence[str],
+    batch_size: int,
+    padding: PaddingCount | None = None,
 ) -> list[int]:
     """Index of the best-scoring choice for every source (each (source, choice) pair is one row)."""
     collator = TextToTextCollator(encoder.pad_id, encoder.is_encoder_decoder)
-    pairs = [(i, c) for i in range(len(sources)) for c in range(len(choices))]
-    scores = torch.empty(len(sources), len(choices))
+    pairs = [encoder.encode(s, c) for s in sources for c in choices]
+    scores = torch.empty(len(sources) * len(choices))
     device = _device(model)
-    for chunk in _batches(pairs, batch_size):
-        features = [encoder.encode(sources[i], choices[c]) for i, c in chunk]
-        batch = {k: v.to(device) for k, v in collator(features).items()}
-        values = sequence_logprobs(model, batch, encoder.is_encoder_decoder).cpu()
-        for (i, c), value in zip(chunk, values, strict=True):
-            scores[i, c] = value
-    return scores.argmax(dim=1).tolist()
+    for rows in _length_sorted_batches([len(p["input_ids"]) for p in pairs], batch_size):
+        batch = {k: v.to(device) for k, v in collator([pairs[r] for r in rows]).items()}
+        if padding is not None:
+            padding.add(batch["attention_mask"])
+        scores[rows] = sequence_logprobs(model, batch, encoder.is_encoder_decoder).cpu()
+    return scores.view(len(sources), len(choices)).argmax(dim=1).tolist()
 
 
 @torch.no_grad()
 def generate_predictions(
-    model: torch.nn.Module, encoder: TextToTextEncoder, sources: Sequence[str], max_new_tokens: int, batch_size: int
+    model: torch.nn.Module,
+    encoder: TextToTextEncoder,
+    sources: Sequence[str],
+    max_new_tokens: int,
+    batch_size: int,
+    padding: PaddingCount | None = None,
 ) -> list[str]:
     """Greedy generations (decoded, special tokens removed) for every source."""
     collator = TextToTextCollator(encoder.pad_id, encoder.is_encoder_decoder)
     tokenizer = encoder.tokenizer
     device = _device(model)
-    texts: list[str] = []
-    for chunk in _batches(list(sources), batch_size):
-        batch = collator([{"input_ids": encoder.source_ids(s)} for s in chunk])
-        batch = {k: v.to(device) for k, v in batch.items()}
+    features = [{"input_ids": encoder.source_ids(s)} for s in sources]
+    texts: list[str] = [""] * len(sources)
+    for rows in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+        batch = {k: v.to(device) for k, v in collator([features[r] for r in rows]).items()}
+        if padding is not None:
+            padding.add(batch["attention_mask"])
         output = model.generate(
             input_ids=batch["input_ids"],
             attention_mask=batch["attention_mask"],
@@ -98,8 +152,33 @@ def generate_predictions(
         if not encoder.is_encoder_decoder and output.shape[1] >= batch["input_ids"].shape[1]:
             if torch.equal(output[:, : batch["input_ids"].shape[1]], batch["input_ids"]):
                 output = output[:, batch["input_ids"].shape[1] :]
-        texts.extend(tokenizer.batch_decode(output, skip_special_tokens=True))
+        for row, text in zip(rows, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
+            texts[row] = text
     return texts
+
+
+@torch.no_grad()
+def classify_predictions(
+    model: torch.nn.Module,
+    encoder: ClassificationEncoder,
+    sources: Sequence[str],
+    batch_size: int,
+    padding: PaddingCount | None = None,
+) -> list[int | float]:
+    """Arg-max class of a sequence-classification model for every source (regression: the output value)."""
+    collator = encoder.collator()
+    device = _device(model)
+    features = [{"input_ids": encoder.source_ids(s)} for s in sources]
+    predictions: list[int | float] = [0] * len(sources)
+    for rows in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
+        batch = {k: v.to(device) for k, v in collator([features[r] for r in rows]).items()}
+        if padding is not None:
+            padding.add(batch["attention_mask"])
+        logits = model(**batch).logits.float().cpu()
+        values = logits[:, 0].tolist() if encoder.task.is_regression else logits.argmax(-1).tolist()
+        for row, value in zip(rows, values, strict=True):
+            predictions[row] = value
+    return predictions
 
 
 def _gather(values: list[Any], indices: list[int]) -> tuple[list[Any], list[int]]:
@@ -114,40 +193,79 @@ def _gather(values: list[Any], indices: list[int]) -> tuple[list[Any], list[int]
     return [v for _, v in merged], [i for i, _ in merged]
 
 
+def _prediction_word(task: Any, prediction: int | float | None) -> str:
+    if prediction is None:
+        return INVALID
+    return task.target_for(prediction)
+
+
+def prediction_counts(task: Any, predictions: Sequence[int | float | None]) -> dict[str, Any]:
+    """``pred_counts`` (label word -> count, ``invalid`` for invalid outputs; STS-B: the rounded score) and
+    ``majority_pred_share`` (percentage of the most frequent prediction: 100 means one class for all)."""
+    counts = Counter(_prediction_word(task, p) for p in predictions)
+    ordered = {word: counts[word] for word in (*task.choices, INVALID) if counts.get(word)}
+    share = 100.0 * max(counts.values()) / len(predictions) if predictions else 0.0
+    return {"pred_counts": ordered, "majority_pred_share": share}
+
+
+def constant_prediction_floor(task: Any, labels: Sequence[int | float], groups: Sequence[Any] | None = None) -> float:
+    """The best score any constant prediction reaches on these examples (the majority-class floor; STS-B: 0,
+    as a constant has no correlation)."""
+    candidates: Sequence[int | float] = [2.5] if task.is_regression else range(len(task.choices))
+    return max(compute_metrics(task, [c] * len(labels), labels, groups)["score"] for c in candidates)
+
+
 def evaluate(
     model: torch.nn.Module,
-    encoder: TextToTextEncoder,
+    encoder: TextToTextEncoder | ClassificationEncoder,
     task: Any,
     dataset: Any,
     mode: str = "generate",
     batch_size: int = 16,
-) -> dict[str, float]:
-    """Metrics of ``model`` on ``dataset`` (columns source/target/label(/group)); the model is left in eval
-    mode only for the duration of the call."""
+) -> EvalResult:
+    """Metrics and per-example records of ``model`` on ``dataset`` (columns source/target/label(/group)); the
+    model is left in eval mode only for the duration of the call."""
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
+    if (mode == "classify") != isinstance(encoder, ClassificationEncoder):
+        raise ValueError(f"eval mode {mode!r} does not fit a {type(encoder).__name__}")
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     indices = list(range(rank, len(dataset), world))
     sources = [dataset[i]["source"] for i in indices]
+    padding = PaddingCount()
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     try:
-        if mode == "rank":
-            choice_ids = rank_predictions(model, encoder, sources, task.choices, batch_size)
-            local: list[Any] = [task.choices[c] for c in choice_ids]
+        if mode == "classify":
+            local: list[Any] = classify_predictions(model, encoder, sources, batch_size, padding)
+        elif mode == "rank":
+            choice_ids = rank_predictions(model, encoder, sources, task.choices, batch_size, padding)
+            local = [task.choices[c] for c in choice_ids]
         else:
             longest = max(len(encoder.target_ids(c)) for c in task.choices)
-            local = generate_predictions(model, encoder, sources, longest, batch_size)
+            local = generate_predictions(model, encoder, sources, longest, batch_size, padding)
     finally:
         model.train(was_training)
-    texts, order = _gather(local, indices)
+    outputs, order = _gather(local, indices)
     assert order == list(range(len(dataset))), "evaluation lost examples"
-    predictions = [task.parse_prediction(t) for t in texts]
+    if mode == "classify":
+        predictions = [min(max(o, 0.0), 5.0) if task.is_regression else o for o in outputs]
+    else:
+        predictions = [task.parse_prediction(o) for o in outputs]
     groups = dataset["group"] if "group" in dataset.column_names else None
-    metrics = compute_metrics(task, predictions, dataset["label"], groups)
+    metrics: dict[str, Any] = compute_metrics(task, predictions, dataset["label"], groups)
+    metrics.update(prediction_counts(task, predictions))
+    metrics["padding_fraction"] = padding.fraction  # of this process's batches
+    metrics["tokens"] = padding.real
     metrics["eval_time_s"] = time.perf_counter() - start
     metrics["num_examples"] = len(dataset)
-    return metrics
+    records = []
+    for i, (target, output, prediction) in enumerate(zip(dataset["target"], outputs, predictions, strict=True)):
+        record: dict[str, Any] = {"id": i, "gold": target, "pred": _prediction_word(task, prediction)}
+        if prediction is None:
+            record["raw"] = output
+        records.append(record)
+    return EvalResult(metrics, records)

@@ -22,6 +22,8 @@ import torch
 
 __all__ = [
     "DECODER_SEPARATOR",
+    "ClassificationCollator",
+    "ClassificationEncoder",
     "TextToTextCollator",
     "TextToTextEncoder",
     "install_padding_aware_positions",
@@ -67,32 +69,41 @@ class TextToTextEncoder:
         self._target_cache[target] = ids
         return ids
 
-    def source_ids(self, source: str, room: int | None = None) -> list[int]:
-        """Source tokens (with the tokenizer's special tokens; decoders: plus the separator), cut to ``room``."""
+    def truncated_source_ids(self, source: str, room: int | None = None) -> tuple[list[int], bool]:
+        """``(ids, truncated)``: source tokens (with the tokenizer's special tokens; decoders: plus the
+        separator) cut to ``room`` (default ``max_length``), and whether anything was cut."""
         room = self.max_length if room is None else room
         ids = self._ids(source, special=True)
         if self.is_encoder_decoder:
-            if len(ids) > room:  # keep a trailing special token (T5's </s>) after truncation
-                ids = ids[: room - 1] + ids[-1:] if ids[-1] == self.eos_id else ids[:room]
-            return ids
+            if len(ids) <= room:
+                return ids, False
+            # keep a trailing special token (T5's </s>) after truncation
+            return (ids[: room - 1] + ids[-1:] if ids[-1] == self.eos_id else ids[:room]), True
         if ids and ids[-1] == self.eos_id:  # tokenizers that append eos to every text
             ids = ids[:-1]
         keep = max(1, room - len(self._separator))
-        return ids[:keep] + self._separator
+        return ids[:keep] + self._separator, len(ids) > keep
 
-    def encode(self, source: str, target: str) -> dict[str, list[int]]:
-        """Training features: ``input_ids`` and ``labels`` (-100 outside the target)."""
+    def source_ids(self, source: str, room: int | None = None) -> list[int]:
+        """Source tokens cut to ``room`` (see :meth:`truncated_source_ids`)."""
+        return self.truncated_source_ids(source, room)[0]
+
+    def encode(self, source: str, target: str) -> dict[str, Any]:
+        """Training features: ``input_ids``, ``labels`` (-100 outside the target) and ``truncated`` (the
+        source was cut to fit ``max_length``)."""
         target_ids = self.target_ids(target)
         if self.is_encoder_decoder:
-            return {"input_ids": self.source_ids(source), "labels": target_ids}
-        source_ids = self.source_ids(source, room=max(1, self.max_length - len(target_ids)))
+            source_ids, truncated = self.truncated_source_ids(source)
+            return {"input_ids": source_ids, "labels": target_ids, "truncated": truncated}
+        source_ids, truncated = self.truncated_source_ids(source, room=max(1, self.max_length - len(target_ids)))
         return {
             "input_ids": source_ids + target_ids,
             "labels": [IGNORE_INDEX] * len(source_ids) + target_ids,
+            "truncated": truncated,
         }
 
     def encode_dataset(self, dataset: Any, num_proc: int | None = None) -> Any:
-        """Map a ``datasets.Dataset`` of source/target rows to ``input_ids`` / ``labels`` columns only."""
+        """Map a ``datasets.Dataset`` of source/target rows to ``input_ids`` / ``labels`` / ``truncated``."""
         return dataset.map(
             lambda row: self.encode(row["source"], row["target"]),
             remove_columns=list(dataset.column_names),
@@ -100,6 +111,9 @@ class TextToTextEncoder:
             desc="Tokenizing",
             load_from_cache_file=False,
         )
+
+    def collator(self) -> TextToTextCollator:
+        return TextToTextCollator(self.pad_id, self.is_encoder_decoder)
 
 
 @dataclass
@@ -137,6 +151,71 @@ class TextToTextCollator:
         if "labels" in features[0]:
             labels = [list(f["labels"]) for f in features]
             batch["labels"] = self._pad(labels, IGNORE_INDEX, left)
+        return batch
+
+
+class ClassificationEncoder:
+    """Source text -> token ids for a sequence-classification model (SEQ_CLS): ``labels`` is the class id
+    (STS-B: the float score). Sources longer than ``max_length`` are cut, keeping the final special token."""
+
+    is_encoder_decoder = False
+
+    def __init__(self, tokenizer: Any, task: Any, max_length: int = 256) -> None:
+        self.tokenizer = tokenizer
+        self.task = task
+        self.max_length = max_length
+        self.pad_id = int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    def truncated_source_ids(self, source: str, room: int | None = None) -> tuple[list[int], bool]:
+        """``(ids, truncated)``: the tokenizer's ids of ``source`` (with its special tokens), cut to ``room``."""
+        room = self.max_length if room is None else room
+        ids = list(self.tokenizer(source)["input_ids"])
+        if len(ids) <= room:
+            return ids, False
+        special = ids[-1] in self.tokenizer.all_special_ids
+        return (ids[: room - 1] + ids[-1:] if special else ids[:room]), True
+
+    def source_ids(self, source: str, room: int | None = None) -> list[int]:
+        return self.truncated_source_ids(source, room)[0]
+
+    def encode(self, source: str, label: int | float) -> dict[str, Any]:
+        """Training features: ``input_ids``, ``labels`` (one value) and ``truncated``."""
+        ids, truncated = self.truncated_source_ids(source)
+        return {
+            "input_ids": ids,
+            "labels": float(label) if self.task.is_regression else int(label),
+            "truncated": truncated,
+        }
+
+    def encode_dataset(self, dataset: Any) -> Any:
+        """Map a ``datasets.Dataset`` of source/label rows to ``input_ids`` / ``labels`` / ``truncated``."""
+        return dataset.map(
+            lambda row: self.encode(row["source"], row["label"]),
+            remove_columns=list(dataset.column_names),
+            desc="Tokenizing",
+            load_from_cache_file=False,
+        )
+
+    def collator(self) -> ClassificationCollator:
+        return ClassificationCollator(self.pad_id, regression=self.task.is_regression)
+
+
+@dataclass
+class ClassificationCollator(TextToTextCollator):
+    """Right-padded token ids with one label per row (a class id, or a float score for regression)."""
+
+    is_encoder_decoder: bool = True  # right padding, like encoder inputs
+    regression: bool = False
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        input_ids = [list(f["input_ids"]) for f in features]
+        batch = {
+            "input_ids": self._pad(input_ids, self.pad_id, left=False),
+            "attention_mask": self._pad([[1] * len(r) for r in input_ids], 0, left=False),
+        }
+        if "labels" in features[0]:
+            dtype = torch.float32 if self.regression else torch.long
+            batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=dtype)
         return batch
 
 

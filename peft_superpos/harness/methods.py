@@ -70,7 +70,9 @@ class MethodSpec:
 
 
 def _task_type(model: Any) -> str:
-    return "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
+    if getattr(model.config, "is_encoder_decoder", False):
+        return "SEQ_2_SEQ_LM"
+    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
 
 
 def _vocab_size(model: Any, tokenizer: Any) -> int | None:

@@ -36,7 +36,8 @@ from .callbacks import (
     read_rows,
     repair_metrics_file,
 )
-from .features import TextToTextCollator, TextToTextEncoder, install_padding_aware_positions
+from .evaluation import EVAL_MODES, constant_prediction_floor, evaluate
+from .features import ClassificationEncoder, TextToTextEncoder, install_padding_aware_positions
 from .methods import MethodSettings, get_method, is_prompt_method
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["RunConfig", "RunConfigError", "build_model", "last_complete_checkpoint", "run_experiment"]
 
 RUN_CONFIG_FILE = "run_config.json"
+FLOORS_FILE = "floors.json"
 # Settings that must match for a restart to continue a run (the rest, e.g. eval/save steps, may change).
 _IDENTITY_FIELDS = (
     "task",
@@ -55,6 +57,7 @@ _IDENTITY_FIELDS = (
     "seed",
     "max_train_samples",
     "gradient_accumulation_steps",
+    "group_by_length",
 )
 
 
@@ -79,11 +82,14 @@ class RunConfig:
     eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_length: int = 256
-    eval_mode: str = "generate"
+    eval_mode: str | None = None  # None: generate (language models) or classify (sequence classifiers)
     eval_split: str = "validation"
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     seed: int = 42
+    group_by_length: bool = True
+    eval_only: bool = False
+    zero_shot_floor: bool = False
     overwrite_output_dir: bool = False
     disable_tqdm: bool | None = None
 
@@ -113,16 +119,30 @@ def load_data(config: RunConfig, task: Any) -> tuple[Any, Any]:
     return train, evaluation
 
 
-def build_model(config: RunConfig) -> tuple[Any, Any, Any, dict[str, float] | None]:
-    """``(model, tokenizer, peft_config or None, lr_by_name)`` for ``config.method`` (seeded)."""
+def load_base_model(config: RunConfig) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``config.model``, seeded (a new classification head is repeatable)."""
+    from transformers import set_seed
+
+    from ..data import get_task
+    from ..models import load_model_and_tokenizer
+
+    task = get_task(config.task)
+    set_seed(config.seed)
+    return load_model_and_tokenizer(config.model, num_labels=1 if task.is_regression else len(task.choices))
+
+
+def build_model(
+    config: RunConfig, base: tuple[Any, Any] | None = None
+) -> tuple[Any, Any, Any, dict[str, float] | None]:
+    """``(model, tokenizer, peft_config or None, lr_by_name)`` for ``config.method`` (seeded), wrapping
+    ``base`` (``(model, tokenizer)`` from :func:`load_base_model`, loaded here when not given)."""
     from transformers import set_seed
 
     from .. import disable_dropout
-    from ..models import load_model_and_tokenizer
 
     spec = get_method(config.method)
     settings = dataclasses.replace(config.method_settings, seed=config.seed, max_length=config.max_length)
-    model, tokenizer = load_model_and_tokenizer(config.model)
+    model, tokenizer = base if base is not None else load_base_model(config)
     if not settings.keep_dropout:
         disable_dropout(model)
     set_seed(config.seed)  # prompt inits drawn from torch's RNG (stock prompt tuning) are repeatable
@@ -253,8 +273,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     task = get_task(config.task)
     spec = get_method(config.method)
     config.method = spec.name
-    if config.eval_mode not in ("generate", "rank"):
-        raise RunConfigError(f"unknown eval mode {config.eval_mode!r}; expected generate or rank")
+    if config.eval_mode not in (None, *EVAL_MODES):
+        raise RunConfigError(f"unknown eval mode {config.eval_mode!r}; expected one of {', '.join(EVAL_MODES)}")
     for name in ("eval_steps", "batch_size", "max_length"):
         if getattr(config, name) <= 0:
             raise RunConfigError(f"--{name.replace('_', '-')} must be positive")
@@ -263,6 +283,8 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     if config.overwrite_output_dir and _is_main_process():
         _clear_output_dir(output_dir)
     _check_identity(config, output_dir)
+    if config.eval_only and (output_dir / FINAL_FILE).is_file():
+        return json.loads((output_dir / FINAL_FILE).read_text())
     checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
     finished = finished_run(config, output_dir, checkpoint)
     if finished is not None:
@@ -275,11 +297,14 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
     train_raw, eval_raw = load_data(config, task)
     load_start = time.perf_counter()
-    model, tokenizer, peft_config, lr_by_name = build_model(config)
+    base = load_base_model(config)
+    classifier = type(base[0]).__name__.endswith("ForSequenceClassification")
+    eval_mode = _resolve_eval_mode(config, classifier)
+    encoder = _make_encoder(base, task, config, classifier)
+    floors = _floors(config, output_dir, task, eval_raw, base, encoder, eval_mode)
+    model, tokenizer, peft_config, lr_by_name = build_model(config, base)
     load_time = time.perf_counter() - load_start
-    is_encoder_decoder = bool(getattr(model.config, "is_encoder_decoder", False))
-    text_encoder = TextToTextEncoder(tokenizer, is_encoder_decoder, config.max_length)
-    train_features = text_encoder.encode_dataset(train_raw)
+    train_features = encoder.encode_dataset(train_raw)
 
     lr = spec.resolved_lr(config.method_settings)
     weight_decay = spec.resolved_weight_decay(config.method_settings)
@@ -292,21 +317,26 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_raw,
-        data_collator=TextToTextCollator(text_encoder.pad_id, is_encoder_decoder),
+        data_collator=encoder.collator(),
         optimizers=(optimizer, None),
         callbacks=[recorder, EndOfTrainingCallback()],
         task=task,
-        text_encoder=text_encoder,
-        eval_mode=config.eval_mode,
+        text_encoder=encoder,
+        eval_mode=eval_mode,
         eval_batch_size=config.eval_batch_size,
         raw_eval_dataset=eval_raw,
+        group_by_length=config.group_by_length,
     )
     trainable, total = _count_parameters(model)
-    if checkpoint:
-        logger.info("Resuming from %s", checkpoint)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Position ids are not supported")
-        result = trainer.train(resume_from_checkpoint=checkpoint)
+    train_metrics: dict[str, Any] = {}
+    if config.eval_only:
+        trainer.evaluate()
+    else:
+        if checkpoint:
+            logger.info("Resuming from %s", checkpoint)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Position ids are not supported")
+            train_metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
 
     final: dict[str, Any] = {}
     if trainer.is_world_process_zero():
@@ -316,10 +346,12 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         superseded = [r for r in all_rows if r is not last_per_step[int(r["step"])]]
         scored = [r for r in rows if r.get("eval_score") is not None]
         best = max(scored, key=lambda r: r["eval_score"]) if scored else None
+        session_rows = [r for r in rows if r.get("session") == session]
         final = {
             "task": task.name,
             "method": spec.name,
             "config": json.loads(json.dumps(config.to_dict())),
+            "eval_mode": eval_mode,
             "hyperparameters": {
                 "lr": lr,
                 "weight_decay": weight_decay,
@@ -335,15 +367,24 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
             "global_step": trainer.state.global_step,
             "resumed_from": checkpoint,
             "session": session,
+            "floors": floors,
             "final": rows[-1] if rows else None,
             "best": best,
             "final_train_loss": rows[-1].get("train_loss") if rows else None,
             "superseded_rows": superseded,
+            "data": {
+                "train_examples": len(train_features),
+                "eval_examples": len(eval_raw),
+                "max_length": config.max_length,
+                "train_truncated": int(sum(train_features["truncated"])),
+                "eval_truncated": sum(encoder.truncated_source_ids(s)[1] for s in eval_raw["source"]),
+            },
+            "throughput": _throughput(trainer, train_metrics, session_rows),
             "timings": {
                 "model_load_s": load_time,
-                "train_runtime_s": result.metrics.get("train_runtime"),
-                "train_steps_per_second": result.metrics.get("train_steps_per_second"),
-                "eval_time_s": sum(r.get("eval_eval_time_s") or 0.0 for r in rows if r.get("session") == session),
+                "train_runtime_s": train_metrics.get("train_runtime"),
+                "train_steps_per_second": train_metrics.get("train_steps_per_second"),
+                "eval_time_s": sum(r.get("eval_eval_time_s") or 0.0 for r in session_rows),
                 "wall_s": time.perf_counter() - wall_start,
             },
         }
@@ -351,6 +392,69 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         if rows:
             plot_learning_curve(rows, output_dir / CURVE_FILE, f"{task.display_name} / {spec.name}")
     return final
+
+
+def _resolve_eval_mode(config: RunConfig, classifier: bool) -> str:
+    if config.eval_mode is None:
+        return "classify" if classifier else "generate"
+    if (config.eval_mode == "classify") != classifier:
+        kind = "a sequence classifier" if classifier else "a language model"
+        raise RunConfigError(f"--eval-mode {config.eval_mode} does not apply to {config.model or 'the model'} ({kind})")
+    return config.eval_mode
+
+
+def _make_encoder(
+    base: tuple[Any, Any], task: Any, config: RunConfig, classifier: bool
+) -> TextToTextEncoder | ClassificationEncoder:
+    model, tokenizer = base
+    if classifier:
+        return ClassificationEncoder(tokenizer, task, config.max_length)
+    return TextToTextEncoder(tokenizer, bool(getattr(model.config, "is_encoder_decoder", False)), config.max_length)
+
+
+def _floors(
+    config: RunConfig,
+    output_dir: Path,
+    task: Any,
+    eval_raw: Any,
+    base: tuple[Any, Any],
+    encoder: TextToTextEncoder | ClassificationEncoder,
+    eval_mode: str,
+) -> dict[str, float | None]:
+    """Scores to beat on the same eval examples: ``majority`` (the best constant prediction) and, with
+    ``zero_shot_floor``, ``zero_shot`` (the base model before any training, same eval mode; computed once per
+    run folder and kept in ``floors.json``)."""
+    groups = eval_raw["group"] if "group" in eval_raw.column_names else None
+    floors: dict[str, float | None] = {"majority": constant_prediction_floor(task, eval_raw["label"], groups)}
+    path = output_dir / FLOORS_FILE
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if "zero_shot" in saved:
+        floors["zero_shot"] = saved["zero_shot"]
+    elif config.zero_shot_floor and eval_mode != "classify":  # a new classification head is random
+        model = base[0]
+        install_padding_aware_positions(model)
+        result = evaluate(model, encoder, task, eval_raw, mode=eval_mode, batch_size=config.eval_batch_size)
+        floors["zero_shot"] = result.metrics["score"]
+        if _is_main_process():
+            atomic_write_text(path, json.dumps({"zero_shot": floors["zero_shot"], "eval_mode": eval_mode}))
+    return floors
+
+
+def _throughput(trainer: Any, train_metrics: dict[str, Any], session_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Non-padding tokens per second and padding share, of training and of evaluation (this session)."""
+    padding = trainer.train_padding
+    runtime = train_metrics.get("train_runtime")
+    eval_tokens = sum(r.get("eval_tokens") or 0 for r in session_rows)
+    eval_time = sum(r.get("eval_eval_time_s") or 0.0 for r in session_rows)
+    eval_padding = [r["eval_padding_fraction"] for r in session_rows if r.get("eval_padding_fraction") is not None]
+    return {
+        "train_tokens": padding.real,
+        "train_padding_fraction": padding.fraction if padding.total else None,
+        "train_tokens_per_s": padding.real / runtime if runtime and padding.real else None,
+        "eval_tokens": eval_tokens,
+        "eval_padding_fraction": sum(eval_padding) / len(eval_padding) if eval_padding else None,
+        "eval_tokens_per_s": eval_tokens / eval_time if eval_time else None,
+    }
 
 
 def _finite(value: Any) -> Any:

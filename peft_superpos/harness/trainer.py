@@ -5,8 +5,13 @@
   1-process run with the same global batch take the same step, and gradient accumulation is exact.
 * Decoder-only models get ``logits_to_keep=K`` (batches are left-padded, so the label tokens sit in the last
   ``K`` columns): the LM head runs on ``K`` positions, not on ``num_virtual_tokens + L``.
-* ``evaluate`` runs generation or rank classification (see :mod:`.evaluation`) instead of Trainer's
-  prediction loop; the metrics go through ``self.log`` and the callbacks' ``on_evaluate``.
+* Sequence-classification models (SEQ_CLS, e.g. MiniLM): cross-entropy of the class (MSE for regression)
+  summed over the batch and divided by ``num_items_in_batch`` in the same way.
+* Training batches come in length-grouped order (:class:`.sampling.LengthGroupedSampler`, seeded) unless
+  ``group_by_length=False``; real and padded training tokens are counted in ``train_padding``.
+* ``evaluate`` runs generation, rank classification or the classification head (see :mod:`.evaluation`)
+  instead of Trainer's prediction loop; the metrics go through ``self.log`` and the callbacks'
+  ``on_evaluate``, and the per-example predictions are written to ``predictions/step-<step>.jsonl``.
 * Resuming stock PROMPT_TUNING: peft refuses ``load_adapter(..., is_trainable=True)`` only for a *new*
   adapter; Trainer reloads into the existing trainable adapter, and the saved ``prompt_embeddings`` table is
   the whole trainable state of stock prompt tuning, so resuming is exact. :meth:`_load_from_checkpoint` still
@@ -20,8 +25,10 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback
 
-from .evaluation import evaluate
-from .features import IGNORE_INDEX, TextToTextEncoder, keep_for_labels
+from .callbacks import write_predictions
+from .evaluation import PaddingCount, evaluate
+from .features import IGNORE_INDEX, ClassificationEncoder, TextToTextEncoder, keep_for_labels
+from .sampling import LengthGroupedSampler
 
 __all__ = ["EndOfTrainingCallback", "TextToTextTrainer"]
 
@@ -31,10 +38,11 @@ class TextToTextTrainer(Trainer):
         self,
         *args: Any,
         task: Any,
-        text_encoder: TextToTextEncoder,
+        text_encoder: TextToTextEncoder | ClassificationEncoder,
         eval_mode: str = "generate",
         eval_batch_size: int = 16,
         raw_eval_dataset: Any = None,
+        group_by_length: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -43,12 +51,36 @@ class TextToTextTrainer(Trainer):
         self.eval_mode = eval_mode
         self.eval_batch_size_ = eval_batch_size
         self.raw_eval_dataset = raw_eval_dataset
+        self.group_by_length = group_by_length
         self.is_encoder_decoder = text_encoder.is_encoder_decoder
+        self.is_classifier = isinstance(text_encoder, ClassificationEncoder)
+        self.train_padding = PaddingCount()
         # compute_loss normalises by num_items_in_batch itself: ask Trainer to count (and gather) label tokens.
         self.model_accepts_loss_kwargs = True
         self.logits_kept: list[tuple[int, int]] = []  # (K, sequence length) of recent steps, for tests/logs
 
+    def _get_train_sampler(self, train_dataset=None):
+        if not self.group_by_length:
+            return super()._get_train_sampler(train_dataset)
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
+        lengths = [len(ids) for ids in dataset["input_ids"]]
+        return LengthGroupedSampler(lengths, global_batch, seed=self.args.data_seed or self.args.seed)
+
+    def _classification_loss(self, model, inputs):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        logits, labels = outputs.logits.float(), inputs["labels"].to(outputs.logits.device)
+        if self.task.is_regression:
+            loss_sum = torch.nn.functional.mse_loss(logits.squeeze(-1), labels.float(), reduction="sum")
+        else:
+            loss_sum = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        return loss_sum, outputs, labels.numel()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.train_padding.add(inputs["attention_mask"])
+        if self.is_classifier:
+            loss_sum, outputs, count = self._classification_loss(model, inputs)
+            return self._normalise(loss_sum, count, num_items_in_batch, outputs, return_outputs)
         labels = inputs["labels"]
         if self.is_encoder_decoder:
             outputs = model(
@@ -71,8 +103,13 @@ class TextToTextTrainer(Trainer):
             ignore_index=IGNORE_INDEX,
             reduction="sum",
         )
+        count = (targets != IGNORE_INDEX).sum().clamp_min(1)
+        return self._normalise(loss_sum, count, num_items_in_batch, outputs, return_outputs)
+
+    def _normalise(self, loss_sum, count, num_items_in_batch, outputs, return_outputs):
+        """Divide the summed loss by the items of the global batch (or of this batch when not given)."""
         if num_items_in_batch is None:
-            loss = loss_sum / (targets != IGNORE_INDEX).sum().clamp_min(1)
+            loss = loss_sum / count
         else:
             loss = loss_sum / num_items_in_batch
             if self.args.average_tokens_across_devices and self.accelerator.num_processes > 1:
@@ -81,10 +118,12 @@ class TextToTextTrainer(Trainer):
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.raw_eval_dataset
-        metrics = evaluate(
+        result = evaluate(
             self.model, self.text_encoder, self.task, dataset, mode=self.eval_mode, batch_size=self.eval_batch_size_
         )
-        metrics = {f"{metric_key_prefix}_{k}": v for k, v in metrics.items()}
+        if self.is_world_process_zero():
+            write_predictions(self.args.output_dir, self.state.global_step, result.records)
+        metrics = {f"{metric_key_prefix}_{k}": v for k, v in result.metrics.items()}
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics

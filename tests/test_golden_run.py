@@ -1,0 +1,48 @@
+"""Golden runs: a refactor must not change what a seeded run computes.
+
+Six steps of every method on a tiny random Llama and the CB fixtures (seed 42, batch 2, length-grouped
+batches, rank evaluation at steps 3 and 6). The logged train losses depend on every update before them, so a
+change to data order, padding, loss normalisation, initialisation or the optimizer groups moves them. If a
+change is *meant* to alter training, regenerate the numbers and say so in the commit message.
+"""
+
+from __future__ import annotations
+
+import pytest
+from harness_utils import FIXTURE_DATA, read_jsonl, tiny_model_dir
+
+from peft_superpos.harness import MethodSettings, RunConfig, run_experiment
+
+# (step, train loss, eval score) per evaluation.
+GOLDEN = {
+    "superpos": [(3, 6.553239186604817, 29.523809523809526), (6, 6.535818735758464, 29.523809523809526)],
+    "prompt_tuning": [(3, 6.554386138916016, 29.523809523809526), (6, 6.533902486165364, 29.523809523809526)],
+    "residual": [(3, 6.557573954264323, 29.523809523809526), (6, 6.539663950602214, 29.523809523809526)],
+    "dept": [(3, 6.565845489501953, 29.523809523809526), (6, 6.5477250417073565, 29.523809523809526)],
+    "lora": [(3, 6.578245798746745, 29.523809523809526), (6, 6.571895599365234, 29.523809523809526)],
+}
+
+
+@pytest.mark.parametrize("method", sorted(GOLDEN))
+def test_seeded_run_matches_the_golden_numbers(method, tmp_path_factory, tmp_path):
+    config = RunConfig(
+        task="cb",
+        output_dir=str(tmp_path),
+        data_dir=str(FIXTURE_DATA),
+        model=str(tiny_model_dir(tmp_path_factory, "llama")),
+        method=method,
+        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2),
+        max_steps=6,
+        eval_steps=3,
+        batch_size=2,
+        eval_batch_size=8,
+        eval_mode="rank",
+        seed=42,
+        disable_tqdm=True,
+    )
+    run_experiment(config)
+    rows = [(r["step"], r["train_loss"], r["eval_score"]) for r in read_jsonl(tmp_path / "metrics.jsonl")]
+    assert [r[0] for r in rows] == [g[0] for g in GOLDEN[method]]
+    for (_, loss, score), (_, golden_loss, golden_score) in zip(rows, GOLDEN[method], strict=True):
+        assert loss == pytest.approx(golden_loss, rel=1e-6)
+        assert score == pytest.approx(golden_score, rel=1e-6)
