@@ -6,6 +6,7 @@ from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import numpy as np
+from transformers import EvalPrediction
 
 from ..data.tasks import Task, get_task
 from .scoring import compute_metrics
@@ -21,7 +22,7 @@ def _decode(tokenizer: Any, token_ids: np.ndarray) -> list[str]:
 
 def trainer_compute_metrics(
     task: Task | str, tokenizer: Any, groups: Sequence[Hashable] | None = None
-) -> Callable[[Any], dict[str, float]]:
+) -> Callable[[EvalPrediction], dict[str, float]]:
     """A ``Trainer(compute_metrics=...)`` that reports the task's metrics, ``score`` and ``invalid_rate`` (0..100).
 
     ``EvalPrediction.predictions`` must be generated label tokens ``(batch, length)`` (e.g. ``Seq2SeqTrainer`` with
@@ -35,7 +36,7 @@ def trainer_compute_metrics(
     if task.name == "multirc" and groups is None:
         raise ValueError("MultiRC needs groups: pass the question id of every evaluation example (its 'group' column)")
 
-    def compute(eval_prediction: Any) -> dict[str, float]:
+    def compute(eval_prediction: EvalPrediction) -> dict[str, float]:
         predictions = eval_prediction.predictions
         if isinstance(predictions, tuple):
             predictions = predictions[0]
