@@ -1,12 +1,22 @@
-"""Metrics against values computed by hand, and scoring of invalid predictions."""
+"""Metrics against values computed by hand, scoring of invalid predictions, the shipped ``evaluate`` module
+(offline, the same numbers as the harness on every task) and the ``Trainer`` hook."""
 
 from __future__ import annotations
 
+import configparser
 import math
+import socket
+from pathlib import Path
 
+import evaluate
+import numpy as np
 import pytest
+from tiny_models import word_level_tokenizer
+from transformers import EvalPrediction
 
-from peft_superpos.data import TASKS, compute_metrics
+import peft_superpos.metrics
+from peft_superpos.data import TASK_NAMES, TASKS, compute_metrics
+from peft_superpos.metrics import METRIC_PATH, trainer_compute_metrics
 
 
 def test_keys_per_task() -> None:
@@ -136,3 +146,138 @@ def test_generation_pipeline() -> None:
     result = compute_metrics(task, preds, [0, 1, 0, 1])
     assert result["accuracy"] == pytest.approx(50.0)
     assert result["invalid_rate"] == pytest.approx(25.0)
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No Hub and no network: offline flags set and every socket connection refused."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_EVALUATE_OFFLINE", "1")
+    monkeypatch.setattr(evaluate.config, "HF_EVALUATE_OFFLINE", True)
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _random_case(task_name: str, size: int = 40, seed: int = 0):
+    """Predictions (about one in five invalid, ``None``), references and MultiRC groups for a task."""
+    task = TASKS[task_name]
+    rng = np.random.default_rng(seed)
+    if task.is_regression:
+        references = rng.uniform(0.0, 5.0, size).tolist()
+        predictions = np.clip(np.asarray(references) + rng.normal(0.0, 1.0, size), 0.0, 5.0).tolist()
+    else:
+        references = rng.integers(0, len(task.choices), size).tolist()
+        predictions = [
+            r if keep else int(rng.integers(0, len(task.choices)))
+            for r, keep in zip(references, rng.random(size) < 0.6, strict=True)
+        ]
+    predictions = [None if invalid else p for p, invalid in zip(predictions, rng.random(size) < 0.2, strict=True)]
+    groups = [f"p{i // 6}-q{i // 3}" for i in range(size)] if task_name == "multirc" else None
+    return predictions, references, groups
+
+
+@pytest.mark.parametrize("task_name", TASK_NAMES)
+def test_evaluate_module_matches_the_harness(task_name: str, offline: None) -> None:
+    predictions, references, groups = _random_case(task_name)
+    assert None in predictions
+    expected = compute_metrics(task_name, predictions, references, groups)
+    assert 0.0 < expected["invalid_rate"] < 100.0 and expected["score"] != 0.0
+    extra = {} if groups is None else {"groups": groups}
+
+    metric = evaluate.load(METRIC_PATH, task_name, keep_in_memory=True)
+    assert metric.compute(predictions=predictions, references=references, **extra) == expected
+    # The array form of invalid (-1 for classes, NaN for STS-B), added in two batches, gives the same numbers.
+    sentinel = math.nan if TASKS[task_name].is_regression else -1
+    array = np.array([sentinel if p is None else p for p in predictions])
+    half = len(array) // 2
+    metric.add_batch(predictions=array[:half], references=references[:half], **{k: v[:half] for k, v in extra.items()})
+    metric.add_batch(predictions=array[half:], references=references[half:], **{k: v[half:] for k, v in extra.items()})
+    assert metric.compute() == expected
+
+
+def test_evaluate_module_loads_offline_without_writing_into_the_package(offline: None) -> None:
+    package_dir = Path(peft_superpos.metrics.__file__).parent
+    before = sorted(package_dir.rglob("*"))
+    metric = evaluate.load(METRIC_PATH, "MRPC")  # task names as everywhere else: any case, "-" and "_" ignored
+    assert metric.compute(predictions=[1, 0, None, 1], references=[1, 0, 1, 0]) == {
+        "f1": 50.0,
+        "accuracy": 50.0,
+        "score": 50.0,
+        "invalid_rate": 25.0,
+    }
+    assert sorted(package_dir.rglob("*")) == before
+
+
+def test_evaluate_module_input_errors(offline: None) -> None:
+    with pytest.raises(ValueError, match="unknown task 'default'.*config name"):
+        evaluate.load(METRIC_PATH)
+    metric = evaluate.load(METRIC_PATH, "rte", keep_in_memory=True)
+    with pytest.raises(ValueError, match="must be in 0..1, got -2"):  # only -1 marks an invalid prediction
+        metric.compute(predictions=[0, -2], references=[0, 1])
+    with pytest.raises(ValueError, match="must be in 0..1, got -1"):  # references are never invalid
+        metric.compute(predictions=[0, 1], references=[0, -1])
+
+
+def test_metric_module_is_package_data() -> None:
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).parents[1] / "setup.cfg")
+    assert "evaluate" in config["options"]["install_requires"]
+    patterns = config["options.package_data"]["peft_superpos.metrics"].split()
+    package_dir = Path(peft_superpos.metrics.__file__).parent
+    shipped = {path for pattern in patterns for path in package_dir.glob(pattern)}
+    module_files = {path for path in Path(METRIC_PATH).rglob("*") if path.is_file() and "__pycache__" not in path.parts}
+    assert Path(METRIC_PATH, "superpos_glue.py") in module_files
+    assert module_files <= shipped
+
+
+def _eval_prediction(tokenizer, generated: list[str], targets: list[str]) -> EvalPrediction:
+    """Generated ids right-padded with pad (as generate does) and then -100 (as the Trainer's gathering does);
+    label ids (target + eos) padded with -100."""
+
+    def ids(texts: list[str], pad: list[int]) -> np.ndarray:
+        rows = [tokenizer(t, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+        width = max(len(r) for r in rows) + len(pad)
+        return np.array([r + pad + [-100] * (width - len(r) - len(pad)) for r in rows])
+
+    return EvalPrediction(predictions=ids(generated, [tokenizer.pad_token_id]), label_ids=ids(targets, []))
+
+
+def test_trainer_compute_metrics_with_invalid_generations() -> None:
+    tokenizer = word_level_tokenizer(["<pad>", "</s>", "<unk>", "entailment", "contradiction", "neutral", "maybe"])
+    generated = ["entailment", "neutral", "maybe", "", "contradiction neutral", "neutral"]
+    targets = ["entailment", "neutral", "neutral", "contradiction", "contradiction", "entailment"]
+    result = trainer_compute_metrics("cb", tokenizer)(_eval_prediction(tokenizer, generated, targets))
+    # "maybe", "" and two label words are invalid: label ids [0, 2, None, None, None, 2] vs gold [0, 2, 2, 1, 1, 0].
+    assert result == compute_metrics("cb", [0, 2, None, None, None, 2], [0, 2, 2, 1, 1, 0])
+    assert result["accuracy"] == pytest.approx(100 / 3)
+    assert result["invalid_rate"] == pytest.approx(50.0)
+
+
+def test_trainer_compute_metrics_stsb_and_multirc() -> None:
+    tokenizer = word_level_tokenizer(["<pad>", "</s>", "<unk>", "False", "True", "3.4", "1.0", "five"])
+    stsb = trainer_compute_metrics("stsb", tokenizer)(
+        _eval_prediction(tokenizer, ["3.4", "five", "1.0"], ["3.4", "1.0", "1.0"])
+    )
+    assert stsb == compute_metrics("stsb", [3.4, None, 1.0], [3.4, 1.0, 1.0])
+    groups = ["a", "a", "b"]
+    multirc = trainer_compute_metrics("multirc", tokenizer, groups)(
+        _eval_prediction(tokenizer, ["True", "False", "five"], ["True", "False", "True"])
+    )
+    assert multirc == compute_metrics("multirc", [1, 0, None], [1, 0, 1], groups)
+    assert multirc["em"] == pytest.approx(50.0)
+
+
+def test_trainer_compute_metrics_errors() -> None:
+    tokenizer = word_level_tokenizer(["<pad>", "</s>", "<unk>", "False", "True", "maybe"])
+    with pytest.raises(ValueError, match="MultiRC needs groups"):
+        trainer_compute_metrics("multirc", tokenizer)
+    compute = trainer_compute_metrics("boolq", tokenizer)
+    with pytest.raises(ValueError, match="labels of example 1 decode to 'maybe'"):
+        compute(_eval_prediction(tokenizer, ["True", "True"], ["True", "maybe"]))
+    logits = EvalPrediction(predictions=np.zeros((2, 3, 6), dtype=np.float32), label_ids=np.zeros((2, 3), dtype=int))
+    with pytest.raises(ValueError, match="expected generated token ids.*predict_with_generate"):
+        compute(logits)
