@@ -351,3 +351,19 @@ def test_real_glue_rte_fallback(tmp_path: Path) -> None:
     superglue = load_task_split("rte", "validation", data_dir=REAL_DATA)
     assert len(glue) == 277
     assert glue["label"] == superglue["label"]
+
+
+def test_first_examples_keeps_whole_multirc_questions() -> None:
+    from peft_superpos.data import first_examples
+
+    data = load_task_split("multirc", "validation", FIXTURES)
+    groups = data["group"]
+    assert len(set(groups)) >= 2
+    first_group = [g for g in groups if g == groups[0]]
+    assert len(first_group) >= 2  # the cut below falls inside a question
+    cut = first_examples(data, 1)
+    assert cut["group"] == first_group  # extended to the end of the question
+    assert len(first_examples(data, len(first_group))) == len(first_group)
+    assert len(first_examples(data, 10_000)) == len(data)
+    sst2 = load_task_split("sst2", "validation", FIXTURES)
+    assert first_examples(sst2, 2)["source"] == sst2["source"][:2]

@@ -1,6 +1,6 @@
 """GLUE / SuperGLUE tasks of the SuperPos-Prompt paper as text-to-text tasks: registry, loaders, metrics."""
 
-from .loaders import DATA_DIR_ENV, find_split_file, load_task_split, read_split_rows
+from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows
 from .metrics import compute_metrics, fill_invalid
 from .tasks import STSB_TARGETS, TASK_NAMES, TASKS, Task, TaskFiles, get_task
 
@@ -14,6 +14,7 @@ __all__ = [
     "compute_metrics",
     "fill_invalid",
     "find_split_file",
+    "first_examples",
     "get_task",
     "load_task_split",
     "read_split_rows",

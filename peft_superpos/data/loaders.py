@@ -263,3 +263,17 @@ def load_task_split(task: Task | str, split: str, data_dir: str | os.PathLike[st
     label_type = "float64" if task.is_regression else "int64"
     features = datasets.Features({c: datasets.Value(label_type if c == "label" else "string") for c in columns})
     return datasets.Dataset.from_dict({c: [ex[c] for ex in examples] for c in columns}, features=features)
+
+
+def first_examples(dataset: datasets.Dataset, count: int) -> datasets.Dataset:
+    """The first ``count`` examples of ``dataset``; with a ``group`` column (MultiRC: one row per answer
+    option) it keeps whole groups, extending past ``count`` to the end of the last group it reaches, so exact
+    match scores complete questions."""
+    if count >= len(dataset):
+        return dataset
+    end = count
+    if "group" in dataset.column_names:
+        groups = dataset["group"]
+        while end < len(groups) and groups[end] == groups[count - 1]:
+            end += 1
+    return dataset.select(range(end))

@@ -106,14 +106,14 @@ def _is_main_process() -> bool:
 
 
 def load_data(config: RunConfig, task: Any) -> tuple[Any, Any]:
-    from ..data import load_task_split
+    from ..data import first_examples, load_task_split
 
     train = load_task_split(task, "train", config.data_dir)
     evaluation = load_task_split(task, config.eval_split, config.data_dir)
     if config.max_train_samples is not None and config.max_train_samples < len(train):
         train = train.shuffle(seed=config.seed).select(range(config.max_train_samples))
-    if config.max_eval_samples is not None and config.max_eval_samples < len(evaluation):
-        evaluation = evaluation.select(range(config.max_eval_samples))  # the first N, for comparable runs
+    if config.max_eval_samples is not None:
+        evaluation = first_examples(evaluation, config.max_eval_samples)  # the first N, for comparable runs
     if len(train) == 0 or len(evaluation) == 0:
         raise RunConfigError(f"{task.display_name}: empty train or {config.eval_split} split")
     return train, evaluation
