@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, sample_vocabulary
+from ..prompt_table import PromptTableEncoder
+from ..vocabulary import sample_vocabulary
 from .config import ResidualPromptConfig
 
 
@@ -47,7 +48,7 @@ class ResidualPromptEmbedding(PromptTableEncoder):
             self.norm_bias = nn.Parameter(torch.zeros(k, dim, device=device))
         self.mlp_dropout = float(config.mlp_dropout)
 
-    def compute_table(self) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
         prompt = self.prompt.float()  # (n, d)
         # (n, 1, d) @ (k, d, b) broadcasts k = 1 (shared MLP) or k = n (one MLP per token)
         hidden = (prompt.unsqueeze(1) @ self.down_weight.float()).squeeze(1) + self.down_bias.float()
