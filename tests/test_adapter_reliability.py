@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from tiny_models import labels_for, make_tiny, tiny_batch
 from transformers import GenerationConfig
 
-from peft_superpos import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig, export_prompt_tuning
+from peft_superpos import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig, WeightInit, export_prompt_tuning
 
 ADAPTER_FILE = "adapter_model.safetensors"
 CONFIG_FILE = "adapter_config.json"
@@ -128,6 +128,19 @@ def test_prompt_is_fresh_after_every_kind_of_change(change, tmp_path):
     dtype = model.get_base_model().dtype
     reloaded = PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM", dtype=dtype), tmp_path).eval()
     assert torch.equal(logits_of(reloaded, "CAUSAL_LM", "llama"), logits_of(model, "CAUSAL_LM", "llama"))
+
+
+def test_reading_the_table_draws_no_random_numbers():
+    """peft reads ``embedding.weight`` (for its device) on every forward: that must not shift a seeded run's
+    random stream, e.g. by drawing Residual's MLP dropout."""
+    model = make_method("residual", "llama", "CAUSAL_LM", mlp_dropout=0.5)
+    model.train()
+    encoder = model.prompt_encoder["default"]
+    state = torch.get_rng_state()
+    table = encoder.embedding.weight
+    assert torch.equal(torch.get_rng_state(), state)
+    with torch.no_grad():
+        assert torch.equal(table, encoder.final_table())  # the dropout-free table, as saved and exported
 
 
 # -- 8. export never overwrites --------------------------------------------------------------------------
@@ -311,8 +324,6 @@ def test_bad_config_values(method, kwargs, match):
 
 
 def test_weight_init_is_an_enum_saved_as_its_string(tmp_path):
-    from peft_superpos.tuners.superpos_prompt.config import WeightInit
-
     config = SuperPosPromptConfig(task_type="CAUSAL_LM", weight_init="one_hot", num_virtual_tokens=2, m=4)
     assert config.weight_init is WeightInit.ONE_HOT
     config.save_pretrained(tmp_path)

@@ -93,11 +93,18 @@ class PromptTableEncoder(BasePromptEncoder):
         """The prompt table ``(n, d)`` in fp32, computed from the parameters now."""
         raise NotImplementedError
 
+    def inference_table(self) -> torch.Tensor:
+        """The table without training-time randomness (such as MLP dropout) ``(n, d)`` fp32: what inference
+        uses, and what is saved and exported. The same as ``table()`` unless a subclass says otherwise."""
+        return self.table()
+
     @property
     def embedding(self) -> PromptTableView:
-        """peft reads ``embedding.weight`` instead of calling forward when ``inference_mode`` is set (an adapter
-        loaded without ``is_trainable``): the current table, with autograd when parameters require grad."""
-        return PromptTableView(self.table())
+        """What peft reads as ``embedding.weight``: its device on every forward, and the table itself instead of
+        calling forward when ``inference_mode`` is set (an adapter loaded without ``is_trainable``). Computed
+        now, with autograd when parameters require grad; it never draws random numbers, so reading it leaves a
+        seeded training run unchanged."""
+        return PromptTableView(self.inference_table())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see (all of this module's parameters by default)."""
@@ -106,7 +113,7 @@ class PromptTableEncoder(BasePromptEncoder):
     def final_table(self) -> torch.Tensor:
         """The table to save or export: a copy, ``(n, d)`` fp32 on the CPU."""
         with torch.no_grad():
-            return self.table().detach().to("cpu", SAVED_FLOAT_DTYPE, copy=True).contiguous()
+            return self.inference_table().detach().to("cpu", SAVED_FLOAT_DTYPE, copy=True).contiguous()
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(indices, self.table()).to(self.output_dtype)
