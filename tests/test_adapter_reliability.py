@@ -371,3 +371,12 @@ def test_pickle_serialization_is_refused(tmp_path):
     with pytest.raises(ValueError, match="safe_serialization=False.*safetensors"):
         model.save_pretrained(tmp_path / "pickle", safe_serialization=False)
     assert not (tmp_path / "pickle").exists()
+
+
+def test_every_patch_of_peft_is_listed_and_installed():
+    """``_peft_compat.PATCHES`` is the one list of what this package replaces in peft."""
+    from peft_superpos import _peft_compat
+
+    assert len({(cls, attribute) for cls, attribute, _ in _peft_compat.PATCHES}) == len(_peft_compat.PATCHES)
+    for cls, attribute, replacement in _peft_compat.PATCHES:
+        assert cls.__dict__[attribute] is replacement, (cls.__name__, attribute)
