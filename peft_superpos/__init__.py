@@ -10,7 +10,7 @@ from .export import export_prompt_tuning
 from .optim import make_param_groups
 from .tuners.dept import DePTConfig, DePTEmbedding
 from .tuners.residual_prompt import ResidualPromptConfig, ResidualPromptEmbedding
-from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding
+from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding, WeightInit
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "ResidualPromptEmbedding",
     "SuperPosPromptConfig",
     "SuperPosPromptEmbedding",
+    "WeightInit",
     "disable_dropout",
     "export_prompt_tuning",
     "make_param_groups",

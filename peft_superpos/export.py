@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from peft import PeftModel, PromptTuningConfig
-from peft.utils import SAFETENSORS_WEIGHTS_NAME, get_peft_model_state_dict
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, get_peft_model_state_dict
 from safetensors.torch import save_file
 
 from ._peft_compat import is_ours
@@ -22,6 +22,8 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
     TOKEN_CLS models) are exported with it. Stock ``PeftModel.from_pretrained(base, save_directory)`` then gives
     identical logits and generations in a process that never imports peft_superpos. Files are written to a
     temporary folder first and moved into place one by one, so an interrupted export never leaves a half-written file.
+    A folder that already holds a file the export writes (a saved adapter, an earlier export) is refused with a
+    ``FileExistsError`` and left untouched; other files in it are kept.
     """
     config = model.peft_config.get(adapter_name)
     if not is_ours(config):
@@ -32,7 +34,7 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
     reason = getattr(encoder, "not_exportable_reason", None)
     if reason:
         raise ValueError(f"{config.peft_type.value} cannot be exported as plain prompt tuning: {reason}")
-    table = encoder.final_table(config.inference_mode)
+    table = encoder.final_table()
     # everything peft saves for this adapter except our encoder's own state (the prompt-method specifics)
     encoder_keys = set(encoder.state_dict()) | {PROMPT_TABLE_KEY}
     tensors = {
@@ -54,6 +56,12 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
         inference_mode=True,
     )
     target = Path(save_directory)
+    existing = [name for name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME) if (target / name).exists()]
+    if existing:
+        raise FileExistsError(
+            f"{target} already holds {existing}, which export_prompt_tuning would overwrite (e.g. the adapter "
+            "saved there, which resuming needs): export to another folder, or move those files away first."
+        )
     target.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target))
     try:

@@ -221,46 +221,6 @@ def test_bf16_base_model(family):
     assert encoder.weights.grad is not None and encoder.weights.grad.abs().sum() > 0
 
 
-# -- caching ------------------------------------------------------------------------------------------------
-def test_prompt_table_cache_and_invalidation():
-    model = make_superpos("gpt2")
-    encoder = encoder_of(model)
-    input_ids, attention_mask = tiny_batch("gpt2")
-    with torch.no_grad():
-        first = encoder.table()
-        second = encoder.table()
-        logits_before = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    assert first is second  # computed once, reused
-
-    calls = []
-    original = encoder.compute_table
-
-    def counting():
-        calls.append(1)
-        return original()
-
-    encoder.compute_table = counting
-    with torch.no_grad():
-        for _ in range(3):
-            model(input_ids=input_ids, attention_mask=attention_mask)
-    assert calls == []  # nothing changed: no recomputation
-
-    model.train()
-    output = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids)
-    assert len(calls) == 1  # with autograd the table is always recomputed (and not cached)
-    output.loss.backward()
-    torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0).step()
-    model.eval()
-    with torch.no_grad():
-        third = encoder.table()
-        logits_after = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    assert third is not first and not torch.equal(third, first)
-    assert not torch.equal(logits_after, logits_before)
-    with torch.no_grad():
-        assert encoder.table() is third
-    encoder.compute_table = original
-
-
 # -- generation ---------------------------------------------------------------------------------------------
 def new_tokens(model, input_ids, attention_mask, steps=5):
     with torch.no_grad():

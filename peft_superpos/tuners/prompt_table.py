@@ -1,9 +1,11 @@
-"""What every prompt method of this package shares: a cached prompt table, vocabulary sampling, and the
-save/load hooks that keep the whole trainable state (not only the final table) in the saved adapter."""
+"""What every prompt method of this package shares: the prompt table computed from the parameters at every
+use, and the save/load hooks that keep the whole trainable state (not only the final table) in the saved
+adapter and check it against the base model."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -11,54 +13,8 @@ from torch import nn
 from .._peft_compat import BasePromptEncoder
 
 PROMPT_TABLE_KEY = "prompt_embeddings"  # the key stock PROMPT_TUNING adapters use for the (n, d) table
-
-
-def sample_token_ids(
-    num_embeddings: int, m: int, seed: int, exclude: Iterable[int] = (), sample_vocab_size: int | None = None
-) -> torch.Tensor:
-    """``m`` unique ids from ``[0, sample_vocab_size or num_embeddings)`` minus ``exclude``, sorted, ``(m,)``."""
-    upper = num_embeddings if sample_vocab_size is None else min(sample_vocab_size, num_embeddings)
-    excluded = torch.tensor(sorted({i for i in exclude if 0 <= i < upper}), dtype=torch.long)
-    candidates = torch.ones(upper, dtype=torch.bool)
-    candidates[excluded] = False
-    candidates = candidates.nonzero().squeeze(1)
-    if m > len(candidates):
-        raise ValueError(
-            f"m={m} is larger than the usable vocabulary ({len(candidates)} ids of {upper} after removing "
-            f"{len(excluded)} special/excluded ids): choose m <= {len(candidates)}."
-        )
-    generator = torch.Generator().manual_seed(seed)
-    picked = candidates[torch.randperm(len(candidates), generator=generator)[:m]]
-    return picked.sort().values
-
-
-def embedding_rows(word_embeddings: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """A detached fp32 copy of the embedding rows at ``ids`` ``(k,)``: ``(k, d)``."""
-    weight = word_embeddings.weight
-    with torch.no_grad():
-        return weight[ids.to(weight.device)].detach().float().clone()
-
-
-def sample_vocabulary(
-    config, word_embeddings: nn.Embedding, count: int, special_token_ids: Iterable[int] = ()
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``count`` ids sampled as ``config`` says (seed, sample_vocab_size, exclusions plus the model's special
-    ids) and their fp32 embedding rows: ``(count,)``, ``(count, d)``."""
-    exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
-    rows = word_embeddings.weight.shape[0]
-    ids = sample_token_ids(rows, count, config.seed, exclude, config.sample_vocab_size)
-    return ids, embedding_rows(word_embeddings, ids)
-
-
-def check_token_ids(token_ids: list[int], num_embeddings: int) -> torch.Tensor:
-    """Explicit ids as a ``(m,)`` tensor, or a ValueError naming the ids outside the embedding table."""
-    bad = [i for i in token_ids if not 0 <= i < num_embeddings]
-    if bad:
-        raise ValueError(
-            f"token_ids {bad[:10]} are outside the embedding table of {num_embeddings} rows: use ids in "
-            f"[0, {num_embeddings})."
-        )
-    return torch.tensor(token_ids, dtype=torch.long)
+SAVED_FLOAT_DTYPE = torch.float32  # every floating tensor of a saved adapter (a lossless upcast)
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def check_fits_model(config, word_embeddings: nn.Embedding) -> None:
@@ -78,12 +34,26 @@ def check_fits_model(config, word_embeddings: nn.Embedding) -> None:
     config.base_vocab_size = rows
 
 
+def values_precision(values: torch.Tensor) -> torch.dtype:
+    """The coarsest of bf16, fp16 and fp32 that holds every value of ``values`` exactly: the precision of the
+    model the values were read from (fp32 values of an fp32 model are never all bf16- or fp16-exact)."""
+    for dtype in _HALF_DTYPES:
+        if torch.equal(values.to(dtype).float(), values.float()):
+            return dtype
+    return torch.float32
+
+
 def check_same_embeddings(saved: torch.Tensor, current: torch.Tensor, model_dtype: torch.dtype) -> None:
-    """The saved fp32 E_freeze must equal the model's rows up to the rounding of the model's dtype, so an
-    adapter loads onto a bf16/fp16 copy of its base model but never onto another model."""
+    """The saved E_freeze ``(m, d)`` must equal the model's rows ``(m, d)`` at the coarser of two precisions: the
+    one the saved values carry (the model they were read from) and ``model_dtype``. So an adapter made on any
+    float copy of a base model (fp32, bf16, fp16) loads onto any other, but never onto another model."""
     if saved.shape != current.shape:
         raise ValueError(f"Saved frozen embeddings have shape {tuple(saved.shape)}, expected {tuple(current.shape)}.")
-    eps = torch.finfo(model_dtype).eps if model_dtype.is_floating_point else 1e-2
+    eps = max(
+        torch.finfo(values_precision(saved)).eps,
+        torch.finfo(model_dtype).eps if model_dtype.is_floating_point else 1e-2,
+    )
+    saved = saved.float()
     scale = saved.abs().max().clamp_min(1e-12)
     mismatch = (saved - current.float()).abs() > eps * saved.abs() + 1e-3 * eps * scale
     if mismatch.any():
@@ -93,20 +63,19 @@ def check_same_embeddings(saved: torch.Tensor, current: torch.Tensor, model_dtyp
         )
 
 
-class PromptTable(nn.Module):
-    """Holds ``weight`` ``(n, d)``: the prompt table peft reads in inference mode (``embedding.weight``)."""
+class PromptTableView(NamedTuple):
+    """What peft reads as ``prompt_encoder.embedding``: ``weight`` is the prompt table ``(n, d)``."""
 
-    def __init__(self, num_tokens: int, dim: int) -> None:
-        super().__init__()
-        self.register_buffer("weight", torch.zeros(num_tokens, dim), persistent=False)
+    weight: torch.Tensor
 
 
 class PromptTableEncoder(BasePromptEncoder):
-    """Base of our prompt encoders. Subclasses define ``compute_table() -> (n, d) fp32`` from their parameters.
+    """Base of our prompt encoders. Subclasses define ``table() -> (n, d) fp32`` from their parameters.
 
-    Forward maps prompt indices ``(B, n)`` to ``(B, n, d)`` in the model dtype. Without autograd (evaluation,
-    generation) the table is computed once and reused until a parameter changes, so the prompt is free at
-    inference. The saved adapter holds every tensor of ``state_dict()`` plus the final table under
+    Forward maps prompt indices ``(B, n)`` to ``(B, n, d)`` in the model dtype. The table is computed from the
+    parameters at every use, never cached: it costs about 2 ms on SmolLM2-135M next to a 2 s forward, and so
+    it can never be stale (after ``.data`` edits, ``load_state_dict``, ``to()`` or an optimizer step). The saved
+    adapter holds every tensor of ``state_dict()`` (floating ones as fp32) plus the final table under
     ``prompt_embeddings``, so training resumes exactly and the table exports to stock prompt tuning.
     """
 
@@ -119,38 +88,32 @@ class PromptTableEncoder(BasePromptEncoder):
         self.dim = word_embeddings.weight.shape[1]
         dtype = word_embeddings.weight.dtype
         self.output_dtype = dtype if dtype.is_floating_point else torch.float32
-        self.embedding = PromptTable(self.num_tokens, self.dim)
-        self._cache_key: tuple | None = None
 
-    def compute_table(self) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
+        """The prompt table ``(n, d)`` in fp32, computed from the parameters now."""
         raise NotImplementedError
+
+    def inference_table(self) -> torch.Tensor:
+        """The table without training-time randomness (such as MLP dropout) ``(n, d)`` fp32: what inference
+        uses, and what is saved and exported. The same as ``table()`` unless a subclass says otherwise."""
+        return self.table()
+
+    @property
+    def embedding(self) -> PromptTableView:
+        """What peft reads as ``embedding.weight``: its device on every forward, and the table itself instead of
+        calling forward when ``inference_mode`` is set (an adapter loaded without ``is_trainable``). Computed
+        now, with autograd when parameters require grad; it never draws random numbers, so reading it leaves a
+        seeded training run unchanged."""
+        return PromptTableView(self.inference_table())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see (all of this module's parameters by default)."""
         return list(self.parameters())
 
-    def _state_key(self) -> tuple:
-        tensors = list(self.parameters()) + [b for n, b in self.named_buffers() if n != "embedding.weight"]
-        return tuple((t.data_ptr(), t._version, t.device) for t in tensors)
-
-    def table(self) -> torch.Tensor:
-        """The prompt table ``(n, d)`` in fp32; cached while autograd is off and nothing changed."""
-        if torch.is_grad_enabled():
-            self._cache_key = None
-            return self.compute_table()
-        key = self._state_key()
-        if key != self._cache_key:
-            # a copy: compute_table may return a parameter itself (DePT's soft prompt), which must not alias
-            self.embedding.weight = self.compute_table().detach().clone()
-            self._cache_key = key
-        return self.embedding.weight
-
-    def final_table(self, inference_mode: bool) -> torch.Tensor:
-        """The table to save or export, ``(n, d)`` fp32 on the CPU: the loaded one in inference mode (peft
-        reads ``embedding.weight`` then), else computed from the parameters."""
+    def final_table(self) -> torch.Tensor:
+        """The table to save or export: a copy, ``(n, d)`` fp32 on the CPU."""
         with torch.no_grad():
-            table = self.embedding.weight if inference_mode else self.table()
-        return table.detach().float().cpu().contiguous()
+            return self.inference_table().detach().to("cpu", SAVED_FLOAT_DTYPE, copy=True).contiguous()
 
     def forward(self, indices: torch.Tensor) -> torch.Tensor:
         return nn.functional.embedding(indices, self.table()).to(self.output_dtype)
@@ -159,8 +122,11 @@ class PromptTableEncoder(BasePromptEncoder):
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         encoder: PromptTableEncoder = model.prompt_encoder[adapter_name]
-        saved = {name: tensor.detach().cpu() for name, tensor in encoder.state_dict().items()}
-        saved[PROMPT_TABLE_KEY] = encoder.final_table(config.inference_mode)
+        saved = {
+            name: tensor.detach().to("cpu", SAVED_FLOAT_DTYPE if tensor.is_floating_point() else tensor.dtype)
+            for name, tensor in encoder.state_dict().items()
+        }
+        saved[PROMPT_TABLE_KEY] = encoder.final_table()
         return saved
 
     def _load_adapter_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
@@ -171,6 +137,14 @@ class PromptTableEncoder(BasePromptEncoder):
                 f"The adapter file lacks {missing} for {type(self).__name__}: it was not saved by this version "
                 "of peft_superpos, or it is damaged. Save the adapter again."
             )
+        for name in [*expected, PROMPT_TABLE_KEY]:
+            tensor = state_dict[name]
+            if tensor.is_floating_point() and tensor.dtype != SAVED_FLOAT_DTYPE:
+                raise ValueError(
+                    f"The adapter file holds {name!r} as {str(tensor.dtype).removeprefix('torch.')}, but "
+                    "peft_superpos saves float32: the file was converted to a lower precision, which changes the "
+                    "prompt. Load the file as it was saved, or save the adapter again from the trained model."
+                )
         for name, tensor in expected.items():
             if tuple(state_dict[name].shape) != tuple(tensor.shape):
                 raise ValueError(
@@ -179,15 +153,12 @@ class PromptTableEncoder(BasePromptEncoder):
                 )
         self.check_loaded_state(state_dict)
         self.load_state_dict({name: state_dict[name] for name in expected}, strict=True)
-        with torch.no_grad():
-            self.embedding.weight = state_dict[PROMPT_TABLE_KEY].to(self.embedding.weight.device, torch.float32)
-            recomputed = self.compute_table()
-        if not torch.allclose(recomputed, self.embedding.weight, rtol=1e-3, atol=1e-5):
+        saved_table = state_dict[PROMPT_TABLE_KEY].float().cpu()
+        if not torch.allclose(self.final_table(), saved_table, rtol=1e-3, atol=1e-5):
             raise ValueError(
                 "The saved prompt table does not match the one computed from the saved parameters: the adapter "
                 "file is damaged or was edited. Save the adapter again."
             )
-        self._cache_key = None
 
     def check_loaded_state(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Subclasses check that saved tensors fit the base model (e.g. E_freeze against its embeddings)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..._peft_compat import PeftType
-from ..prompt_config import PromptMethodConfig
+from ..prompt_config import PromptMethodConfig, check_bool, check_finite_positive, check_positive_int
 
 BEYOND_MAX_LENGTH: tuple[str, ...] = ("error", "ignore")
 
@@ -62,16 +62,13 @@ class DePTConfig(PromptMethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.DEPT
-        for name in ("r", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive int, got {value!r}.")
+        check_positive_int("r", self.r)
+        check_positive_int("max_length", self.max_length)
         if self.beyond_max_length not in BEYOND_MAX_LENGTH:
             raise ValueError(f"beyond_max_length must be one of {BEYOND_MAX_LENGTH}, got {self.beyond_max_length!r}.")
-        for name in ("prompt_lr", "lora_lr"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"{name} must be a positive number, got {value!r}.")
+        check_bool("align_to_attention_mask", self.align_to_attention_mask)
+        check_finite_positive("prompt_lr", self.prompt_lr)
+        check_finite_positive("lora_lr", self.lora_lr)
 
     def lr_by_name(self, adapter_name: str | None = None) -> dict[str, float]:
         """``{parameter-name part: learning rate}`` for ``make_param_groups(model, wd, lr_by_name=...)``: the

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, sample_vocabulary
+from ..prompt_table import PromptTableEncoder
+from ..vocabulary import sample_vocabulary
 from .config import DePTConfig
 
 
@@ -41,7 +42,7 @@ class DePTEmbedding(PromptTableEncoder):
         self.beyond_max_length = config.beyond_max_length
         self.align_to_attention_mask = config.align_to_attention_mask
 
-    def compute_table(self) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
         return self.soft_prompt.float()
 
     def embedding_update(self) -> torch.Tensor:

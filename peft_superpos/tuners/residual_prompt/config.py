@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..._peft_compat import PeftType
-from ..prompt_config import PromptMethodConfig
+from ..prompt_config import PromptMethodConfig, check_bool, check_positive_int
 
 
 @dataclass
@@ -54,10 +54,9 @@ class ResidualPromptConfig(PromptMethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.RESIDUAL_PROMPT
-        if not isinstance(self.bottleneck_size, int) or self.bottleneck_size <= 0:
-            raise ValueError(
-                f"bottleneck_size must be a positive int, got {self.bottleneck_size!r} (the SuperPos-Prompt paper "
-                "compares with 128)."
-            )
-        if not 0.0 <= float(self.mlp_dropout) < 1.0:
-            raise ValueError(f"mlp_dropout must be in [0, 1), got {self.mlp_dropout!r}.")
+        check_positive_int("bottleneck_size", self.bottleneck_size, " (the SuperPos-Prompt paper compares with 128)")
+        check_bool("use_layer_norm", self.use_layer_norm)
+        check_bool("separate_mlps", self.separate_mlps)
+        dropout = self.mlp_dropout
+        if isinstance(dropout, (bool, str)) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"mlp_dropout must be a number in [0, 1), got {dropout!r}.")

@@ -8,7 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from ..prompt_table import PromptTableEncoder, sample_vocabulary
+from ..prompt_table import PromptTableEncoder
+from ..vocabulary import sample_vocabulary
 from .config import ResidualPromptConfig
 
 
@@ -47,12 +48,19 @@ class ResidualPromptEmbedding(PromptTableEncoder):
             self.norm_bias = nn.Parameter(torch.zeros(k, dim, device=device))
         self.mlp_dropout = float(config.mlp_dropout)
 
-    def compute_table(self) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
+        return self._residual_table(dropout=bool(self.mlp_dropout) and self.training and torch.is_grad_enabled())
+
+    def inference_table(self) -> torch.Tensor:
+        return self._residual_table(dropout=False)
+
+    def _residual_table(self, dropout: bool) -> torch.Tensor:
+        """``P + LN(W2 ReLU(W1 P + b1) + b2)`` ``(n, d)`` in fp32, with MLP dropout when ``dropout``."""
         prompt = self.prompt.float()  # (n, d)
         # (n, 1, d) @ (k, d, b) broadcasts k = 1 (shared MLP) or k = n (one MLP per token)
         hidden = (prompt.unsqueeze(1) @ self.down_weight.float()).squeeze(1) + self.down_bias.float()
         hidden = torch.relu(hidden)
-        if self.mlp_dropout and self.training and torch.is_grad_enabled():
+        if dropout:
             hidden = nn.functional.dropout(hidden, self.mlp_dropout, training=True)
         out = (hidden.unsqueeze(1) @ self.up_weight.float()).squeeze(1) + self.up_bias.float()
         if self.use_layer_norm:

@@ -1,7 +1,7 @@
 from ..._peft_compat import register_prompt_method
-from .config import SuperPosPromptConfig
+from .config import SuperPosPromptConfig, WeightInit
 from .model import SuperPosPromptEmbedding
 
-__all__ = ["SuperPosPromptConfig", "SuperPosPromptEmbedding"]
+__all__ = ["SuperPosPromptConfig", "SuperPosPromptEmbedding", "WeightInit"]
 
 register_prompt_method("superpos_prompt", SuperPosPromptConfig, SuperPosPromptEmbedding)

@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
-from typing import Literal
 
 from ..._peft_compat import PeftType
-from ..prompt_config import PromptMethodConfig
+from ..prompt_config import (
+    PromptMethodConfig,
+    check_bool,
+    check_finite_positive,
+    check_int_list,
+    check_positive_int,
+)
 
-WeightInit = Literal["normal", "uniform", "one_hot"]
-WEIGHT_INITS: tuple[str, ...] = ("normal", "uniform", "one_hot")
+
+class WeightInit(str, enum.Enum):
+    """Initialisation of p' (a str enum, as peft's own option enums: configs and JSON hold the plain string)."""
+
+    NORMAL = "normal"
+    UNIFORM = "uniform"
+    ONE_HOT = "one_hot"
 
 
 @dataclass
@@ -40,8 +51,8 @@ class SuperPosPromptConfig(PromptMethodConfig):
         default=False,
         metadata={"help": "Apply softmax to p'_i before superposing (the paper's ablation; it scores lower)."},
     )
-    weight_init: str = field(
-        default="normal",
+    weight_init: WeightInit = field(
+        default=WeightInit.NORMAL,
         metadata={
             "help": "Initialisation of p'_i. 'normal': N(0, weight_init_std²), std defaulting to 1/sqrt(m) so "
             "that a prompt starts with about the norm of one vocabulary embedding, and every prompt differs. "
@@ -63,10 +74,9 @@ class SuperPosPromptConfig(PromptMethodConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.peft_type = PeftType.SUPERPOS_PROMPT
-        if not isinstance(self.m, int) or self.m <= 0:
-            raise ValueError(f"m must be a positive int, got {self.m!r}: the paper uses m=128.")
+        check_positive_int("m", self.m, ": the paper uses m=128")
         if self.token_ids is not None:
-            self.token_ids = [int(i) for i in self.token_ids]
+            self.token_ids = check_int_list("token_ids", self.token_ids)
             if len(self.token_ids) != self.m:
                 raise ValueError(
                     f"{len(self.token_ids)} token_ids were given but m={self.m}: pass m={len(self.token_ids)}."
@@ -76,12 +86,20 @@ class SuperPosPromptConfig(PromptMethodConfig):
             duplicates = sorted({i for i in self.token_ids if self.token_ids.count(i) > 1})
             if duplicates:
                 raise ValueError(f"token_ids must be unique; repeated: {duplicates[:10]}.")
-        if self.weight_init not in WEIGHT_INITS:
-            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {self.weight_init!r}.")
-        if self.weight_init == "one_hot" and self.num_virtual_tokens > self.m:
+        check_bool("use_softmax", self.use_softmax)
+        if self.use_softmax and self.m == 1:
+            raise ValueError(
+                "use_softmax=True with m=1: the softmax of a single weight is always 1, so p' would never train. "
+                "Use m > 1, or use_softmax=False."
+            )
+        choices = tuple(choice.value for choice in WeightInit)
+        if self.weight_init not in choices:
+            raise ValueError(f"weight_init must be one of {choices}, got {self.weight_init!r}.")
+        self.weight_init = WeightInit(self.weight_init)
+        if self.weight_init is WeightInit.ONE_HOT and self.num_virtual_tokens > self.m:
             raise ValueError(
                 f"weight_init='one_hot' gives each prompt its own sampled token, so it needs num_virtual_tokens "
                 f"({self.num_virtual_tokens}) <= m ({self.m})."
             )
-        if self.weight_init_std is not None and self.weight_init_std <= 0:
-            raise ValueError(f"weight_init_std must be > 0, got {self.weight_init_std}.")
+        if self.weight_init_std is not None:
+            check_finite_positive("weight_init_std", self.weight_init_std)

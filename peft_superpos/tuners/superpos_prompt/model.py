@@ -8,24 +8,19 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..prompt_table import (
-    PromptTableEncoder,
-    check_same_embeddings,
-    check_token_ids,
-    embedding_rows,
-    sample_vocabulary,
-)
-from .config import SuperPosPromptConfig
+from ..prompt_table import PromptTableEncoder, check_same_embeddings
+from ..vocabulary import check_token_ids, embedding_rows, sample_vocabulary
+from .config import SuperPosPromptConfig, WeightInit
 
 
 def init_superposition_weights(config: SuperPosPromptConfig, num_tokens: int) -> torch.Tensor:
     """p' at creation, ``(n, m)``, reproducible from ``config.seed``."""
     m = config.m
-    if config.weight_init == "one_hot":
+    if config.weight_init is WeightInit.ONE_HOT:
         return torch.eye(num_tokens, m)
     std = config.weight_init_std if config.weight_init_std is not None else 1.0 / math.sqrt(m)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    if config.weight_init == "normal":
+    if config.weight_init is WeightInit.NORMAL:
         return torch.randn(num_tokens, m, generator=generator) * std
     half_width = std * math.sqrt(3.0)  # U(-a, a) has std a / sqrt(3)
     return (torch.rand(num_tokens, m, generator=generator) * 2 - 1) * half_width
@@ -57,7 +52,7 @@ class SuperPosPromptEmbedding(PromptTableEncoder):
         self.weights = nn.Parameter(init_superposition_weights(config, num_tokens).to(frozen.device))
         self._model_dtype = weight.dtype
 
-    def compute_table(self) -> torch.Tensor:
+    def table(self) -> torch.Tensor:
         weights = self.weights.float()
         if self.use_softmax:
             weights = weights.softmax(dim=-1)

@@ -1,0 +1,82 @@
+"""Everything that couples peft_superpos to peft internals lives in this package, one module per concern.
+
+peft keeps ``PeftType`` closed and dispatches prompt-learning methods on hard-coded type lists. A method of
+ours is a *prompt-prepending* method: its encoder returns ``n`` embeddings that go in front of the (encoder)
+input embeddings, exactly like stock prompt tuning. To make stock ``get_peft_model``,
+``PeftModel.from_pretrained`` and ``save_pretrained`` work for such methods, ``PATCHES`` below lists every
+attribute of peft that this package replaces:
+
+- ``registration``: a ``PeftType`` member and peft's own ``register_peft_method`` for each method; our
+  encoders are built in ``PeftModel._setup_prompt_encoder`` (peft raises "Not supported" for unknown types).
+- ``routing``: ``PeftModelForSeq2SeqLM.forward`` / ``generate`` go through the prompt-tuning path (peft's other
+  prompt-learning paths build decoder prompts we do not have); ``generate`` is keyword-only as in stock peft
+  and gives the base model's generation inside ``disable_adapter()``. Causal LM, sequence classification and
+  feature extraction take a generic path that works unchanged; token classification does too, except that
+  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``.
+- ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
+  training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
+  ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
+  ``save_pretrained(safe_serialization=False)`` is refused (our adapters are safetensors only).
+- ``input_embeds``: an encoder may adjust the embeddings of the input tokens before the prompt goes in front
+  (``adjust_input_embeds``, used by DePT). Encoders without that method are unaffected.
+
+Saving and loading the tensors need no patch: they go through the ``BasePromptEncoder`` hooks that peft
+provides. Every patch checks the adapter's type first and leaves every other PEFT method untouched (except
+that a damaged adapter folder of any method gets a clear error instead of a traceback).
+"""
+
+from __future__ import annotations
+
+import peft
+from packaging.version import Version
+
+SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))  # [min, max)
+_PEFT_VERSION = Version(peft.__version__).release
+if not (SUPPORTED_PEFT[0].release <= _PEFT_VERSION < SUPPORTED_PEFT[1].release):
+    raise ImportError(
+        f"peft_superpos supports peft>={SUPPORTED_PEFT[0]},<{SUPPORTED_PEFT[1]} but peft {peft.__version__} is "
+        f'installed: run `pip install "peft>={SUPPORTED_PEFT[0]},<{SUPPORTED_PEFT[1]}"`.'
+    )
+
+from peft import (  # noqa: E402  (after the version check)
+    PeftModel,
+    PeftModelForCausalLM,
+    PeftModelForSeq2SeqLM,
+    PeftModelForTokenClassification,
+)
+from peft.config import PromptLearningConfig  # noqa: E402
+from peft.tuners.tuners_utils import BasePromptEncoder  # noqa: E402
+from peft.utils import PeftType  # noqa: E402
+
+from . import input_embeds, loading, registration, routing  # noqa: E402
+from .registration import is_ours, register_prompt_method  # noqa: E402
+
+__all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "register_prompt_method"]
+
+# the stock forwards, adjusting input embeddings (DePT); token classification also widens its labels
+_FORWARDS = dict(input_embeds.ADJUSTED_FORWARDS)
+_FORWARDS[PeftModelForTokenClassification] = routing.widen_token_labels(_FORWARDS[PeftModelForTokenClassification])
+
+# (class, attribute, replacement): every attribute of peft this package replaces, installed once at import.
+PATCHES = (
+    (PeftModel, "_setup_prompt_encoder", registration.setup_prompt_encoder),
+    (PeftModel, "from_pretrained", classmethod(loading.from_pretrained)),
+    (PeftModel, "load_adapter", loading.load_adapter),
+    (PeftModel, "save_pretrained", loading.save_pretrained),
+    (PeftModelForSeq2SeqLM, "forward", routing.seq2seq_forward),
+    (PeftModelForSeq2SeqLM, "generate", routing.seq2seq_generate),
+    *((cls, "forward", forward) for cls, forward in _FORWARDS.items()),
+    (PeftModelForCausalLM, "generate", input_embeds.causal_generate),
+    (PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs),
+)
+
+
+def _install() -> None:
+    if getattr(PeftModel, "_peft_superpos_installed", False):
+        return
+    for cls, attribute, replacement in PATCHES:
+        setattr(cls, attribute, replacement)
+    PeftModel._peft_superpos_installed = True
+
+
+_install()

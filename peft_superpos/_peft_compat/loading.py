@@ -1,0 +1,125 @@
+"""Loading, resuming and saving: ``from_pretrained`` / ``load_adapter`` with ``is_trainable=True`` resume training
+an adapter of ours; a damaged or incomplete adapter folder gets an error that names the file and the fix;
+``save_pretrained`` writes our adapters as safetensors only."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+from pathlib import Path
+
+from peft import PeftModel
+from peft.config import PeftConfig
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
+from peft.utils.other import AuxiliaryTrainingWrapper
+from safetensors import SafetensorError
+
+from .registration import OUR_CONFIGS, is_ours
+
+_HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "use_auth_token", "local_files_only")
+
+
+def _local_folder(model_id, kwargs: dict) -> Path | None:
+    """The local adapter folder ``model_id`` (with its ``subfolder``) names, or None for a Hub id."""
+    folder = Path(model_id, kwargs.get("subfolder") or "")
+    return folder if folder.is_dir() else None
+
+
+def saved_peft_type(model_id, kwargs: dict) -> str:
+    """The ``peft_type`` of the adapter saved at ``model_id``; a ValueError naming the file when it is missing,
+    not JSON or not a known PEFT method."""
+    folder = _local_folder(model_id, kwargs)
+    config_file = Path(model_id, CONFIG_NAME) if folder is None else folder / CONFIG_NAME
+    if folder is not None and not config_file.is_file():
+        raise FileNotFoundError(
+            f"{folder} holds no {CONFIG_NAME}: it is not a saved adapter. Pass the folder that save_pretrained wrote."
+        )
+    try:
+        peft_type = PeftConfig._get_peft_type(str(model_id), **{k: kwargs[k] for k in _HUB_KWARGS if k in kwargs})
+    except json.JSONDecodeError as error:
+        raise ValueError(
+            f"{config_file} is not valid JSON ({error}): the file is damaged or was edited. Restore it, or save the "
+            "adapter again."
+        ) from error
+    except KeyError as error:
+        raise ValueError(f"{config_file} has no peft_type: restore the file, or save the adapter again.") from error
+    if peft_type not in PeftType.__members__:
+        raise ValueError(
+            f"peft_type {peft_type!r} in {config_file} is not a known PEFT method (known: "
+            f"{', '.join(PeftType.__members__)}): the file was edited or written for a method this installation "
+            "lacks. Restore the file, or install the package that defines the method."
+        )
+    return peft_type
+
+
+def _require_weights_file(model_id, kwargs: dict) -> None:
+    folder = _local_folder(model_id, kwargs)
+    if folder is not None and not any((folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):
+        raise FileNotFoundError(
+            f"{folder} holds {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}: the adapter folder is incomplete. "
+            "Copy the whole folder that save_pretrained wrote, or save the adapter again."
+        )
+
+
+def make_trainable(model: PeftModel, adapter_name: str) -> None:
+    """Turn a loaded adapter of ours into a trainable one (the state to train was saved with it)."""
+    model.peft_config[adapter_name].inference_mode = False
+    for parameter in model.prompt_encoder[adapter_name].trainable_parameters():
+        parameter.requires_grad_(True)
+    for module in model.modules():  # modules_to_save, e.g. the classification head of SEQ_CLS / TOKEN_CLS
+        if isinstance(module, AuxiliaryTrainingWrapper):
+            module.set_requires_grad(adapter_name, True)
+
+
+_original_load_adapter = PeftModel.load_adapter
+
+
+@functools.wraps(_original_load_adapter)
+def load_adapter(self: PeftModel, model_id, adapter_name, is_trainable: bool = False, *args, **kwargs):
+    known = self.peft_config.get(adapter_name)
+    ours = is_ours(known) if known is not None else saved_peft_type(model_id, kwargs) in OUR_CONFIGS
+    if not ours:
+        return _original_load_adapter(self, model_id, adapter_name, is_trainable, *args, **kwargs)
+    _require_weights_file(model_id, kwargs)
+    try:
+        result = _original_load_adapter(self, model_id, adapter_name, False, *args, **kwargs)
+    except SafetensorError as error:
+        raise ValueError(
+            f"Could not read the adapter weights saved in {str(model_id)!r} ({error}). The file is truncated or "
+            "corrupt: save the adapter again (or download it again)."
+        ) from error
+    if is_trainable:
+        make_trainable(self, adapter_name)
+    return result
+
+
+_original_from_pretrained = PeftModel.from_pretrained.__func__
+
+
+@functools.wraps(_original_from_pretrained)
+def from_pretrained(cls, model, model_id, adapter_name="default", is_trainable=False, config=None, **kwargs):
+    ours = is_ours(config) if config is not None else saved_peft_type(model_id, kwargs) in OUR_CONFIGS
+    if not ours:
+        return _original_from_pretrained(cls, model, model_id, adapter_name, is_trainable, config, **kwargs)
+    peft_model = _original_from_pretrained(cls, model, model_id, adapter_name, False, config, **kwargs)
+    if is_trainable:
+        make_trainable(peft_model, adapter_name)
+    return peft_model
+
+
+_original_save_pretrained = PeftModel.save_pretrained
+_save_pretrained_signature = inspect.signature(_original_save_pretrained)
+
+
+@functools.wraps(_original_save_pretrained)
+def save_pretrained(self: PeftModel, *args, **kwargs):
+    arguments = _save_pretrained_signature.bind(self, *args, **kwargs).arguments
+    names = arguments.get("selected_adapters") or list(self.peft_config)
+    ours = [name for name in names if is_ours(self.peft_config.get(name))]
+    if ours and not arguments.get("safe_serialization", True):
+        raise ValueError(
+            f"save_pretrained(safe_serialization=False) would write adapter {ours} as a pickle, but peft_superpos "
+            "adapters are saved as safetensors only: leave safe_serialization at its default (True)."
+        )
+    return _original_save_pretrained(self, *args, **kwargs)

@@ -1,0 +1,113 @@
+"""Routing by task type: encoder-decoder forward and generate through the prompt-tuning path, and the labels of
+token classification widened for the prompt positions."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import warnings
+
+import torch
+from peft import PeftModelForSeq2SeqLM, PeftModelForTokenClassification
+
+from .input_embeds import input_embeds_adjuster
+from .registration import is_ours
+
+
+def prepend_prompt(
+    model: PeftModelForSeq2SeqLM,
+    input_ids: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None,
+    attention_mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Ids ``(B, L)`` or embeddings ``(B, L, d)`` -> embeddings ``(B, n + L, d)`` with the prompt in front,
+    and the attention mask widened to ``(B, n + L)``."""
+    if inputs_embeds is None:
+        inputs_embeds = model.word_embeddings(input_ids)
+    adjust = input_embeds_adjuster(model)
+    if adjust is not None:
+        inputs_embeds = adjust(inputs_embeds, attention_mask)
+    batch_size = inputs_embeds.shape[0]
+    prompts = model.get_prompt(batch_size=batch_size).to(inputs_embeds.dtype)
+    if attention_mask is not None:
+        ones = attention_mask.new_ones(batch_size, prompts.shape[1])
+        attention_mask = torch.cat((ones, attention_mask), dim=1)
+    return torch.cat((prompts, inputs_embeds), dim=1), attention_mask
+
+
+def _refuse_task_ids(model: PeftModelForSeq2SeqLM, task_ids) -> None:
+    if task_ids is not None:
+        raise ValueError(
+            f"task_ids select a task of MULTITASK_PROMPT_TUNING; {model.active_peft_config.peft_type.value} has one "
+            "prompt for every input: leave task_ids unset."
+        )
+
+
+_original_seq2seq_forward = PeftModelForSeq2SeqLM.forward
+_seq2seq_forward_signature = inspect.signature(_original_seq2seq_forward)
+
+
+@functools.wraps(_original_seq2seq_forward)
+def seq2seq_forward(self: PeftModelForSeq2SeqLM, *args, **kwargs):
+    if not is_ours(self.active_peft_config):
+        return _original_seq2seq_forward(self, *args, **kwargs)
+    arguments = _seq2seq_forward_signature.bind(self, *args, **kwargs).arguments
+    arguments.pop("self")
+    extra = arguments.pop("kwargs", {})
+    _refuse_task_ids(self, arguments.pop("task_ids", None))
+    self._adjust_prompt_learning_kwargs(self.active_peft_config, kwargs=extra)
+    inputs_embeds, attention_mask = prepend_prompt(
+        self,
+        arguments.pop("input_ids", None),
+        arguments.pop("inputs_embeds", None),
+        arguments.pop("attention_mask", None),
+    )
+    return self.base_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **arguments, **extra)
+
+
+_original_seq2seq_generate = PeftModelForSeq2SeqLM.generate
+
+
+@functools.wraps(_original_seq2seq_generate)
+def seq2seq_generate(self: PeftModelForSeq2SeqLM, **kwargs):
+    """Keyword-only, as stock peft's: every argument goes on to the base model's ``generate`` (a
+    ``generation_config`` included). Inside ``disable_adapter()`` it is the base model's generation."""
+    if not is_ours(self.active_peft_config):
+        return _original_seq2seq_generate(self, **kwargs)
+    if self._adapters_disabled:
+        return self.base_model.generate(**kwargs)
+    if "encoder_outputs" in kwargs:
+        del kwargs["encoder_outputs"]
+        warnings.warn(
+            "`encoder_outputs` should not be passed to `generate` when using a prompt method: the prompt changes "
+            "the encoder input. Ignoring it.",
+            stacklevel=2,
+        )
+    _refuse_task_ids(self, kwargs.pop("task_ids", None))
+    self._adjust_prompt_learning_kwargs(self.active_peft_config, kwargs=kwargs)
+    inputs_embeds, attention_mask = prepend_prompt(
+        self, kwargs.pop("input_ids", None), kwargs.pop("inputs_embeds", None), kwargs.pop("attention_mask", None)
+    )
+    if attention_mask is not None:
+        kwargs["attention_mask"] = attention_mask
+    return self.base_model.generate(inputs_embeds=inputs_embeds, **kwargs)
+
+
+def widen_token_labels(forward):
+    """Wrap a ``PeftModelForTokenClassification.forward``: prepend ``-100`` labels for the prompt positions."""
+    signature = inspect.signature(forward)
+
+    @functools.wraps(forward)
+    def wrapped(self: PeftModelForTokenClassification, *args, **kwargs):
+        if not is_ours(self.active_peft_config):
+            return forward(self, *args, **kwargs)
+        arguments = signature.bind(self, *args, **kwargs).arguments
+        labels = arguments.get("labels")
+        if labels is not None:
+            num_tokens = self.active_peft_config.num_virtual_tokens
+            arguments["labels"] = torch.cat((labels.new_full((labels.shape[0], num_tokens), -100), labels), dim=1)
+        arguments.pop("self")
+        extra = arguments.pop("kwargs", {})
+        return forward(self, **arguments, **extra)
+
+    return wrapped
