@@ -519,19 +519,13 @@ class ResultCommitter:
 
 
 def refresh_report(grid: Sequence[RunSpec], results_dir: Path) -> list[Path]:
-    """Rewrite report.md and report.json (no figures) and, for the default results folder, RESULTS.md, so that
-    what is committed stays consistent; returns their paths (none if the report cannot be built)."""
+    """:func:`write_outputs` without figures after each run, so that what is committed stays consistent; a
+    problem is printed, never raised (``report`` shows it again)."""
     try:
-        write_report(grid, results_dir, plots=False)
-        paths = [results_dir / name for name in REPORT_FILES]
-        if results_dir.resolve() == DEFAULT_RESULTS_DIR:
-            import make_results
-
-            paths.append(make_results.write_results())
-    except Exception as error:  # a report problem must not stop the grid; `report` shows it again
+        return write_outputs(grid, results_dir, plots=False)[1]
+    except Exception as error:
         print(f"warning: could not refresh the report: {error!r}", flush=True)
         return []
-    return paths
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -989,6 +983,18 @@ def write_report(grid: Sequence[RunSpec], results_dir: Path, plots: bool = True)
     return report
 
 
+def write_outputs(grid: Sequence[RunSpec], results_dir: Path, plots: bool) -> tuple[dict[str, Any], list[Path]]:
+    """The report files and, for the default results folder, RESULTS.md; returns the report and the text files
+    written."""
+    report = write_report(grid, results_dir, plots=plots)
+    paths = [results_dir / name for name in REPORT_FILES]
+    if results_dir.resolve() == DEFAULT_RESULTS_DIR:
+        import make_results
+
+        paths.append(make_results.write_results())
+    return report, paths
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------------------
@@ -1014,12 +1020,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
-        report = write_report(GRID_V1, args.results_dir, plots=not args.no_plots)
-        print(f"{report['tables']['status']}\nwrote {args.results_dir / 'report.md'}")
-        if args.results_dir.resolve() == DEFAULT_RESULTS_DIR:
-            import make_results
-
-            print(f"wrote {make_results.write_results()}")
+        report, written = write_outputs(GRID_V1, args.results_dir, plots=not args.no_plots)
+        print(report["tables"]["status"])
+        print("wrote " + ", ".join(str(p) for p in written) + ("" if args.no_plots else f", {CURVES_DIR}/*.png"))
         return 0
     if args.dry_run:
         dry_run(GRID_V1, args.runs_dir, args.results_dir, args.only)

@@ -1,4 +1,5 @@
-"""The benchmark scripts keep running (a smoke run on a tiny model; no timing is asserted)."""
+"""The benchmark scripts keep running (a smoke run on a tiny model; no timing is asserted), and RESULTS.md and the
+quality report are what the scripts generate from the committed result files."""
 
 from __future__ import annotations
 
