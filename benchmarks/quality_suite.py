@@ -392,7 +392,11 @@ def subprocess_runner(command: Sequence[str], log_path: Path) -> int:
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+        # close_fds=False: the child inherits the run's lock (the only inheritable descriptor, see run_lock), so
+        # a harness that outlives a killed suite still keeps a new suite off its run folder
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, close_fds=False
+        )
         try:
             return process.wait()
         finally:
@@ -403,7 +407,8 @@ def subprocess_runner(command: Sequence[str], log_path: Path) -> int:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path) -> Iterator[bool]:
-    """Hold ``run_dir/.suite.lock``; yields False if another suite process is running this run."""
+    """Hold ``run_dir/.suite.lock``; yields False if another process (a suite, or the harness child of a killed
+    suite, which inherits the lock) is running this run."""
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".suite.lock", "w") as handle:
         try:
@@ -411,6 +416,7 @@ def run_lock(run_dir: Path) -> Iterator[bool]:
         except BlockingIOError:
             yield False
             return
+        os.set_inheritable(handle.fileno(), True)
         yield True
 
 
@@ -462,6 +468,11 @@ def run_suite(
     def publish(paths: Sequence[Path], message: str) -> None:
         committer.commit([*paths, *refresh_report(grid, results_dir)], message)
 
+    # Results copied by a suite that was killed before committing them: finished, so commit them now.
+    left_over = [results_dir / name for name in (FAILURES_FILE, *REPORT_FILES)]
+    left_over += [results_dir / spec.run_id for spec in grid]
+    committer.commit([p for p in left_over if p.exists()], "quality: results left uncommitted by an earlier suite")
+
     def fail(spec: RunSpec, reason: str, log_path: Path | None = None) -> None:
         print(f"FAILED {spec.run_id}: {reason}", flush=True)
         failed.append(spec.run_id)
@@ -508,7 +519,7 @@ class ResultCommitter:
         self.pending: list[Path] = []
 
     def commit(self, paths: Sequence[Path], message: str) -> None:
-        if self.repo is None:
+        if self.repo is None or not paths:
             return
         self.pending = list(dict.fromkeys([*self.pending, *paths]))
         try:
@@ -1027,6 +1038,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.dry_run:
         dry_run(GRID_V1, args.runs_dir, args.results_dir, args.only)
         return 0
+    if not Path(args.data_dir).is_dir():
+        print(f"--data-dir {args.data_dir} is not a folder (it needs glue/ and superglue/)", file=sys.stderr)
+        return 2
     os.nice(10)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the current harness child too (finally)
     failed = run_suite(GRID_V1, args.runs_dir, args.results_dir, args.data_dir, args.only, commit_repo=args.commit)

@@ -119,6 +119,17 @@ def test_finished_runs_are_skipped_and_the_rest_run(tmp_path, capsys):
     assert len(harness.commands) == 2  # nothing left to run
 
 
+def test_a_run_locked_by_another_process_is_left_alone(tmp_path):
+    spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100)
+    harness = FakeHarness()
+    with qs.run_lock(tmp_path / "runs" / spec.run_id) as locked:
+        assert locked
+        assert suite(tmp_path, [spec], harness) == []
+    assert harness.commands == []
+    suite(tmp_path, [spec], harness)
+    assert len(harness.commands) == 1
+
+
 def test_large_prediction_files_stay_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(qs, "PREDICTIONS_MAX_BYTES", 10)
     spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100)
@@ -197,6 +208,16 @@ def test_commit_commits_only_the_result_paths(tmp_path):
     assert git(repo, "diff", "--cached", "--name-only").split() == ["staged.txt"]  # still staged, not committed
     assert git(repo, "diff", "--name-only").split() == ["tracked.txt"]
     assert not qs.git_commit(repo, [results / ok.run_id / "final.json"], "nothing new")  # no empty commit
+
+    # a suite killed after copying a run's results but before committing them: the next suite commits them
+    lost = RunSpec(MAIN, "smollm2", "mrpc", "lora", max_steps=100)
+    write_run(results / lost.run_id, {100: 1.0})
+    qs.run_suite([ok, lost], tmp_path / "runs", results, "data", runner=harness, commit_repo=repo)
+    assert git(repo, "log", "-1", "--format=%s").strip() == "quality: results left uncommitted by an earlier suite"
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
+        f"{folder}/{lost.run_id}/final.json", f"{folder}/{lost.run_id}/metrics.jsonl"
+    ]  # fmt: skip
+    assert len(harness.commands) == 2 and git(repo, "diff", "--cached", "--name-only").split() == ["staged.txt"]
 
 
 def test_paths_whose_commit_failed_are_committed_with_the_next(monkeypatch):
