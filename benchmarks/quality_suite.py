@@ -313,11 +313,6 @@ class LrCheckError(RuntimeError):
     """A run takes its lr from the lr check, and the lr check's results are not all there."""
 
 
-def best_score(rows: Sequence[Mapping[str, Any]]) -> float | None:
-    scores = [r["eval_score"] for r in rows if r.get("eval_score") is not None]
-    return max(scores) if scores else None
-
-
 def lr_check_means(model: str, method: str, grid: Sequence[RunSpec], results_dir: Path) -> dict[float, float]:
     """lr -> mean over the check tasks of each run's best score; raises :class:`LrCheckError` if any is missing."""
     checks = [s for s in grid if s.stage == LR_CHECK and s.model == model and s.method == method]
@@ -326,11 +321,11 @@ def lr_check_means(model: str, method: str, grid: Sequence[RunSpec], results_dir
     scores: dict[float, list[float]] = {}
     missing = []
     for spec in checks:
-        best = best_score(read_rows(results_dir / spec.run_id / "metrics.jsonl"))
-        if finished_final(spec, results_dir) is None or best is None:
+        result = load_result(spec, results_dir)
+        if result is None or result.best is None:
             missing.append(spec.run_id)
         else:
-            scores.setdefault(spec.lr, []).append(best)
+            scores.setdefault(spec.lr, []).append(result.best)
     if missing:
         raise LrCheckError(
             f"the lr check of {model}/{method} is not finished in {results_dir} (missing: {', '.join(missing)}); "
@@ -470,7 +465,8 @@ def run_suite(
 
     # Results copied by a suite that was killed before committing them: finished, so commit them now.
     left_over = [results_dir / name for name in (FAILURES_FILE, *REPORT_FILES)]
-    left_over += [results_dir / spec.run_id for spec in grid]
+    for spec in grid:  # the files of finished copies, not the temporary files of an interrupted copy
+        left_over += [p for p in (results_dir / spec.run_id).rglob("*") if p.is_file() and not p.name.startswith(".")]
     committer.commit([p for p in left_over if p.exists()], "quality: results left uncommitted by an earlier suite")
 
     def fail(spec: RunSpec, reason: str, log_path: Path | None = None) -> None:
@@ -575,9 +571,9 @@ class RunResult:
 
     @property
     def steps_to_90(self) -> int | None:
-        """First evaluated step whose score reaches 90 % of the run's best (undefined for a best <= 0)."""
+        """First evaluated step whose score reaches 90 % of the run's best (undefined for a negative best)."""
         best = self.best
-        if best is None or best <= 0:
+        if best is None or best < 0:
             return None
         return next(int(r["step"]) for r in self.scored if r["eval_score"] >= 0.9 * best)
 
@@ -649,7 +645,7 @@ def constant_prediction_floor(task_name: str, golds: Sequence[int | float]) -> f
 
 
 def mean_or_none(values: Iterable[float | None]) -> float | None:
-    values = [v for v in values]
+    values = list(values)
     return float(np.mean(values)) if values and all(v is not None for v in values) else None
 
 

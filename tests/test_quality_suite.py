@@ -212,6 +212,7 @@ def test_commit_commits_only_the_result_paths(tmp_path):
     # a suite killed after copying a run's results but before committing them: the next suite commits them
     lost = RunSpec(MAIN, "smollm2", "mrpc", "lora", max_steps=100)
     write_run(results / lost.run_id, {100: 1.0})
+    (results / lost.run_id / ".metrics.jsonl.tmp-123").write_text("")  # left by a kill during a copy
     qs.run_suite([ok, lost], tmp_path / "runs", results, "data", runner=harness, commit_repo=repo)
     assert git(repo, "log", "-1", "--format=%s").strip() == "quality: results left uncommitted by an earlier suite"
     assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
@@ -340,10 +341,11 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     put("smollm2/rte/superpos-s42", {100: 50.0, 200: 60.0})  # short of its 400 steps: not finished
     put("smollm2/sst2/superpos-m16-s42", {100: 40.0, 400: 60.0})
     put("minilm/sst2/superpos-dropout-s42", {100: -5.0, 400: -1.0})
+    put("minilm/sst2/superpos-s42", {100: 0.0, 400: -3.0})
 
     report = qs.build_report(grid, results)
-    assert (report["finished"], report["planned"]) == (10, len(grid))
-    assert report["tables"]["status"].startswith(f"10 of {len(grid)} planned runs finished")
+    assert (report["finished"], report["planned"]) == (11, len(grid))
+    assert report["tables"]["status"].startswith(f"11 of {len(grid)} planned runs finished")
     assert report["floors"]["smollm2"]["sst2"] == {"majority": 51.0, "zero_shot": 30.0}
     assert report["floors"]["smollm2"]["cb"] == {"majority": pytest.approx(42.5), "zero_shot": None}
     assert report["floors"]["smollm2"]["rte"] == {"majority": None, "zero_shot": None}
@@ -371,8 +373,11 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert "| sst2 | superpos | 80.0 | 80.0 |" in report["tables"]["smollm2-seeds"]
     assert report["ablation"]["superpos (main run)"]["best"] == {"sst2": 80.0}  # seed 42 only
     assert report["ablation"]["superpos m=16"]["final"] == {"sst2": 60.0}
-    assert report["minilm"]["best"]["sst2"] == {"superpos, dropout off": None, "superpos, dropout on": -1.0}
-    assert "| sst2 | — | — | -1.0 |" in report["tables"]["minilm"]
+    assert report["minilm"]["best"]["sst2"] == {"superpos, dropout off": 0.0, "superpos, dropout on": -1.0}
+    assert "| sst2 | — | 0.0 | -1.0 |" in report["tables"]["minilm"]
+    minilm = report["series"]["minilm"]["sst2"]
+    assert minilm["superpos, dropout off"]["steps_to_90"] == 100  # best 0 (e.g. MCC of a collapse): reached at once
+    assert minilm["superpos, dropout on"]["steps_to_90"] is None  # 90 % of a negative best means nothing
 
     qs.write_report(grid, results)
     assert (results / "report.md").read_text().startswith("# Quality suite report")
