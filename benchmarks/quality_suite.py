@@ -50,6 +50,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from peft_superpos import SuperPosPromptConfig  # noqa: E402
 from peft_superpos.harness.callbacks import append_row, atomic_write_text, read_rows  # noqa: E402
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results" / "quality"
@@ -851,7 +852,8 @@ def ablation_section(results: ResultSet, report: dict[str, Any]) -> None:
         return
     model, method, seed = specs[0].model, specs[0].method, specs[0].seed
     tasks = ordered(s.task for s in specs)
-    named = [(f"{method} (main run)", method, (MAIN,))]
+    main_m = SuperPosPromptConfig.__dataclass_fields__["m"].default if method == "superpos" else None
+    named = [(f"{method}{f' m={main_m}' if main_m else ''} (main run)", method, (MAIN,))]
     named += [(series, series, (ABLATION,)) for series in ordered(s.series for s in specs)]
     rows = []
     for label, series, stages in named:
@@ -983,7 +985,7 @@ def write_report(grid: Sequence[RunSpec], results_dir: Path, plots: bool = True)
     """Write report.md, report.json (and the PNGs) into ``results_dir``; returns the report."""
     report = build_report(grid, results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / "report.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(results_dir / "report.json", json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     atomic_write_text(results_dir / "report.md", report_markdown(report))
     if plots:
         write_plots(report, results_dir / CURVES_DIR)

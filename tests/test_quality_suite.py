@@ -371,7 +371,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert "| rte | — | — | — | — | — |" in best_table
     assert "| sst2 | superpos | 2 | 80.0 | 79.0 | 150 | 1.0 | 51.0 | 30.0 |" in report["tables"]["smollm2-detail"]
     assert "| sst2 | superpos | 80.0 | 80.0 |" in report["tables"]["smollm2-seeds"]
-    assert report["ablation"]["superpos (main run)"]["best"] == {"sst2": 80.0}  # seed 42 only
+    assert report["ablation"]["superpos m=128 (main run)"]["best"] == {"sst2": 80.0}  # seed 42 only
     assert report["ablation"]["superpos m=16"]["final"] == {"sst2": 60.0}
     assert report["minilm"]["best"]["sst2"] == {"superpos, dropout off": 0.0, "superpos, dropout on": -1.0}
     assert "| sst2 | — | 0.0 | -1.0 |" in report["tables"]["minilm"]
