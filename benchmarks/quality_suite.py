@@ -985,7 +985,9 @@ def write_report(grid: Sequence[RunSpec], results_dir: Path, plots: bool = True)
     """Write report.md, report.json (and the PNGs) into ``results_dir``; returns the report."""
     report = build_report(grid, results_dir)
     results_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(results_dir / "report.json", json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    atomic_write_text(
+        results_dir / "report.json", json.dumps(report, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
     atomic_write_text(results_dir / "report.md", report_markdown(report))
     if plots:
         write_plots(report, results_dir / CURVES_DIR)
