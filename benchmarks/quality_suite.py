@@ -729,6 +729,7 @@ def build_report(grid: Sequence[RunSpec], results_dir: Path) -> dict[str, Any]:
     results = ResultSet(grid, results_dir)
     report: dict[str, Any] = {"planned": len(grid), "finished": len(results.found), "tables": {}}
     report["tables"]["status"] = status_line(results)
+    report["tables"]["grid"] = grid_table(grid)
     report["floors"] = floors(results)
     report["series"] = {}
     for model in ordered(s.model for s in results.stage(MAIN)):
@@ -749,6 +750,28 @@ def status_line(results: ResultSet) -> str:
     return (
         f"{len(results.found)} of {len(results.grid)} planned runs finished ({', '.join(stages)}); "
         f"{len(failed)} unfinished runs have failed at least once (failures.jsonl)."
+    )
+
+
+def grid_table(grid: Sequence[RunSpec]) -> str:
+    """What the grid runs, stage by stage (from the specs, so it follows any resizing of the budgets)."""
+    rows = []
+    for stage in STAGES:
+        specs = [s for s in grid if s.stage == stage]
+        for model in ordered(s.model for s in specs):
+            mine = [s for s in specs if s.model == model]
+            steps = sorted({s.max_steps for s in mine if s.max_steps})
+            budget = "eval only" if not steps else str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+            rows.append([
+                stage, model, ", ".join(ordered(s.task for s in mine)), "; ".join(ordered(s.series for s in mine)),
+                budget, ", ".join(str(seed) for seed in ordered(s.seed for s in mine)), str(len(mine)),
+            ])  # fmt: skip
+    table = md_table(
+        ["stage", "model", "tasks", "settings", "steps", "seeds", "runs"], rows, "---|---|---|---|---:|---:|---:|"
+    )
+    return (
+        f"{table}\n\nEvery run: batch {BATCH_SIZE}, evaluation every {EVAL_STEPS} steps (and at the end) on the first "
+        f"{MAX_EVAL_SAMPLES} validation examples."
     )
 
 
@@ -951,6 +974,7 @@ def save_figure(fig: Any, path: Path) -> Path:
 #: Section titles of report.md, by table name (``{model}-<kind>`` for the per-model tables).
 TABLE_TITLES = {
     "status": "Status",
+    "grid": "The grid",
     "best": "{model}: best score per task, beside the majority-class and zero-shot floors of the same eval examples",
     "average": "{model}: average over the tasks; stability (std across tasks of each method's per-task z-score)",
     "detail": "{model}: per task and method",

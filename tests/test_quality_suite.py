@@ -346,6 +346,10 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     report = qs.build_report(grid, results)
     assert (report["finished"], report["planned"]) == (11, len(grid))
     assert report["tables"]["status"].startswith(f"11 of {len(grid)} planned runs finished")
+    assert (
+        "| main | smollm2 | sst2, cb, rte | superpos; prompt_tuning; residual | 400 | 42 | 9 |"
+        in (report["tables"]["grid"])
+    )
     assert report["floors"]["smollm2"]["sst2"] == {"majority": 51.0, "zero_shot": 30.0}
     assert report["floors"]["smollm2"]["cb"] == {"majority": pytest.approx(42.5), "zero_shot": None}
     assert report["floors"]["smollm2"]["rte"] == {"majority": None, "zero_shot": None}
