@@ -464,16 +464,16 @@ def run_suite(
     def publish(paths: Sequence[Path], message: str) -> None:
         committer.commit([*paths, *refresh_report(grid, results_dir)], message)
 
+    def fail(spec: RunSpec, reason: str, log_path: Path | None = None) -> None:
+        print(f"FAILED {spec.run_id}: {reason}", flush=True)
+        failed.append(spec.run_id)
+        publish([record_failure(results_dir, spec, reason, log_path)], f"quality: failed {spec.run_id}")
+
     # Results copied by a suite that was killed before committing them: finished, so commit them now.
     left_over = [results_dir / name for name in (FAILURES_FILE, *REPORT_FILES)]
     for spec in grid:  # the files of finished copies, not the temporary files of an interrupted copy
         left_over += [p for p in (results_dir / spec.run_id).rglob("*") if p.is_file() and not p.name.startswith(".")]
     committer.commit([p for p in left_over if p.exists()], "quality: results left uncommitted by an earlier suite")
-
-    def fail(spec: RunSpec, reason: str, log_path: Path | None = None) -> None:
-        print(f"FAILED {spec.run_id}: {reason}", flush=True)
-        failed.append(spec.run_id)
-        publish([record_failure(results_dir, spec, reason, log_path)], f"quality: failed {spec.run_id}")
 
     for index, spec in enumerate(specs, 1):
         status = run_status(spec, runs_dir, results_dir)
@@ -489,7 +489,7 @@ def run_suite(
         command = harness_command(spec, run_dir, data_dir, lr, models)
         with run_lock(run_dir) as locked:
             if not locked:
-                print(f"[{index}/{len(specs)}] busy    {spec.run_id}: another suite process runs it", flush=True)
+                print(f"[{index}/{len(specs)}] busy    {spec.run_id}: another process holds its lock", flush=True)
                 continue
             print(f"[{index}/{len(specs)}] {status:7s} {spec.run_id}: running, log {run_dir / 'log.txt'}", flush=True)
             start = time.perf_counter()
