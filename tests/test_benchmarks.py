@@ -1,4 +1,5 @@
-"""The benchmark scripts keep running (a smoke run on a tiny model; no timing is asserted)."""
+"""The benchmark scripts keep running (a smoke run on a tiny model; no timing is asserted), and RESULTS.md and the
+quality report are what the scripts generate from the committed result files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,3 +23,43 @@ def test_overhead_script_runs_on_a_tiny_model(tmp_path):
     assert superpos["trainable_parameters"] == 10 * 16 * 64 + 10 * 16
     assert superpos["train_step_s"]["median"] > 0 and superpos["adapter_only_s"] > 0
     assert (tmp_path / "overhead-tiny.md").read_text().count("| superpos m=16 |") == 1
+
+
+def _benchmark_module(name: str):
+    if str(ROOT / "benchmarks") not in sys.path:
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+    return __import__(name)
+
+
+def test_results_md_is_what_make_results_generates():
+    make_results = _benchmark_module("make_results")
+    assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == make_results.render(), (
+        "benchmarks/RESULTS.md is out of date: edit benchmarks/RESULTS.template.md and run "
+        "python benchmarks/make_results.py"
+    )
+
+
+def test_committed_quality_report_is_built_from_the_committed_results():
+    quality_suite = _benchmark_module("quality_suite")
+    folder = quality_suite.DEFAULT_RESULTS_DIR
+    report = quality_suite.build_report(quality_suite.GRID_V1, folder)
+    assert json.loads((folder / "report.json").read_text()) == json.loads(json.dumps(report)), (
+        "benchmarks/results/quality/report.json is out of date: run python benchmarks/quality_suite.py report"
+    )
+    assert (folder / "report.md").read_text() == quality_suite.report_markdown(report)
+
+
+def test_generated_tables_come_from_the_result_files(tmp_path):
+    make_results = _benchmark_module("make_results")
+    (tmp_path / "quality").mkdir()
+    (tmp_path / "overhead-tiny.md").write_text("`python benchmarks/overhead.py`\n\n| a |\n|---|\n| 1 |\n")
+    (tmp_path / "quality" / "report.json").write_text(json.dumps({"tables": {"status": "3 of 4 finished"}}))
+    template = tmp_path / "template.md"
+    template.write_text("# R\n<!-- generated: overhead:tiny -->\ntext\n<!-- generated: quality:status -->\n")
+    assert (
+        make_results.render(template, tmp_path)
+        == make_results.HEADER + "# R\n| a |\n|---|\n| 1 |\ntext\n3 of 4 finished\n"
+    )
+    template.write_text("<!-- generated: quality:nope -->\n")
+    with pytest.raises(KeyError, match="no table 'nope'"):
+        make_results.render(template, tmp_path)

@@ -1,0 +1,424 @@
+"""The quality suite (benchmarks/quality_suite.py): grid, skip/resume/failure logic of the runner, committing,
+the lr taken from the lr check, and the report's numbers on hand-made results. Fake runners stand in for the
+harness except in one tiny end-to-end run through the real CLI."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from harness_utils import FIXTURE_DATA, REPO_ROOT, tiny_model_dir
+
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import quality_suite as qs  # noqa: E402
+from quality_suite import ABLATION, LR_CHECK, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec  # noqa: E402
+
+
+def write_run(folder: Path, scores: dict[int, float], invalid: float = 0.0, final_extra: dict | None = None) -> None:
+    """A finished run as the harness leaves it: metrics.jsonl rows and final.json at the last step."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"step": step, "eval_score": score, "eval_invalid_rate": invalid} for step, score in scores.items()]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    final = {"global_step": max(scores), "timings": {"train_steps_per_second": 0.5}, **(final_extra or {})}
+    (folder / "final.json").write_text(json.dumps(final))
+
+
+def option(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+class FakeHarness:
+    """Stands in for the harness: per run id ``ok`` (writes a finished run), ``fail`` (exit 1) or ``kill``
+    (leaves a checkpoint and half the rows, exit -9). Records every command."""
+
+    def __init__(self, behaviour: dict[str, str] | None = None) -> None:
+        self.behaviour = behaviour or {}
+        self.commands: list[list[str]] = []
+
+    def __call__(self, command, log_path: Path) -> int:
+        command = list(command)
+        self.commands.append(command)
+        run_dir = Path(option(command, "--output-dir"))
+        run_id = "/".join(run_dir.parts[-3:])
+        steps = int(option(command, "--max-steps") or 0)
+        what = self.behaviour.get(run_id, "ok")
+        log_path.write_text(f"log of {run_id}\n" + ("Traceback: boom\n" if what == "fail" else ""))
+        if what == "fail":
+            return 1
+        if what == "kill":
+            (run_dir / "checkpoint-100").mkdir(parents=True, exist_ok=True)
+            (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_score": 10.0}) + "\n")
+            return -9
+        write_run(run_dir, {step: 10.0 + step / 100 for step in range(100, steps + 1, 100)} or {0: 5.0})
+        (run_dir / "predictions-step100.jsonl").write_text(json.dumps({"id": 0, "gold": 1, "prediction": 1}) + "\n")
+        return 0
+
+
+def suite(tmp_path: Path, grid, runner, **kwargs) -> list[str]:
+    return qs.run_suite(grid, tmp_path / "runs", tmp_path / "results", "data", runner=runner, **kwargs)
+
+
+def test_grid_v1_order_and_contents():
+    grid = qs.GRID_V1
+    stages = [s.stage for s in grid]
+    assert stages == sorted(stages, key=qs.STAGES.index)  # zero-shot, lr check, main, seed, ablation, MiniLM
+    assert {stage: stages.count(stage) for stage in qs.STAGES} == {
+        ZERO_SHOT: 7, LR_CHECK: 12, MAIN: 28, SEED: 8, ABLATION: 8, MINILM: 16
+    }  # fmt: skip
+    assert [s.task for s in grid if s.stage == MAIN][::4] == ["sst2", "cola", "copa", "stsb", "mrpc", "rte", "cb"]
+    assert all(s.eval_only and s.model == "smollm2" for s in grid if s.stage == ZERO_SHOT)
+    tuned = [s for s in grid if s.stage in (MAIN, SEED, ABLATION) and s.method in qs.TUNED_METHODS]
+    assert tuned and all(s.lr == qs.FROM_LR_CHECK for s in tuned)
+    assert all(s.lr is None for s in grid if s.method in ("residual", "lora"))
+    assert len({s.run_id for s in grid}) == len(grid)
+    with pytest.raises(ValueError, match="share the id"):
+        qs.check_grid([grid[0], grid[0]])
+
+
+def test_harness_command_has_the_run_settings():
+    spec = RunSpec(ABLATION, "smollm2", "cola", "superpos", seed=7, max_steps=300, m=16, softmax=True)
+    command = qs.harness_command(spec, Path("runs/x"), "data", 0.03)
+    assert command[1:5] == ["-m", "peft_superpos.train", "cola", "--data-dir"]
+    pairs = {"--model": "smollm2-135m-instruct", "--method": "superpos", "--seed": "7", "--max-steps": "300",
+             "--eval-steps": "100", "--max-eval-samples": "300", "--batch-size": "8", "--lr": "0.03", "--m": "16",
+             "--output-dir": "runs/x"}  # fmt: skip
+    assert {flag: option(command, flag) for flag in pairs} == pairs
+    assert "--softmax" in command and "--disable-tqdm" in command and "--keep-dropout" not in command
+    zero = qs.harness_command(RunSpec(ZERO_SHOT, "smollm2", "cb", "full", eval_only=True), Path("r"), "d", None)
+    assert "--eval-only" in zero and option(zero, "--method") == "full"
+    assert "--max-steps" not in zero and "--lr" not in zero
+    dropout = RunSpec(MINILM, "minilm", "rte", "prompt_tuning", max_steps=500, keep_dropout=True)
+    assert "--keep-dropout" in qs.harness_command(dropout, Path("r"), "d", None)
+    assert dropout.run_name == "prompt_tuning-dropout-s42" and spec.run_name == "superpos-m16-softmax-s7"
+
+
+def test_finished_runs_are_skipped_and_the_rest_run(tmp_path, capsys):
+    done, raised, todo = (RunSpec(MAIN, "smollm2", task, "lora", max_steps=300) for task in ("sst2", "cola", "cb"))
+    write_run(tmp_path / "results" / done.run_id, {100: 1.0, 200: 2.0, 300: 3.0})
+    write_run(tmp_path / "results" / raised.run_id, {100: 1.0, 200: 2.0})  # budget raised from 200 to 300
+    grid = [done, raised, todo]
+    counts = qs.dry_run(grid, tmp_path / "runs", tmp_path / "results")
+    assert counts == {"done": 1, "partial": 1, "todo": 1}
+    assert "done    smollm2/sst2/lora-s42" in capsys.readouterr().out
+
+    harness = FakeHarness()
+    assert suite(tmp_path, grid, harness) == []
+    assert [option(c, "--output-dir") for c in harness.commands] == [
+        str(tmp_path / "runs" / spec.run_id) for spec in (raised, todo)
+    ]
+    for spec in grid:
+        assert qs.run_status(spec, tmp_path / "runs", tmp_path / "results") == "done"
+    copied = sorted(p.name for p in (tmp_path / "results" / todo.run_id).iterdir())
+    assert copied == ["final.json", "metrics.jsonl", "predictions-step100.jsonl"]
+    suite(tmp_path, grid, harness)
+    assert len(harness.commands) == 2  # nothing left to run
+
+
+def test_a_run_locked_by_another_process_is_left_alone(tmp_path):
+    spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100)
+    harness = FakeHarness()
+    with qs.run_lock(tmp_path / "runs" / spec.run_id) as locked:
+        assert locked
+        assert suite(tmp_path, [spec], harness) == []
+    assert harness.commands == []
+    suite(tmp_path, [spec], harness)
+    assert len(harness.commands) == 1
+
+
+def test_large_prediction_files_stay_behind(tmp_path, monkeypatch):
+    monkeypatch.setattr(qs, "PREDICTIONS_MAX_BYTES", 10)
+    spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100)
+    suite(tmp_path, [spec], FakeHarness())
+    assert sorted(p.name for p in (tmp_path / "results" / spec.run_id).iterdir()) == ["final.json", "metrics.jsonl"]
+
+
+def test_interrupted_run_restarts_with_the_same_command_and_a_failure_does_not_stop_the_grid(tmp_path):
+    killed, failing, fine = (RunSpec(MAIN, "smollm2", task, "lora", max_steps=200) for task in ("sst2", "cola", "cb"))
+    grid = [killed, failing, fine]
+    first = FakeHarness({killed.run_id: "kill", failing.run_id: "fail"})
+    assert suite(tmp_path, grid, first) == [killed.run_id, failing.run_id]
+    assert qs.run_status(killed, tmp_path / "runs", tmp_path / "results") == "partial"
+    assert qs.run_status(failing, tmp_path / "runs", tmp_path / "results") == "todo"
+    assert qs.run_status(fine, tmp_path / "runs", tmp_path / "results") == "done"
+    failures = [json.loads(line) for line in (tmp_path / "results" / "failures.jsonl").read_text().splitlines()]
+    assert [f["run_id"] for f in failures] == [killed.run_id, failing.run_id]
+    assert "boom" in failures[1]["log_tail"] and failures[1]["reason"] == "exit code 1"
+
+    second = FakeHarness()
+    assert suite(tmp_path, grid, second) == []
+    assert second.commands == first.commands[:2]  # the same commands: the harness resumes from its checkpoint
+    assert qs.run_status(killed, tmp_path / "runs", tmp_path / "results") == "done"
+
+
+def test_a_run_that_exits_0_short_of_its_steps_is_a_failure(tmp_path):
+    spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=300)
+
+    def stops_early(command, log_path):
+        log_path.write_text("")
+        write_run(Path(option(list(command), "--output-dir")), {100: 1.0})
+        return 0
+
+    assert suite(tmp_path, [spec], stops_early) == [spec.run_id]
+    assert not (tmp_path / "results" / spec.run_id / "final.json").exists()
+
+
+def git(repo: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_commit_commits_only_the_result_paths(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "suite@example.com")
+    git(repo, "config", "user.name", "suite")
+    (repo / "tracked.txt").write_text("v1\n")
+    git(repo, "add", "tracked.txt")
+    git(repo, "commit", "-q", "-m", "init")
+    (repo / "tracked.txt").write_text("v2, not to be committed\n")
+    (repo / "staged.txt").write_text("staged by someone else\n")
+    git(repo, "add", "staged.txt")
+
+    ok, bad = (
+        RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100),
+        RunSpec(MAIN, "smollm2", "rte", "lora", max_steps=100),
+    )
+    results = repo / "benchmarks" / "results" / "quality"
+    harness = FakeHarness({bad.run_id: "fail"})
+    qs.run_suite([ok, bad], tmp_path / "runs", results, "data", runner=harness, commit_repo=repo)
+
+    log = git(repo, "log", "--format=%s").splitlines()
+    assert log == [f"quality: failed {bad.run_id}", f"quality: {ok.run_id}", "init"]
+    folder = "benchmarks/results/quality"
+    reports = [f"{folder}/report.json", f"{folder}/report.md"]  # refreshed with every run, so they stay consistent
+    run_files = [
+        f"{folder}/{ok.run_id}/{name}" for name in ("final.json", "metrics.jsonl", "predictions-step100.jsonl")
+    ]
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD~1").split()) == sorted(run_files + reports)
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
+        f"{folder}/failures.jsonl",
+        *reports,
+    ]
+    assert "1 of 2 planned runs finished" in git(repo, "show", f"HEAD:{folder}/report.md")
+    assert git(repo, "diff", "--cached", "--name-only").split() == ["staged.txt"]  # still staged, not committed
+    assert git(repo, "diff", "--name-only").split() == ["tracked.txt"]
+    assert not qs.git_commit(repo, [results / ok.run_id / "final.json"], "nothing new")  # no empty commit
+
+    # a suite killed after copying a run's results but before committing them: the next suite commits them
+    lost = RunSpec(MAIN, "smollm2", "mrpc", "lora", max_steps=100)
+    write_run(results / lost.run_id, {100: 1.0})
+    (results / lost.run_id / ".metrics.jsonl.tmp-123").write_text("")  # left by a kill during a copy
+    qs.run_suite([ok, lost], tmp_path / "runs", results, "data", runner=harness, commit_repo=repo)
+    assert git(repo, "log", "-1", "--format=%s").strip() == "quality: results left uncommitted by an earlier suite"
+    assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
+        f"{folder}/{lost.run_id}/final.json", f"{folder}/{lost.run_id}/metrics.jsonl"
+    ]  # fmt: skip
+    assert len(harness.commands) == 2 and git(repo, "diff", "--cached", "--name-only").split() == ["staged.txt"]
+
+
+def test_paths_whose_commit_failed_are_committed_with_the_next(monkeypatch):
+    calls = []
+
+    def flaky_commit(repo, paths, message):
+        calls.append((list(paths), message))
+        if len(calls) == 1:
+            raise qs.CommitError("cannot do a partial commit during a merge")
+        return True
+
+    monkeypatch.setattr(qs, "git_commit", flaky_commit)
+    committer = qs.ResultCommitter(Path("repo"))
+    committer.commit([Path("a/final.json"), Path("report.md")], "quality: a")
+    committer.commit([Path("b/final.json"), Path("report.md")], "quality: b")
+    assert calls[1] == ([Path("a/final.json"), Path("report.md"), Path("b/final.json")], "quality: b")
+    assert committer.pending == []
+
+
+def test_commit_waits_for_another_process_holding_the_index_lock(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    git(repo, "config", "user.email", "suite@example.com")
+    git(repo, "config", "user.name", "suite")
+    (repo / "a.json").write_text("{}")
+    lock = repo / ".git" / "index.lock"
+    lock.write_text("")
+    threading.Timer(0.5, lock.unlink).start()
+    start = time.perf_counter()
+    assert qs.git_commit(repo, [repo / "a.json"], "quality: a", wait_s=0.2)
+    assert time.perf_counter() - start >= 0.4
+    assert git(repo, "log", "--format=%s").split("\n")[0] == "quality: a"
+
+
+def lr_check_grid(model: str = "smollm2") -> list[RunSpec]:
+    return [
+        RunSpec(LR_CHECK, model, task, "superpos", max_steps=300, lr=lr)
+        for task in ("sst2", "cola")
+        for lr in qs.LR_CHECK_VALUES
+    ]
+
+
+def write_lr_check(results: Path, best: dict[tuple[str, float], float]) -> None:
+    for spec in lr_check_grid():
+        write_run(results / spec.run_id, {100: 0.0, 200: best[spec.task, spec.lr], 300: 0.0})
+
+
+def test_lr_comes_from_the_lr_check(tmp_path):
+    results = tmp_path / "results"
+    main = RunSpec(MAIN, "smollm2", "rte", "superpos", max_steps=100, lr=qs.FROM_LR_CHECK)
+    grid = [*lr_check_grid(), main]
+    # mean over the two tasks: 3e-3 -> 50, 1e-2 -> 55, 3e-2 -> 60 (the best on neither task alone wins)
+    write_lr_check(results, {("sst2", 3e-3): 70, ("cola", 3e-3): 30, ("sst2", 1e-2): 80, ("cola", 1e-2): 30,
+                             ("sst2", 3e-2): 75, ("cola", 3e-2): 45})  # fmt: skip
+    assert qs.lr_check_means("smollm2", "superpos", grid, results) == {3e-3: 50.0, 1e-2: 55.0, 3e-2: 60.0}
+    assert qs.resolve_lr(main, grid, results) == 3e-2
+    harness = FakeHarness()
+    qs.run_suite(grid, tmp_path / "runs", results, "data", only=[main.run_id], runner=harness)
+    assert option(harness.commands[0], "--lr") == "0.03"
+
+    write_lr_check(results, {("sst2", 3e-3): 60, ("cola", 3e-3): 50, ("sst2", 1e-2): 50, ("cola", 1e-2): 60,
+                             ("sst2", 3e-2): 40, ("cola", 3e-2): 70})  # fmt: skip
+    assert qs.resolve_lr(main, grid, results) == qs.PAPER_LR  # a tie goes to the paper's lr
+
+
+def test_lr_check_missing_fails_loudly_and_the_grid_goes_on(tmp_path):
+    results = tmp_path / "results"
+    tuned = RunSpec(MAIN, "smollm2", "rte", "superpos", max_steps=100, lr=qs.FROM_LR_CHECK)
+    other = RunSpec(MAIN, "smollm2", "rte", "lora", max_steps=100)
+    grid = [*lr_check_grid(), tuned, other]
+    for spec in lr_check_grid()[:5]:  # one lr-check run missing
+        write_run(results / spec.run_id, {300: 50.0})
+    with pytest.raises(qs.LrCheckError, match="smollm2/cola/lrcheck-superpos-lr0.03-s42"):
+        qs.resolve_lr(tuned, grid, results)
+    harness = FakeHarness()
+    failed = qs.run_suite(grid, tmp_path / "runs", results, "data", only=["*/rte/*"], runner=harness)
+    assert failed == [tuned.run_id]
+    assert [option(c, "--method") for c in harness.commands] == ["lora"]
+    failure = json.loads((results / "failures.jsonl").read_text())
+    assert "lr check" in failure["reason"] and "missing" in failure["reason"]
+    with pytest.raises(qs.LrCheckError, match="no lr-check runs"):
+        qs.resolve_lr(tuned, [tuned], results)
+
+
+def report_grid() -> list[RunSpec]:
+    grid = [RunSpec(ZERO_SHOT, "smollm2", task, "full", eval_only=True) for task in ("sst2", "cb", "rte")]
+    grid += [
+        RunSpec(MAIN, "smollm2", task, method, max_steps=400)
+        for task in ("sst2", "cb", "rte")
+        for method in ("superpos", "prompt_tuning", "residual")
+    ]
+    grid.append(RunSpec(SEED, "smollm2", "sst2", "superpos", seed=7, max_steps=400))
+    grid += [RunSpec(ABLATION, "smollm2", "sst2", "superpos", max_steps=400, m=16)]
+    grid += [RunSpec(MINILM, "minilm", "sst2", "superpos", max_steps=400, keep_dropout=k) for k in (False, True)]
+    return grid
+
+
+def test_report_numbers_on_a_partial_results_tree(tmp_path):
+    results = tmp_path / "results"
+    grid = report_grid()
+
+    def put(run_id: str, scores: dict[int, float], **kwargs) -> Path:
+        assert run_id in {spec.run_id for spec in grid}
+        write_run(results / run_id, scores, **kwargs)
+        return results / run_id
+
+    put("smollm2/sst2/zero-shot", {0: 30.0}, final_extra={"floors": {"majority": 51.0}})
+    put("smollm2/sst2/superpos-s42", {100: 66.0, 200: 75.0, 300: 80.0, 400: 78.0}, invalid=2.0)
+    put("smollm2/sst2/superpos-s7", {100: 72.0, 200: 80.0, 300: 80.0, 400: 80.0})
+    put("smollm2/sst2/prompt_tuning-s42", {100: 60.0, 400: 55.0})
+    put("smollm2/sst2/residual-s42", {100: 70.0, 400: 70.0})
+    cb = put("smollm2/cb/superpos-s42", {100: 50.0, 400: 50.0})
+    # gold labels of the CB eval examples: predicting class 0 everywhere gives accuracy 60, macro-F1 25 -> 42.5
+    (cb / "predictions-step100.jsonl").write_text(
+        "".join(json.dumps({"id": i, "gold": g, "prediction": 0}) + "\n" for i, g in enumerate([0, 0, 0, 1, 2]))
+    )
+    put("smollm2/cb/prompt_tuning-s42", {100: 50.0, 400: 40.0})
+    put("smollm2/cb/residual-s42", {100: 80.0, 400: 80.0})
+    put("smollm2/rte/superpos-s42", {100: 50.0, 200: 60.0})  # short of its 400 steps: not finished
+    put("smollm2/sst2/superpos-m16-s42", {100: 40.0, 400: 60.0})
+    put("minilm/sst2/superpos-dropout-s42", {100: -5.0, 400: -1.0})
+    put("minilm/sst2/superpos-s42", {100: 0.0, 400: -3.0})
+
+    report = qs.build_report(grid, results)
+    assert (report["finished"], report["planned"]) == (11, len(grid))
+    assert report["tables"]["status"].startswith(f"11 of {len(grid)} planned runs finished")
+    assert (
+        "| main | smollm2 | sst2, cb, rte | superpos; prompt_tuning; residual | 400 | 42 | 9 |"
+        in (report["tables"]["grid"])
+    )
+    assert report["floors"]["smollm2"]["sst2"] == {"majority": 51.0, "zero_shot": 30.0}
+    assert report["floors"]["smollm2"]["cb"] == {"majority": pytest.approx(42.5), "zero_shot": None}
+    assert report["floors"]["smollm2"]["rte"] == {"majority": None, "zero_shot": None}
+
+    superpos = report["series"]["smollm2"]["sst2"]["superpos"]
+    assert superpos["seeds"] == [42, 7]
+    assert superpos["best"] == 80.0 and superpos["final"] == 79.0
+    assert superpos["steps_to_90"] == 150.0  # 90 % of 80 = 72: step 200 (seed 42: 66 < 72) and step 100 (seed 7: 72)
+    assert superpos["invalid_at_best"] == 1.0
+    assert superpos["curve"] == {"steps": [100, 200, 300, 400], "scores": [69.0, 77.5, 80.0, 79.0]}
+    assert report["series"]["smollm2"]["rte"]["superpos"] is None
+
+    # per task z-scores across methods: sst2 (80, 60, 70) -> (1.2247, -1.2247, 0); cb (50, 50, 80) -> (-0.7071,
+    # -0.7071, 1.4142); std across the two tasks: |difference| / 2. rte has no results and is left out.
+    stability = report["stability"]["smollm2"]
+    assert stability["tasks"] == ["sst2", "cb"]
+    assert stability["std_of_z"] == pytest.approx({"superpos": 0.96593, "prompt_tuning": 0.25882, "residual": 0.70711},
+                                                  abs=1e-5)  # fmt: skip
+    assert report["average"]["smollm2"]["methods"]["superpos"]["best"] is None  # rte missing
+    best_table = report["tables"]["smollm2-best"]
+    assert "| sst2 | 51.0 | 30.0 | 80.0 | 60.0 | 70.0 |" in best_table
+    assert "| cb | 42.5 | — | 50.0 | 50.0 | 80.0 |" in best_table
+    assert "| rte | — | — | — | — | — |" in best_table
+    assert "| sst2 | superpos | 2 | 80.0 | 79.0 | 150 | 1.0 | 51.0 | 30.0 |" in report["tables"]["smollm2-detail"]
+    assert "| sst2 | superpos | 80.0 | 80.0 |" in report["tables"]["smollm2-seeds"]
+    assert report["ablation"]["superpos m=128 (main run)"]["best"] == {"sst2": 80.0}  # seed 42 only
+    assert report["ablation"]["superpos m=16"]["final"] == {"sst2": 60.0}
+    assert report["minilm"]["best"]["sst2"] == {"superpos, dropout off": 0.0, "superpos, dropout on": -1.0}
+    assert "| sst2 | — | 0.0 | -1.0 |" in report["tables"]["minilm"]
+    minilm = report["series"]["minilm"]["sst2"]
+    assert minilm["superpos, dropout off"]["steps_to_90"] == 100  # best 0 (e.g. MCC of a collapse): reached at once
+    assert minilm["superpos, dropout on"]["steps_to_90"] is None  # 90 % of a negative best means nothing
+
+    qs.write_report(grid, results)
+    assert (results / "report.md").read_text().startswith("# Quality suite report")
+    assert json.loads((results / "report.json").read_text())["stability"]["smollm2"]["tasks"] == ["sst2", "cb"]
+    pictures = sorted(p.name for p in (results / "curves").iterdir())
+    assert pictures == ["minilm-sst2.png", "overview.png", "smollm2-cb.png", "smollm2-sst2.png"]
+
+
+def test_majority_floor_reads_gold_label_words():
+    assert qs.constant_prediction_floor("sst2", [1, 1, 0]) == pytest.approx(200 / 3)
+    assert qs.constant_prediction_floor("stsb", [1.0, 2.0, 4.4]) == 0.0  # a constant has no correlation
+
+
+def test_report_lr_check_table_marks_the_chosen_lr(tmp_path):
+    results = tmp_path / "results"
+    write_lr_check(results, {("sst2", 3e-3): 70, ("cola", 3e-3): 30, ("sst2", 1e-2): 80, ("cola", 1e-2): 30,
+                             ("sst2", 3e-2): 75, ("cola", 3e-2): 45})  # fmt: skip
+    report = qs.build_report(lr_check_grid(), results)
+    assert report["lr_check"]["smollm2/superpos"]["chosen"] == 3e-2
+    assert "| smollm2 superpos | 0.03 (chosen) | 75.0 | 45.0 | 60.0 |" in report["tables"]["lr-check"]
+
+
+def test_one_run_through_the_real_harness_cli(tmp_path, tmp_path_factory):
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    spec = RunSpec(MAIN, "tiny", "cb", "prompt_tuning", max_steps=2, eval_steps=1)
+    run = dict(runs_dir=tmp_path / "runs", results_dir=tmp_path / "results", data_dir=str(FIXTURE_DATA))
+    assert qs.run_suite([spec], **run, models={"tiny": str(model)}) == [], (
+        tmp_path / "runs" / spec.run_id / "log.txt"
+    ).read_text()[-3000:]
+    rows = [
+        json.loads(line) for line in (tmp_path / "results" / spec.run_id / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in rows] == [1, 2]
+    assert json.loads((tmp_path / "results" / spec.run_id / "final.json").read_text())["global_step"] == 2
+    assert "peft_superpos.train cb" in (tmp_path / "runs" / spec.run_id / "log.txt").read_text()
+
+    def must_not_run(command, log_path):
+        raise AssertionError("a finished run was started again")
+
+    assert qs.run_suite([spec], **run, runner=must_not_run) == []
