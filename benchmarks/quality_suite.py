@@ -79,7 +79,8 @@ FROM_LR_CHECK = "from_lr_check"
 PAPER_LR = 1e-2
 
 ZERO_SHOT, LR_CHECK, MAIN, SEED, ABLATION, MINILM = "zero-shot", "lr-check", "main", "seed", "ablation", "minilm"
-STAGES = (ZERO_SHOT, LR_CHECK, MAIN, SEED, ABLATION, MINILM)
+#: Run order. MiniLM runs are cheap (a 22M-parameter encoder): they go early and answer the dropout question.
+STAGES = (ZERO_SHOT, MINILM, LR_CHECK, MAIN, SEED, ABLATION)
 
 SHORT_TASKS = ("sst2", "cola", "copa", "stsb")
 MAIN_TASKS = (*SHORT_TASKS, "mrpc", "rte", "cb")  # short tasks first
@@ -191,7 +192,7 @@ def grid_v1() -> tuple[RunSpec, ...]:
         for method in TUNED_METHODS
         for keep in (False, True)
     ]
-    return check_grid([*zero_shot, *lr_check, *main, *second_seed, *ablations, *minilm])
+    return check_grid([*zero_shot, *minilm, *lr_check, *main, *second_seed, *ablations])
 
 
 def check_grid(specs: Sequence[RunSpec]) -> tuple[RunSpec, ...]:

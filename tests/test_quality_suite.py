@@ -66,7 +66,7 @@ def suite(tmp_path: Path, grid, runner, **kwargs) -> list[str]:
 def test_grid_v1_order_and_contents():
     grid = qs.GRID_V1
     stages = [s.stage for s in grid]
-    assert stages == sorted(stages, key=qs.STAGES.index)  # zero-shot, lr check, main, seed, ablation, MiniLM
+    assert stages == sorted(stages, key=qs.STAGES.index)  # zero-shot, MiniLM, lr check, main, seed, ablation
     assert {stage: stages.count(stage) for stage in qs.STAGES} == {
         ZERO_SHOT: 7, LR_CHECK: 12, MAIN: 28, SEED: 8, ABLATION: 8, MINILM: 16
     }  # fmt: skip
