@@ -12,6 +12,7 @@ Each method's own formula lives in its own test file.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 from pathlib import Path
@@ -70,6 +71,12 @@ def build(method, family: str, task: str, seed: int = 0, noise_seed: int = 7, ba
     model = make_peft(family, task, config_cls, base=base, seed=seed, **kwargs)
     perturb(model, noise_seed)
     return model
+
+
+@functools.cache
+def base_model(family: str, task: str):
+    """The tiny base model, built once: only for tests that never change it."""
+    return make_tiny(family, task)
 
 
 def encoder_of(model, adapter_name: str = "default"):
@@ -208,9 +215,9 @@ def test_forward_backward_reaches_every_trainable_tensor(method, family, task):
 
 @with_methods
 @with_all_cases
-def test_padding_and_inputs_embeds(method, family, task):
+def test_padding_and_inputs_embeds(method, family, task, saved):
     """``inputs_embeds`` gives exactly what ``input_ids`` gives; a padded row gives what it gives alone."""
-    model = build(method, family, task).eval()
+    model = saved.models[saved.key(method, family, task)]
     input_ids, attention_mask = tiny_batch(family, pad_side="right")
     extra = {}
     if task == "SEQ_2_SEQ_LM":
@@ -256,8 +263,8 @@ def generate(model, input_ids, attention_mask, steps: int = 5) -> torch.Tensor:
 
 @with_methods
 @with_generative_cases
-def test_generate(method, family, task):
-    model = build(method, family, task).eval()
+def test_generate(method, family, task, saved):
+    model = saved.models[saved.key(method, family, task)]
     if task == "CAUSAL_LM":
         for pad_side in ("left", "right"):
             input_ids, attention_mask = tiny_batch(family, pad_side=pad_side)
@@ -316,9 +323,8 @@ def marked(cases, mark, condition):
     marked(FAMILY_TASKS, ENCODER_ONLY_DISABLED, lambda family, task: family in ENCODER_FAMILIES),
     ids=case_ids(FAMILY_TASKS),
 )
-def test_disable_adapter_forward_is_the_base_model(method, family, task):
-    model = build(method, family, task).eval()
-    base = make_tiny(family, task)
+def test_disable_adapter_forward_is_the_base_model(method, family, task, saved):
+    model, base = saved.models[saved.key(method, family, task)], base_model(family, task)
     inputs = forward_inputs(family, task)
     with torch.no_grad():
         adapted = main_output(model(**inputs))
@@ -340,11 +346,10 @@ def test_disable_adapter_forward_is_the_base_model(method, family, task):
     marked(GENERATIVE_CASES, SEQ2SEQ_DISABLED_GENERATE, lambda family, task: task == "SEQ_2_SEQ_LM"),
     ids=case_ids(GENERATIVE_CASES),
 )
-def test_disable_adapter_generate_is_the_base_model(method, family, task):
+def test_disable_adapter_generate_is_the_base_model(method, family, task, saved):
     """Greedy generation inside ``disable_adapter`` gives the base model's tokens and (up to rounding) scores;
     the scores too, since a tiny model may pick the same tokens with and without the prompt."""
-    model = build(method, family, task).eval()
-    base = make_tiny(family, task)
+    model, base = saved.models[saved.key(method, family, task)], base_model(family, task)
     inputs = forward_inputs(family, task)
     inputs.pop("decoder_input_ids", None)
     settings = {"max_new_tokens": 3, "min_new_tokens": 3, "output_scores": True, "return_dict_in_generate": True}
@@ -399,7 +404,7 @@ def test_half_precision_base(method, family, task, dtype, saved):
     expected_state = encoder_of(saved.models[key]).state_dict()
     for name, tensor in encoder_of(loaded).state_dict().items():
         assert torch.equal(tensor, expected_state[name]), name
-    logits = reference_outputs(loaded, family, task)["logits_right"]
+    logits = reference_outputs(loaded, family, task, generate=False)["logits_right"]
     reference = saved.reference[key]["logits_right"]
     assert logits.dtype == dtype
     assert (logits.float() - reference).abs().max() <= 0.1 * reference.abs().max()
@@ -412,16 +417,17 @@ def test_two_adapters_on_one_model(method, family, task, saved):
     """A second adapter loaded next to the first: ``set_adapter`` switches, each gives what its own single-adapter
     model gives, and training the active one leaves the other without gradients."""
     model = build(method, family, task, seed=1, noise_seed=11).eval()
-    alone = reference_outputs(model, family, task)
+    alone = reference_outputs(model, family, task, generate=False)
     key = saved.key(method, family, task)
     model.load_adapter(saved.adapter(key), adapter_name="other", is_trainable=True)
-    assert_same_outputs(reference_outputs(model, family, task), alone)  # loading does not activate it
+    assert not model.peft_config["other"].inference_mode
+    assert_same_outputs(reference_outputs(model, family, task, generate=False), alone)  # "default" stays active
     model.set_adapter("other")
     other = reference_outputs(model, family, task)
     assert_same_outputs(other, saved.reference[key])
     assert not torch.equal(other["logits_right"], alone["logits_right"])
     model.set_adapter("default")
-    assert_same_outputs(reference_outputs(model, family, task), alone)
+    assert_same_outputs(reference_outputs(model, family, task, generate=False), alone)
 
     model.set_adapter("other")
     model.train()

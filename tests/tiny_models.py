@@ -310,10 +310,12 @@ def labels_for(task_type, input_ids: torch.Tensor, attention_mask: torch.Tensor 
     return None
 
 
-def reference_outputs(model, family: str, task_type=None, max_new_tokens: int = 5) -> dict[str, torch.Tensor]:
+def reference_outputs(
+    model, family: str, task_type=None, max_new_tokens: int = 5, generate: bool = True
+) -> dict[str, torch.Tensor]:
     """What persistence tests compare across processes: the logits (last hidden states for
-    FEATURE_EXTRACTION) on ``tiny_batch`` and, for generative tasks, greedy generations (causal LM: with
-    left and with right padding). Works on any peft model; imports nothing from peft_superpos."""
+    FEATURE_EXTRACTION) on ``tiny_batch`` and, for generative tasks unless ``generate=False``, greedy generations
+    (causal LM: with left and with right padding). Works on any peft model; imports nothing from peft_superpos."""
     task = task_name(family, task_type)
     model.eval()
     result = {}
@@ -328,7 +330,7 @@ def reference_outputs(model, family: str, task_type=None, max_new_tokens: int = 
             output = model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             logits = getattr(output, "logits", None)
             result[f"logits_{side}"] = output.last_hidden_state if logits is None else logits
-            if task in ("CAUSAL_LM", "SEQ_2_SEQ_LM"):
+            if generate and task in GENERATIVE_TASKS:
                 result[f"generated_{side}"] = model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens
                 )
