@@ -1,8 +1,8 @@
 """The contract every prompt method of peft_superpos keeps, in the manner of peft's own ``PeftCommonTester``: one
 set of tests parametrised over every registered method (``tiny_models.prompt_methods()``) and every tiny
-architecture and task type (``tiny_models.FAMILY_TASKS``).
+architecture and task type (``tiny_models.FAMILY_TASKS``); a newly registered method is picked up.
 
-forward and backward (every trainable tensor gets a gradient, frozen buffers none), padding and
+Covered: forward and backward (every trainable tensor gets a gradient, frozen buffers none), padding and
 ``inputs_embeds``, generation with left and right padding, ``disable_adapter``, gradient checkpointing, fp16 and
 bf16 base models, two adapters of one method on one model, save and reload in a fresh process (bit-exact),
 resuming training (bit-exact next step), and the export to stock prompt tuning where the method allows it.
@@ -28,6 +28,7 @@ from tiny_models import (
     GENERATIVE_TASKS,
     HIDDEN,
     NUM_VIRTUAL_TOKENS,
+    FreshReload,
     default_task,
     fresh_reload,
     loss_of,
@@ -109,32 +110,33 @@ def assert_same_outputs(actual: dict, expected: dict) -> None:
 
 # -- saved adapters, reloaded in two fresh processes ------------------------------------------------------------
 class SavedAdapters:
-    """One trained-looking adapter per (method, family, task), saved, exported where the method allows it, and
-    its outputs here. One fresh process reloads every adapter, another every export (without peft_superpos);
-    both start at once and are awaited by the first test that needs them."""
+    """One trained-looking adapter per (method, family, task): the model, saved and exported where the method
+    allows it, with its outputs (``reference_outputs``) and prompt table here. ``reloaded`` and ``exported``: the
+    fresh processes reloading them (set by the ``saved`` fixture)."""
+
+    reloaded: FreshReload
+    exported: FreshReload
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.models: dict[tuple, PeftModel] = {}
         self.reference: dict[tuple, dict] = {}
         self.tables: dict[tuple, torch.Tensor] = {}
-        reloads, exports = [], []
+        self.reload_cases: list[tuple[str, str, str]] = []  # (family, task, folder)
+        self.export_cases: list[tuple[str, str, str]] = []
         for method in METHODS:
             for family, task in FAMILY_TASKS:
                 key = self.key(method, family, task)
                 model = build(method, family, task).eval()
                 model.save_pretrained(self.adapter(key))
-                reloads.append((family, task, str(self.adapter(key))))
+                self.reload_cases.append((family, task, str(self.adapter(key))))
                 if exportable(model):
                     export_prompt_tuning(model, self.export(key))
-                    exports.append((family, task, str(self.export(key))))
+                    self.export_cases.append((family, task, str(self.export(key))))
                 self.models[key] = model
                 self.reference[key] = reference_outputs(model, family, task)
                 with torch.no_grad():
                     self.tables[key] = encoder_of(model).table().clone()
-        self._reload = fresh_reload(reloads, root, "reload_adapters")
-        self._export = fresh_reload(exports, root, "reload_exports", with_package=False)
-        self.reloaded, self.exported = self._reload.__enter__(), self._export.__enter__()
 
     @staticmethod
     def key(method, family: str, task: str) -> tuple[str, str, str]:
@@ -146,21 +148,29 @@ class SavedAdapters:
     def export(self, key: tuple) -> Path:
         return self.root.joinpath(*key, "export")
 
-    def close(self) -> None:
-        self._reload.__exit__(None, None, None)
-        self._export.__exit__(None, None, None)
-
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    adapters = SavedAdapters(tmp_path_factory.mktemp("saved_adapters"))
-    yield adapters
-    adapters.close()
+    """The saved adapters; one fresh process reloads every adapter, another every export (without
+    peft_superpos), both started at once and awaited by the first test that needs their results."""
+    root = tmp_path_factory.mktemp("saved_adapters")
+    adapters = SavedAdapters(root)
+    with (
+        fresh_reload(adapters.reload_cases, root, "reload_adapters") as reloaded,
+        fresh_reload(adapters.export_cases, root, "reload_exports", with_package=False) as exported,
+    ):
+        adapters.reloaded, adapters.exported = reloaded, exported
+        yield adapters
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _start_reloads_first(saved):
     """Save the adapters and start the fresh processes before the first test, so that they run alongside."""
+
+
+def test_every_registered_method_is_tested():
+    """The method list comes from peft's registry: the three methods of this package at least."""
+    assert {"SuperPosPrompt", "ResidualPrompt", "DePT"} <= {method_id(cls) for cls, _ in METHODS}
 
 
 # -- forward and backward ---------------------------------------------------------------------------------------

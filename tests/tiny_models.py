@@ -23,6 +23,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import torch
 import transformers
 
@@ -401,8 +402,6 @@ def start_python(script: str, tmp_path: Path, name: str) -> subprocess.Popen:
 
 def finish_python(process: subprocess.Popen, timeout: float = 240) -> str:
     """Wait for a process from ``start_python``; fail the test with its output when it did not exit 0."""
-    import pytest
-
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -461,15 +460,13 @@ class FreshReload:
     def result(self, folder: str | os.PathLike) -> dict:
         """The child's ``reload_outputs`` for ``folder`` (waits for the child the first time); fails the test
         with the child's traceback when that case failed there."""
-        import pytest
-
         if not self.finished:
             finish_python(self.child)
             self.finished = True
         error = Path(folder) / RELOAD_ERROR_FILE
         if error.is_file():
             pytest.fail(f"reloading {folder} in a fresh process failed:\n{error.read_text()}")
-        return torch.load(Path(folder) / RELOADED_FILE, weights_only=False)
+        return torch.load(Path(folder) / RELOADED_FILE)
 
 
 @contextlib.contextmanager
