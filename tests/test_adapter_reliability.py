@@ -380,3 +380,20 @@ def test_every_patch_of_peft_is_listed_and_installed():
     assert len({(cls, attribute) for cls, attribute, _ in _peft_compat.PATCHES}) == len(_peft_compat.PATCHES)
     for cls, attribute, replacement in _peft_compat.PATCHES:
         assert cls.__dict__[attribute] is replacement, (cls.__name__, attribute)
+
+
+def test_disable_adapter_on_encoder_only_models_for_stock_prompt_tuning_too():
+    """peft 0.21's disable_adapter crashes (UnboundLocalError) for any prompt-learning adapter on a model
+    without prepare_inputs_for_generation; the patch covers stock prompt tuning as well."""
+    from peft import PromptTuningConfig, get_peft_model
+
+    base = make_tiny("bert", "SEQ_CLS")
+    model = get_peft_model(base, PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=3))
+    input_ids, attention_mask = tiny_batch("bert")
+    with torch.no_grad():
+        with model.disable_adapter():
+            disabled = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        expected = model.get_base_model()(input_ids=input_ids, attention_mask=attention_mask).logits
+        adapted = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    torch.testing.assert_close(disabled, expected, rtol=0, atol=0)
+    assert not torch.allclose(adapted, disabled)

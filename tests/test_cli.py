@@ -6,7 +6,7 @@ import json
 import shutil
 
 import pytest
-from harness_utils import FIXTURE_DATA, cli_args, read_jsonl, run_cli, tiny_model_dir
+from tiny_models import FIXTURE_DATA, cli_args, read_jsonl, run_cli, tiny_model_dir
 
 
 @pytest.mark.parametrize(

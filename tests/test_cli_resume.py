@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from harness_utils import REPO_ROOT, cli_args, cli_env, read_jsonl, run_cli, tiny_model_dir
+from tiny_models import REPO_ROOT, cli_args, read_jsonl, run_cli, subprocess_env, tiny_model_dir
 
 from peft_superpos.harness import read_rows
 
@@ -25,7 +25,7 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path_factory, tmp_path
     args = cli_args(model, tmp_path / "killed", "cb", *STEPS)
     process = subprocess.Popen(
         [sys.executable, "-m", "peft_superpos.train", *args],
-        env=cli_env(),
+        env=subprocess_env(),
         cwd=str(REPO_ROOT),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

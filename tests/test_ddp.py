@@ -14,8 +14,8 @@ import sys
 
 import pytest
 import torch
-from harness_utils import REPO_ROOT, cli_args, cli_env, run_cli, tiny_model_dir
 from safetensors.torch import load_file
+from tiny_models import REPO_ROOT, cli_args, run_cli, subprocess_env, tiny_model_dir
 
 # Global batch 6 = the whole CB fixture: every step sees the same examples whatever the sharding.
 ARGS = ("--batch-size", "6", "--max-steps", "3", "--eval-steps", "3", "--eval-mode", "rank")
@@ -42,7 +42,9 @@ def test_two_process_ddp_matches_one_process(tmp_path_factory, tmp_path):
         "peft_superpos.train",
         *cli_args(model, tmp_path / "ddp", "cb", *ARGS),
     ]
-    process = subprocess.run(command, env=cli_env(), cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=300)
+    process = subprocess.run(
+        command, env=subprocess_env(), cwd=str(REPO_ROOT), capture_output=True, text=True, timeout=300
+    )
     assert process.returncode == 0, process.stderr[-6000:]
     single = json.loads((tmp_path / "single" / "final.json").read_text())
     ddp = json.loads((tmp_path / "ddp" / "final.json").read_text())

@@ -5,13 +5,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from harness_utils import FIXTURE_DATA, REPO_ROOT, cli_env, tiny_model_dir
+from tiny_models import FIXTURE_DATA, REPO_ROOT, subprocess_env, tiny_model_dir
 
 
 def _run(script: str, *args: str) -> str:
     process = subprocess.run(
         [sys.executable, str(REPO_ROOT / "examples" / script), *args],
-        env=cli_env(),
+        env=subprocess_env(),
         cwd=str(REPO_ROOT),
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ change is *meant* to alter training, regenerate the numbers and say so in the co
 from __future__ import annotations
 
 import pytest
-from harness_utils import FIXTURE_DATA, read_jsonl, tiny_model_dir
+from tiny_models import FIXTURE_DATA, read_jsonl, tiny_model_dir
 
 from peft_superpos.harness import MethodSettings, RunConfig, run_experiment
 

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from harness_utils import FIXTURE_DATA, tiny_model_dir
+from tiny_models import FIXTURE_DATA, tiny_model_dir
 
 from peft_superpos.harness import (
     METHODS,

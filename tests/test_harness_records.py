@@ -8,7 +8,7 @@ import json
 import random
 
 import pytest
-from harness_utils import FIXTURE_DATA, read_jsonl, tiny_model_dir
+from tiny_models import FIXTURE_DATA, read_jsonl, tiny_model_dir
 
 from peft_superpos.data import compute_metrics, get_task, load_task_split
 from peft_superpos.harness import MethodSettings, RunConfig, build_model, run_experiment

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
-from tiny_models import SPECIAL_TOKENS, make_tiny, word_level_tokenizer  # noqa: E402
+from tiny_models import SPECIAL_TOKENS, make_tiny, subprocess_env, word_level_tokenizer  # noqa: E402
 
 from peft_superpos import models  # noqa: E402
 
@@ -211,9 +210,8 @@ def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
 
 _KILLED_SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys
+    import os, signal
     from peft_superpos import models
-    sys.path.insert(0, {tests!r})
     from test_models import _fake_gguf_loader
     models.load_gguf_model_and_tokenizer = _fake_gguf_loader
 
@@ -229,9 +227,8 @@ _KILLED_SCRIPT = textwrap.dedent(
 
 @needs_embedded
 def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
-    script = _KILLED_SCRIPT.format(tests=str(pathlib.Path(__file__).parent), cache=str(tmp_path))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(pathlib.Path(models.__file__).parents[1])]))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, timeout=120)
+    script = _KILLED_SCRIPT.format(cache=str(tmp_path))
+    proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     target = tmp_path / models._CONVERTED_DIRNAME
     assert not target.exists()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from harness_utils import FIXTURE_DATA, REPO_ROOT, tiny_model_dir
+from tiny_models import FIXTURE_DATA, REPO_ROOT, tiny_model_dir
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import quality_suite as qs  # noqa: E402

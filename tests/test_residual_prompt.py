@@ -1,32 +1,22 @@
-"""Residual Prompt Tuning as a registered PEFT method: the residual formula, forward/backward, generate,
-save/reload in a fresh process, resume, export to stock prompt tuning, config errors."""
+"""Residual Prompt Tuning's own behaviour: the residual formula, its initialisation, MLP dropout, its parameters and
+config errors. What every method shares is in test_methods_common.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from conftest import fresh_reload
 from peft import PeftModel, get_peft_model
-from tiny_models import SPECIAL_IDS, make_tiny, tiny_batch
+from tiny_models import SPECIAL_IDS, make_tiny, perturb
 
-from peft_superpos import ResidualPromptConfig, ResidualPromptEmbedding, export_prompt_tuning
+from peft_superpos import ResidualPromptConfig, ResidualPromptEmbedding
 
 N, BOTTLENECK = 4, 8
-CASES = [("llama", "CAUSAL_LM"), ("t5", "SEQ_2_SEQ_LM")]
 
 
 def make_residual(family: str, task: str, **overrides):
     config = ResidualPromptConfig(task_type=task, num_virtual_tokens=N, bottleneck_size=BOTTLENECK, **overrides)
     model = get_peft_model(make_tiny(family, task), config)
     return model, model.prompt_encoder["default"]
-
-
-def perturb(encoder, scale: float = 0.05) -> None:
-    """Move every parameter off its init, as training would (LayerNorm 1/0 and zero-free biases included)."""
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for parameter in encoder.parameters():
-            parameter.add_(scale * torch.randn(parameter.shape, generator=generator))
 
 
 def reference_table(encoder, token: int | None = None) -> torch.Tensor:
@@ -69,7 +59,7 @@ def test_table_is_prompt_plus_normalised_mlp(overrides):
     k = N if overrides.get("separate_mlps") else 1
     assert encoder.down_weight.shape == (k, 32, BOTTLENECK) and encoder.up_weight.shape == (k, BOTTLENECK, 32)
     assert hasattr(encoder, "norm_weight") == overrides.get("use_layer_norm", True)
-    perturb(encoder)
+    perturb(model)
     with torch.no_grad():
         torch.testing.assert_close(encoder.table(), reference_table(encoder), rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model.get_prompt(2)[1], reference_table(encoder), rtol=1e-5, atol=1e-6)
@@ -98,56 +88,22 @@ def test_mlp_dropout_only_while_training_with_autograd():
     torch.testing.assert_close(encoder.table().detach(), clean)
 
 
-# -- stock peft paths ----------------------------------------------------------------------------------------
-@pytest.mark.parametrize("family, task", CASES)
-def test_forward_backward_generate(family, task):
-    model, _ = make_residual(family, task)
-    input_ids, mask = tiny_batch(family, length=6)
-    model.train()
-    model(input_ids=input_ids, attention_mask=mask, labels=input_ids).loss.backward()
-    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    names = sorted(n.rsplit(".", 1)[1] for n, _ in trainable)
+# -- trainable parameters and what the saved adapter keeps ----------------------------------------------------------
+def test_trainable_parameters():
+    """The prompt and both MLP layers with their LayerNorm. (Gradients, generation, saving, reloading, resuming and
+    exporting, which every method shares: test_methods_common.py.)"""
+    model, _ = make_residual("llama", "CAUSAL_LM")
+    names = sorted(n.rsplit(".", 1)[1] for n, p in model.named_parameters() if p.requires_grad)
     assert names == ["down_bias", "down_weight", "norm_bias", "norm_weight", "prompt", "up_bias", "up_weight"]
-    assert all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in trainable)
-    model.eval()
+
+
+def test_separate_mlps_survive_save_and_resume(tmp_path):
+    model, encoder = make_residual("t5", "SEQ_2_SEQ_LM", separate_mlps=True)
+    perturb(model)
+    model.save_pretrained(tmp_path)
+    resumed = PeftModel.from_pretrained(make_tiny("t5", "SEQ_2_SEQ_LM"), tmp_path, is_trainable=True)
+    assert resumed.peft_config["default"].separate_mlps
+    loaded = resumed.prompt_encoder["default"]
+    assert loaded.down_weight.shape[0] == N
     with torch.no_grad():
-        first = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=3)
-        second = model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=3)
-    assert torch.equal(first, second) and first.shape[0] == 2
-
-
-def test_export_matches_the_adapter(tmp_path):
-    model, encoder = make_residual("llama", "CAUSAL_LM")
-    perturb(encoder)
-    model.eval()
-    input_ids, mask = tiny_batch("llama", length=6)
-    export_prompt_tuning(model, tmp_path / "stock")
-    stock = PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM"), str(tmp_path / "stock")).eval()
-    assert stock.peft_config["default"].peft_type.value == "PROMPT_TUNING"
-    with torch.no_grad():
-        torch.testing.assert_close(stock.prompt_encoder["default"].embedding.weight, encoder.table(), rtol=0, atol=0)
-        ours = model(input_ids=input_ids, attention_mask=mask).logits
-        torch.testing.assert_close(stock(input_ids=input_ids, attention_mask=mask).logits, ours, rtol=0, atol=0)
-
-
-# -- save, reload in a fresh process, resume -------------------------------------------------------------------
-def trained_residual(family: str, task: str):
-    model, encoder = make_residual(family, task, separate_mlps=family == "t5")
-    perturb(encoder)
-    return model
-
-
-@pytest.fixture(scope="module", autouse=True)
-def saved_adapters(tmp_path_factory):
-    """Save trained-looking adapters and start reloading them in a fresh process at once, so that the child's
-    start-up overlaps the other tests of this file; the last test collects its logits."""
-    tmp_path = tmp_path_factory.mktemp("residual_reload")
-    with fresh_reload(trained_residual, CASES, tmp_path, "reload_residual") as saved:
-        yield saved
-
-
-def test_save_reload_in_fresh_process_and_resume(saved_adapters):
-    for family, resumed, saved, loaded in saved_adapters.resumed():  # resume here while the child runs
-        assert saved.keys() == loaded.keys() and len(saved) == 7
-        assert resumed.peft_config["default"].separate_mlps == (family == "t5")
-    saved_adapters.check_child()
+        assert torch.equal(loaded.table(), encoder.table())

@@ -12,7 +12,9 @@ attribute of peft that this package replaces:
   prompt-learning paths build decoder prompts we do not have); ``generate`` is keyword-only as in stock peft
   and gives the base model's generation inside ``disable_adapter()``. Causal LM, sequence classification and
   feature extraction take a generic path that works unchanged; token classification does too, except that
-  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``.
+  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``. ``disable_adapter()`` of a
+  prompt-learning adapter on an encoder-only model (no ``prepare_inputs_for_generation``) crashes in peft 0.21,
+  stock prompt tuning included; it is replaced for that case only (every other case is peft's own).
 - ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
   training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
   ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
@@ -65,6 +67,7 @@ PATCHES = (
     (PeftModel, "save_pretrained", loading.save_pretrained),
     (PeftModelForSeq2SeqLM, "forward", routing.seq2seq_forward),
     (PeftModelForSeq2SeqLM, "generate", routing.seq2seq_generate),
+    (PeftModel, "disable_adapter", routing.disable_adapter),
     *((cls, "forward", forward) for cls, forward in _FORWARDS.items()),
     (PeftModelForCausalLM, "generate", input_embeds.causal_generate),
     (PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs),

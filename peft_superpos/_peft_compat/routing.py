@@ -1,14 +1,17 @@
-"""Routing by task type: encoder-decoder forward and generate through the prompt-tuning path, and the labels of
-token classification widened for the prompt positions."""
+"""Routing by task type: encoder-decoder forward and generate through the prompt-tuning path, the labels of
+token classification widened for the prompt positions, and ``disable_adapter()`` on models without
+``prepare_inputs_for_generation`` (encoder-only: sequence/token classification, feature extraction)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import warnings
+from collections.abc import Iterator
 
 import torch
-from peft import PeftModelForSeq2SeqLM, PeftModelForTokenClassification
+from peft import PeftModel, PeftModelForSeq2SeqLM, PeftModelForTokenClassification
 
 from .input_embeds import input_embeds_adjuster
 from .registration import is_ours
@@ -111,3 +114,26 @@ def widen_token_labels(forward):
         return forward(self, **arguments, **extra)
 
     return wrapped
+
+
+_STOCK_DISABLE_ADAPTER = PeftModel.disable_adapter
+
+
+@contextlib.contextmanager
+def disable_adapter(self: PeftModel) -> Iterator[None]:
+    """``PeftModel.disable_adapter`` for prompt-learning adapters on models that have no
+    ``prepare_inputs_for_generation`` (peft 0.21 reads it unconditionally and fails with ``UnboundLocalError``,
+    for stock prompt tuning too): only ``forward`` is swapped for the base model's. Every other case is peft's."""
+    config = self.peft_config[self.active_adapter]
+    if not config.is_prompt_learning or hasattr(self, "prepare_inputs_for_generation"):
+        with _STOCK_DISABLE_ADAPTER(self):
+            yield
+        return
+    was_disabled, old_forward = self._adapters_disabled, self.forward
+    try:
+        self.forward = self.base_model.forward
+        self._adapters_disabled = True
+        yield
+    finally:
+        self.forward = old_forward
+        self._adapters_disabled = was_disabled
