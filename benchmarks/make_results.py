@@ -2,7 +2,8 @@
 
 Every line ``<!-- generated: NAME -->`` of the template is replaced by a table the benchmark scripts wrote:
 
-* ``overhead:<model>``: the table of ``results/overhead-<model>.md`` (written by ``overhead.py``);
+* ``overhead:<model>`` / ``padding:<model>``: the table of ``results/overhead-<model>.md`` /
+  ``results/padding-<model>.md`` (written by ``overhead.py`` / ``padding.py``);
 * ``quality:<table>``: ``tables[<table>]`` of ``results/quality/report.json`` (written by
   ``quality_suite.py report``, which also runs this script).
 
@@ -34,10 +35,10 @@ HEADER = (
 
 def generated_table(source: str, name: str, results_dir: Path) -> str:
     """The Markdown table a marker stands for; a clear error when its file or table is missing."""
-    if source == "overhead":
-        path = results_dir / f"overhead-{name}.md"
+    if source in ("overhead", "padding"):
+        path = results_dir / f"{source}-{name}.md"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run python benchmarks/overhead.py --model {name}")
+            raise FileNotFoundError(f"{path} is missing: run python benchmarks/{source}.py (see RESULTS.template.md)")
         return "\n".join(line for line in path.read_text().splitlines() if line.startswith("|"))
     if source == "quality":
         path = results_dir / "quality" / "report.json"
@@ -47,7 +48,7 @@ def generated_table(source: str, name: str, results_dir: Path) -> str:
         if name not in tables:
             raise KeyError(f"{path} has no table {name!r} (it has: {', '.join(tables)})")
         return tables[name]
-    raise ValueError(f"unknown source {source!r} in a generated marker; expected overhead or quality")
+    raise ValueError(f"unknown source {source!r} in a generated marker; expected overhead, padding or quality")
 
 
 def render(template: Path = TEMPLATE, results_dir: Path = RESULTS_DIR) -> str:

@@ -125,14 +125,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12, help="timed steps per order and task")
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--out", default=None, help="results name (default: padding-<model>)")
+    parser.add_argument("--output", default=str(RESULTS), help="folder for padding-<model>.json and .md")
     args = parser.parse_args()
     results = [measure(task, args) for task in args.tasks]
-    name = args.out or f"padding-{Path(args.model).name if args.model else 'smollm2'}"
+    name = f"padding-{Path(args.model).name if args.model else 'smollm2'}"
     command = "python benchmarks/padding.py " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
-        if v is not None and k != "out"
+        if v is not None and k != "output"
     )
     header = (
         f"Random vs length-grouped training batches; model {args.model or 'SmolLM2-135M-Instruct (embedded)'}, "
@@ -142,9 +142,10 @@ def main() -> None:
     )
     text = table(results, header)
     print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    (RESULTS / f"{name}.md").write_text(text)
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / f"{name}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    (output / f"{name}.md").write_text(text)
 
 
 if __name__ == "__main__":

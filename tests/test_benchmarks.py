@@ -63,3 +63,16 @@ def test_generated_tables_come_from_the_result_files(tmp_path):
     template.write_text("<!-- generated: quality:nope -->\n")
     with pytest.raises(KeyError, match="no table 'nope'"):
         make_results.render(template, tmp_path)
+
+
+def test_padding_script_runs_on_a_tiny_model(tmp_path):
+    from tiny_models import FIXTURE_DATA, save_tiny_model
+
+    model = save_tiny_model("llama", tmp_path / "llama")
+    command = [sys.executable, str(ROOT / "benchmarks" / "padding.py"), "--model", str(model), "--tasks", "cb"]
+    command += ["--data-dir", str(FIXTURE_DATA), "--batch-size", "2", "--steps", "1", "--output", str(tmp_path)]
+    subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
+    (result,) = json.loads((tmp_path / "padding-llama.json").read_text())["results"]
+    assert result["task"] == "cb" and result["grouped_padding_fraction"] <= result["random_padding_fraction"]
+    assert result["random_s_per_step"] > 0 and result["grouped_tokens_per_s"] > 0
+    assert (tmp_path / "padding-llama.md").read_text().count("| cb |") == 1
