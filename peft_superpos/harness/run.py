@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -32,20 +31,28 @@ from .callbacks import (
     METRICS_FILE,
     MetricsRecorder,
     atomic_write_text,
+    latest_rows,
     plot_learning_curve,
     read_rows,
     repair_metrics_file,
 )
+from .errors import DataError, ModelLoadError, RunConfigError
 from .evaluation import EVAL_MODES, constant_prediction_floor, evaluate
 from .features import ClassificationEncoder, TextToTextEncoder, install_padding_aware_positions
 from .methods import MethodSettings, get_method, is_prompt_method
+from .run_folder import (
+    FLOORS_FILE,
+    check_run_identity,
+    clear_run_folder,
+    is_main_process,
+    last_complete_checkpoint,
+    locked_run_folder,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunConfig", "RunConfigError", "build_model", "last_complete_checkpoint", "run_experiment"]
 
-RUN_CONFIG_FILE = "run_config.json"
-FLOORS_FILE = "floors.json"
 # Settings that must match for a restart to continue a run (the rest, e.g. eval/save steps, may change).
 _IDENTITY_FIELDS = (
     "task",
@@ -58,11 +65,11 @@ _IDENTITY_FIELDS = (
     "max_train_samples",
     "gradient_accumulation_steps",
     "group_by_length",
+    "data_dir",
+    "eval_split",
+    "eval_mode",
+    "max_eval_samples",
 )
-
-
-class RunConfigError(ValueError):
-    """A problem with the user's settings or files (the CLI prints it as a one-line error)."""
 
 
 @dataclass
@@ -101,22 +108,70 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def load_data(config: RunConfig, task: Any) -> tuple[Any, Any]:
-    from ..data import load_task_split
 
-    train = load_task_split(task, "train", config.data_dir)
-    evaluation = load_task_split(task, config.eval_split, config.data_dir)
+    train = _load_split(task, "train", config.data_dir)
+    evaluation = _load_split(task, config.eval_split, config.data_dir)
     if config.max_train_samples is not None and config.max_train_samples < len(train):
         train = train.shuffle(seed=config.seed).select(range(config.max_train_samples))
     if config.max_eval_samples is not None and config.max_eval_samples < len(evaluation):
         evaluation = evaluation.select(range(config.max_eval_samples))  # the first N, for comparable runs
     if len(train) == 0 or len(evaluation) == 0:
-        raise RunConfigError(f"{task.display_name}: empty train or {config.eval_split} split")
+        raise DataError(f"{task.display_name}: empty train or {config.eval_split} split")
     return train, evaluation
+
+
+def _null_field(value: Any, where: str = "") -> str | None:
+    """The path of the first JSON null inside ``value`` (e.g. ``premise`` or ``passage.questions[0]``)."""
+    if value is None:
+        return where or "the row"
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for key, v in items if (found := _null_field(v, key)) is not None), None)
+
+
+def check_data_file(path: Path) -> None:
+    """Raise :class:`DataError` naming the file and line of the first line that is not UTF-8, or (``.jsonl``)
+    of the first row with a null field (which would otherwise be trained on as the text "None")."""
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}, line {lineno}: not valid UTF-8 ({error.reason} at byte {error.start})"
+                ) from None
+            if path.suffix != ".jsonl" or not line.strip():
+                continue
+            try:
+                null = _null_field(json.loads(line))
+            except ValueError:
+                continue  # the loader names malformed JSON itself
+            if null is not None:
+                raise DataError(f"{path}, line {lineno}: field {null!r} is null; give it a value or drop the row")
+
+
+def _load_split(task: Any, split: str, data_dir: str | None) -> Any:
+    """One split through :func:`peft_superpos.data.load_task_split`, its local file checked first; problems
+    with the files become :class:`DataError`."""
+    from ..data import find_split_file, load_task_split
+
+    try:
+        if data_dir is not None:
+            check_data_file(find_split_file(task, split, data_dir)[0])
+        return load_task_split(task, split, data_dir)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from error
+    except RuntimeError as error:  # no data_dir: the Hub could not be reached (the message says what to do)
+        if data_dir is not None:
+            raise
+        raise DataError(str(error)) from error
 
 
 def load_base_model(config: RunConfig) -> tuple[Any, Any]:
@@ -127,8 +182,27 @@ def load_base_model(config: RunConfig) -> tuple[Any, Any]:
     from ..models import load_model_and_tokenizer
 
     task = get_task(config.task)
+    folder = Path(config.model).expanduser() if config.model else None
+    if folder is not None and folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"--model {config.model} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save it into the "
+            "folder with tokenizer.save_pretrained(...)"
+        )
     set_seed(config.seed)
-    return load_model_and_tokenizer(config.model, num_labels=1 if task.is_regression else len(task.choices))
+    try:
+        return load_model_and_tokenizer(config.model, num_labels=1 if task.is_regression else len(task.choices))
+    except (OSError, ValueError) as error:  # FileNotFoundError included
+        raise ModelLoadError(f"could not load --model {config.model}: {' '.join(str(error).split())}") from error
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 def build_model(
@@ -157,63 +231,17 @@ def build_model(
     return model, tokenizer, peft_config, lr_by_name
 
 
-def _check_identity(config: RunConfig, output_dir: Path) -> None:
-    path = output_dir / RUN_CONFIG_FILE
-    current = json.loads(json.dumps(config.to_dict()))
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = [k for k in _IDENTITY_FIELDS if saved.get(k) != current.get(k)]
-        if changed:
-            raise RunConfigError(
-                f"{output_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir "
-                "or pass --overwrite-output-dir"
-            )
-    if _is_main_process():
-        atomic_write_text(path, json.dumps(current, indent=2))
+def reached_target_step(config: RunConfig, checkpoint: str | None) -> int | None:
+    """The step of ``checkpoint`` when it already reached the requested number of steps, else None.
 
-
-def _clear_output_dir(output_dir: Path) -> None:
-    for entry in output_dir.glob("checkpoint-*"):
-        shutil.rmtree(entry, ignore_errors=True)
-    for name in (METRICS_FILE, FINAL_FILE, CURVE_FILE, RUN_CONFIG_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-
-
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-<step>`` whose ``trainer_state.json`` (Trainer writes it last) is readable.
-
-    Trainer writes checkpoints in place, so a kill during a save leaves a partial folder: the main process
-    deletes such folders (they hold nothing a resume could use) and the run resumes from the one before.
-    """
-    complete: list[tuple[int, Path]] = []
-    for folder in output_dir.glob("checkpoint-*"):
-        suffix = folder.name.split("-", 1)[1]
-        if not folder.is_dir() or not suffix.isdigit():
-            continue
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            if _is_main_process():
-                logger.warning("Removing incomplete checkpoint %s (the run was killed while saving it)", folder)
-                shutil.rmtree(folder, ignore_errors=True)
-            continue
-        complete.append((int(suffix), folder))
-    return str(max(complete)[1]) if complete else None
-
-
-def finished_run(config: RunConfig, output_dir: Path, checkpoint: str | None) -> dict[str, Any] | None:
-    """The saved ``final.json`` when ``checkpoint`` already reached the requested number of steps, else None.
-
-    Trainer resumed from a checkpoint at ``max_steps`` would take one more step; a finished run is reused as
-    it is instead (raise ``--max-steps`` to train it further)."""
-    final_file = output_dir / FINAL_FILE
-    if checkpoint is None or not final_file.is_file():
+    Trainer resumed from a checkpoint at ``max_steps`` would take one more step; a finished run is not trained
+    again (raise ``--max-steps`` to train it further)."""
+    if checkpoint is None:
         return None
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     target = config.max_steps if config.max_steps is not None else state.get("max_steps")
-    if target is None or state.get("global_step", 0) < target:
-        return None
-    return json.loads(final_file.read_text())
+    step = int(state.get("global_step", 0))
+    return step if target is not None and step >= target else None
 
 
 def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) -> Any:
@@ -266,8 +294,6 @@ def _count_parameters(model: Any) -> tuple[int, int]:
 def run_experiment(config: RunConfig) -> dict[str, Any]:
     """Train and evaluate; return the content of ``final.json`` (also written by the main process)."""
     from ..data import get_task
-    from ..optim import make_param_groups
-    from .trainer import EndOfTrainingCallback, TextToTextTrainer
 
     wall_start = time.perf_counter()
     task = get_task(config.task)
@@ -280,17 +306,31 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
             raise RunConfigError(f"--{name.replace('_', '-')} must be positive")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if config.overwrite_output_dir and _is_main_process():
-        _clear_output_dir(output_dir)
-    _check_identity(config, output_dir)
-    if config.eval_only and (output_dir / FINAL_FILE).is_file():
-        return json.loads((output_dir / FINAL_FILE).read_text())
+    with locked_run_folder(output_dir):
+        return _run_in_folder(config, task, spec, output_dir, wall_start)
+
+
+def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wall_start: float) -> dict[str, Any]:
+    """:func:`run_experiment` once this process holds ``output_dir``."""
+    from transformers import TrainerState
+
+    from ..optim import make_param_groups
+    from .trainer import EndOfTrainingCallback, TextToTextTrainer
+
+    if config.overwrite_output_dir and is_main_process():
+        clear_run_folder(output_dir)
+    check_run_identity(json.loads(json.dumps(config.to_dict())), output_dir, _IDENTITY_FIELDS)
+    final_file = output_dir / FINAL_FILE
+    if config.eval_only and final_file.is_file():
+        return json.loads(final_file.read_text())
     checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
-    finished = finished_run(config, output_dir, checkpoint)
-    if finished is not None:
-        logger.info("%s already finished at step %s: nothing to train", output_dir, finished["global_step"])
-        return finished
-    if _is_main_process():
+    done_step = reached_target_step(config, checkpoint)
+    if done_step is not None and final_file.is_file():
+        saved = json.loads(final_file.read_text())
+        if saved.get("global_step") == done_step:
+            logger.info("%s already finished at step %s: nothing to train", output_dir, done_step)
+            return saved
+    if is_main_process():
         repair_metrics_file(output_dir / METRICS_FILE)
     previous_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
     session = 1 + max((int(r.get("session", 0)) for r in previous_rows), default=-1)
@@ -331,6 +371,11 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     train_metrics: dict[str, Any] = {}
     if config.eval_only:
         trainer.evaluate()
+    elif done_step is not None:  # stopped after its last checkpoint, before final.json: train nothing
+        logger.info(
+            "%s reached step %s before it stopped: writing final.json from %s", output_dir, done_step, checkpoint
+        )
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     else:
         if checkpoint:
             logger.info("Resuming from %s", checkpoint)
@@ -340,10 +385,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
     final: dict[str, Any] = {}
     if trainer.is_world_process_zero():
-        all_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
-        last_per_step = {int(r["step"]): r for r in all_rows}
-        rows = [last_per_step[s] for s in sorted(last_per_step)]
-        superseded = [r for r in all_rows if r is not last_per_step[int(r["step"])]]
+        rows, superseded = latest_rows(read_rows(output_dir / METRICS_FILE, dedupe=False))
         scored = [r for r in rows if r.get("eval_score") is not None]
         best = max(scored, key=lambda r: r["eval_score"]) if scored else None
         session_rows = [r for r in rows if r.get("session") == session]
@@ -435,7 +477,7 @@ def _floors(
         install_padding_aware_positions(model)
         result = evaluate(model, encoder, task, eval_raw, mode=eval_mode, batch_size=config.eval_batch_size)
         floors["zero_shot"] = result.metrics["score"]
-        if _is_main_process():
+        if is_main_process():
             atomic_write_text(path, json.dumps({"zero_shot": floors["zero_shot"], "eval_mode": eval_mode}))
     return floors
 

@@ -12,6 +12,10 @@
 * ``evaluate`` runs generation, rank classification or the classification head (see :mod:`.evaluation`)
   instead of Trainer's prediction loop; the metrics go through ``self.log`` and the callbacks'
   ``on_evaluate``, and the per-example predictions are written to ``predictions/step-<step>.jsonl``.
+* Train loss across restarts: every checkpoint also holds ``loss_window.json``, the summed loss and the
+  number of the steps since the last logged loss; a resumed run adds them back, so its first logged loss
+  covers the same steps as in an uninterrupted run. A checkpoint without that file (written by an older
+  version) makes the first loss after the resume cover fewer steps: that log is marked ``loss_partial``.
 * Resuming stock PROMPT_TUNING: peft refuses ``load_adapter(..., is_trainable=True)`` only for a *new*
   adapter; Trainer reloads into the existing trainable adapter, and the saved ``prompt_embeddings`` table is
   the whole trainable state of stock prompt tuning, so resuming is exact. :meth:`_load_from_checkpoint` still
@@ -20,17 +24,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
+from transformers.trainer_pt_utils import nested_gather
 
-from .callbacks import write_predictions
+from .callbacks import PARTIAL_LOSS_KEY, atomic_write_text, write_predictions
 from .evaluation import PaddingCount, evaluate
 from .features import IGNORE_INDEX, ClassificationEncoder, TextToTextEncoder, keep_for_labels
 from .sampling import LengthGroupedSampler
 
-__all__ = ["EndOfTrainingCallback", "TextToTextTrainer"]
+__all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TextToTextTrainer"]
+
+LOSS_WINDOW_FILE = "loss_window.json"
 
 
 class TextToTextTrainer(Trainer):
@@ -58,6 +67,45 @@ class TextToTextTrainer(Trainer):
         # compute_loss normalises by num_items_in_batch itself: ask Trainer to count (and gather) label tokens.
         self.model_accepts_loss_kwargs = True
         self.logits_kept: list[tuple[int, int]] = []  # (K, sequence length) of recent steps, for tests/logs
+        self._carried_loss: tuple[float, int] | None = None  # (loss sum, steps) not yet logged at the checkpoint
+        self._partial_loss_window = False
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
+        self._carried_loss, self._partial_loss_window = None, False
+        if resume_from_checkpoint:
+            window = os.path.join(resume_from_checkpoint, LOSS_WINDOW_FILE)
+            if os.path.isfile(window):
+                saved = json.loads(open(window).read())
+                self._carried_loss = (float(saved["loss_sum"]), int(saved["steps"]))
+            else:
+                state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+                logged = [entry["step"] for entry in state.log_history if "loss" in entry]
+                self._partial_loss_window = state.global_step > max(logged, default=0)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args: Any, **kwargs: Any) -> None:
+        if self._carried_loss is not None:  # the first step after a resume: count the checkpoint's window in
+            loss_sum, steps = self._carried_loss
+            self._carried_loss = None
+            tr_loss += loss_sum
+            self._globalstep_last_logged -= steps
+        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._partial_loss_window and "loss" in logs:
+            logs[PARTIAL_LOSS_KEY] = True
+            self._partial_loss_window = False
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Written before Trainer's files: a checkpoint is complete once trainer_state.json (written last) exists.
+        loss_sum = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            window = {"loss_sum": loss_sum, "steps": self.state.global_step - self._globalstep_last_logged}
+            atomic_write_text(os.path.join(folder, LOSS_WINDOW_FILE), json.dumps(window))
+        super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.group_by_length:
