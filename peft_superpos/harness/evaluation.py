@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from ..data import compute_metrics
+from .config import EVAL_MODES
 from .features import IGNORE_INDEX, ClassificationEncoder, TextToTextCollator, TextToTextEncoder, keep_for_labels
 
 __all__ = [
@@ -40,7 +41,6 @@ __all__ = [
     "sequence_logprobs",
 ]
 
-EVAL_MODES = ("generate", "rank", "classify")
 INVALID = "invalid"
 
 

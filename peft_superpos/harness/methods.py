@@ -25,28 +25,14 @@ import dataclasses
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .config import MethodSettings
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 __all__ = ["METHODS", "MethodSpec", "MethodSettings", "get_method", "is_prompt_method"]
-
-
-@dataclass
-class MethodSettings:
-    """Hyperparameters a user can set for any method; ``None`` means "the method's default"."""
-
-    lr: float | None = None
-    weight_decay: float | None = None
-    num_virtual_tokens: int | None = None
-    m: int | None = None
-    softmax: bool = False
-    bottleneck: int | None = None
-    rank: int | None = None
-    lr_lowrank: float | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
-    keep_dropout: bool = False
-    seed: int = 0
-    max_length: int = 256
 
 
 @dataclass(frozen=True)
@@ -56,7 +42,7 @@ class MethodSpec:
     name: str
     lr: float
     weight_decay: float
-    build: Callable[[MethodSettings, Any, Any], Any] = dataclasses.field(repr=False)
+    build: Callable[[RunConfig, Any, Any], Any] = dataclasses.field(repr=False)
     description: str = ""
     lr_by_name: Callable[[Any, MethodSettings], dict[str, float] | None] = dataclasses.field(
         default=lambda peft_config, settings: None, repr=False
@@ -96,38 +82,40 @@ def _n(settings: MethodSettings, default: int = 10) -> int:
     return default if settings.num_virtual_tokens is None else settings.num_virtual_tokens
 
 
-def _superpos(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
+def _superpos(config: RunConfig, model: Any, tokenizer: Any) -> Any:
     from peft_superpos import SuperPosPromptConfig
 
+    settings = config.method_settings
     return SuperPosPromptConfig(
         task_type=_task_type(model),
         num_virtual_tokens=_n(settings),
         m=128 if settings.m is None else settings.m,
         use_softmax=settings.softmax,
-        seed=settings.seed,
+        seed=config.seed,
         sample_vocab_size=_vocab_size(model, tokenizer),
         disable_dropout=not settings.keep_dropout,
     )
 
 
-def _prompt_tuning(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
+def _prompt_tuning(config: RunConfig, model: Any, tokenizer: Any) -> Any:
     from peft import PromptTuningConfig, PromptTuningInit
 
     # peft samples the init ids with torch's global RNG: the harness seeds it before building the model.
     return PromptTuningConfig(
         task_type=_task_type(model),
-        num_virtual_tokens=_n(settings),
+        num_virtual_tokens=_n(config.method_settings),
         prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
     )
 
 
-def _residual(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
+def _residual(config: RunConfig, model: Any, tokenizer: Any) -> Any:
+    settings = config.method_settings
     cls = _optional_class("ResidualPromptConfig", "residual")
     return cls(
         task_type=_task_type(model),
         num_virtual_tokens=_n(settings),
         bottleneck_size=128 if settings.bottleneck is None else settings.bottleneck,
-        seed=settings.seed,
+        seed=config.seed,
         sample_vocab_size=_vocab_size(model, tokenizer),
         disable_dropout=not settings.keep_dropout,
     )
@@ -136,16 +124,17 @@ def _residual(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
 DEPT_LR_LOWRANK = 1e-4
 
 
-def _dept(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
+def _dept(config: RunConfig, model: Any, tokenizer: Any) -> Any:
+    settings = config.method_settings
     cls = _optional_class("DePTConfig", "dept")
     return cls(
         task_type=_task_type(model),
         num_virtual_tokens=_n(settings),
         r=8 if settings.rank is None else settings.rank,
-        max_length=settings.max_length,
+        max_length=config.max_length,
         prompt_lr=METHODS["dept"].resolved_lr(settings),
         lora_lr=DEPT_LR_LOWRANK if settings.lr_lowrank is None else settings.lr_lowrank,
-        seed=settings.seed,
+        seed=config.seed,
         sample_vocab_size=_vocab_size(model, tokenizer),
         disable_dropout=not settings.keep_dropout,
     )
@@ -155,9 +144,10 @@ def _dept_lr_by_name(peft_config: Any, settings: MethodSettings) -> dict[str, fl
     return peft_config.lr_by_name()
 
 
-def _lora(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
+def _lora(config: RunConfig, model: Any, tokenizer: Any) -> Any:
     from peft import LoraConfig
 
+    settings = config.method_settings
     rank = 8 if settings.rank is None else settings.rank
     return LoraConfig(
         task_type=_task_type(model),
@@ -167,7 +157,7 @@ def _lora(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
     )
 
 
-def _full(settings: MethodSettings, model: Any, tokenizer: Any) -> None:
+def _full(config: RunConfig, model: Any, tokenizer: Any) -> None:
     return None
 
 

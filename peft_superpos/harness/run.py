@@ -12,14 +12,12 @@ is refused. See :mod:`.callbacks` for what happens to the rows of ``metrics.json
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,10 +34,11 @@ from .callbacks import (
     read_rows,
     repair_metrics_file,
 )
+from .config import RunConfig
 from .errors import DataError, ModelLoadError, RunConfigError
-from .evaluation import EVAL_MODES, constant_prediction_floor, evaluate
+from .evaluation import constant_prediction_floor, evaluate
 from .features import ClassificationEncoder, TextToTextEncoder, install_padding_aware_positions
-from .methods import MethodSettings, get_method, is_prompt_method
+from .methods import get_method, is_prompt_method
 from .run_folder import (
     FLOORS_FILE,
     check_run_identity,
@@ -70,38 +69,6 @@ _IDENTITY_FIELDS = (
     "eval_mode",
     "max_eval_samples",
 )
-
-
-@dataclass
-class RunConfig:
-    task: str
-    output_dir: str
-    data_dir: str | None = None
-    model: str | None = None  # None: the embedded SmolLM2 (peft_superpos.models.DEFAULT_MODEL)
-    method: str = "superpos"
-    method_settings: MethodSettings = field(default_factory=MethodSettings)
-    max_steps: int | None = None
-    epochs: float | None = None
-    eval_steps: int = 100
-    save_steps: int | None = None  # default: eval_steps
-    save_total_limit: int | None = 2
-    batch_size: int = 8
-    eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_length: int = 256
-    eval_mode: str | None = None  # None: generate (language models) or classify (sequence classifiers)
-    eval_split: str = "validation"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    seed: int = 42
-    group_by_length: bool = True
-    eval_only: bool = False
-    zero_shot_floor: bool = False
-    overwrite_output_dir: bool = False
-    disable_tqdm: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _world_size() -> int:
@@ -215,12 +182,12 @@ def build_model(
     from .. import disable_dropout
 
     spec = get_method(config.method)
-    settings = dataclasses.replace(config.method_settings, seed=config.seed, max_length=config.max_length)
+    settings = config.method_settings
     model, tokenizer = base if base is not None else load_base_model(config)
     if not settings.keep_dropout:
         disable_dropout(model)
     set_seed(config.seed)  # prompt inits drawn from torch's RNG (stock prompt tuning) are repeatable
-    peft_config = spec.build(settings, model, tokenizer)
+    peft_config = spec.build(config, model, tokenizer)
     lr_by_name = None
     if peft_config is not None:
         from peft import get_peft_model
@@ -250,10 +217,8 @@ def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) 
     world = _world_size()
     if config.batch_size % world:
         raise RunConfigError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
-    if config.max_steps is None and config.epochs is None:
-        epochs, max_steps = 1.0, -1
-    else:
-        epochs, max_steps = (config.epochs or 1.0), (config.max_steps if config.max_steps is not None else -1)
+    epochs = config.epochs if config.epochs is not None else 1.0
+    max_steps = config.max_steps if config.max_steps is not None else -1  # -1: by epochs
     save_steps = config.save_steps or config.eval_steps
     return TrainingArguments(
         output_dir=config.output_dir,
@@ -280,7 +245,7 @@ def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) 
         dataloader_num_workers=0,
         average_tokens_across_devices=True,
         ddp_find_unused_parameters=False if prompt_method else None,
-        disable_tqdm=config.disable_tqdm,
+        disable_tqdm=config.disable_tqdm or None,  # None: as the logging level says
         use_cpu=not torch.cuda.is_available(),
     )
 
@@ -298,12 +263,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     wall_start = time.perf_counter()
     task = get_task(config.task)
     spec = get_method(config.method)
-    config.method = spec.name
-    if config.eval_mode not in (None, *EVAL_MODES):
-        raise RunConfigError(f"unknown eval mode {config.eval_mode!r}; expected one of {', '.join(EVAL_MODES)}")
-    for name in ("eval_steps", "batch_size", "max_length"):
-        if getattr(config, name) <= 0:
-            raise RunConfigError(f"--{name.replace('_', '-')} must be positive")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     with locked_run_folder(output_dir):
