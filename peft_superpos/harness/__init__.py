@@ -12,7 +12,7 @@ from .callbacks import read_rows
 from .config import EVAL_MODES, MethodSettings, RunConfig, RunSettings
 from .errors import DataError, ModelLoadError, RunConfigError, RunFolderError, UserInputError
 from .evaluation import evaluate
-from .features import DECODER_SEPARATOR, TextToTextCollator, TextToTextEncoder, install_padding_aware_positions
+from .features import DECODER_SEPARATOR, TextToTextCollator, TextToTextFeatures, install_padding_aware_positions
 from .methods import METHODS, MethodSpec, get_method
 from .run import build_model, run_experiment
 from .trainer import TextToTextTrainer
@@ -31,7 +31,7 @@ __all__ = [
     "RunConfig",
     "RunConfigError",
     "TextToTextCollator",
-    "TextToTextEncoder",
+    "TextToTextFeatures",
     "TextToTextTrainer",
     "build_model",
     "evaluate",

@@ -25,6 +25,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,9 @@ __all__ = [
     "PREDICTIONS_DIR",
     "MetricsRecorder",
     "append_row",
+    "atomic_write",
     "atomic_write_text",
+    "json_safe",
     "latest_rows",
     "plot_learning_curve",
     "read_rows",
@@ -53,17 +56,25 @@ PARTIAL_LOSS_KEY = "loss_partial"
 """Key the trainer adds to a log whose ``loss`` covers fewer steps than the logging interval."""
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` ready for strict JSON: NaN and infinities become null, tensors and numpy scalars plain numbers,
+    tuples lists and sets sorted lists (recursively)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, set):
+        return sorted(value)
+    if hasattr(value, "item"):
+        return json_safe(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
     return value
 
 
 def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one JSON line atomically (single write on an O_APPEND descriptor, then fsync)."""
-    data = (json.dumps({k: _clean(v) for k, v in row.items()}, sort_keys=False) + "\n").encode()
+    data = (json.dumps(json_safe(row)) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = os.write(fd, data)
@@ -118,11 +129,19 @@ def latest_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[
     return [by_step[s] for s in sorted(by_step)], [r for r in rows if id(r) not in kept_ids]
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(temporary path)`` and a rename, so it is never seen half-written."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_predictions(output_dir: str | os.PathLike, step: int, records: list[dict[str, Any]]) -> Path:
@@ -158,10 +177,7 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: str | os.PathLike, tit
             ax2.set_ylabel("train loss", color="tab:red")
         ax.set_title(title)
         fig.tight_layout()
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     finally:
         plt.close(fig)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 import warnings
@@ -22,13 +21,20 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft import get_peft_model
+from transformers import TrainerState, TrainingArguments, set_seed
 
+from .. import disable_dropout
+from ..data import find_split_file, get_task, load_task_split
+from ..models import load_model_and_tokenizer
+from ..optim import make_param_groups
 from .callbacks import (
     CURVE_FILE,
     FINAL_FILE,
     METRICS_FILE,
     MetricsRecorder,
     atomic_write_text,
+    json_safe,
     latest_rows,
     plot_learning_curve,
     read_rows,
@@ -37,7 +43,7 @@ from .callbacks import (
 from .config import RunConfig
 from .errors import DataError, ModelLoadError, RunConfigError
 from .evaluation import constant_prediction_floor, evaluate
-from .features import ClassificationEncoder, TextToTextEncoder, install_padding_aware_positions
+from .features import ClassificationFeatures, TextToTextFeatures, install_padding_aware_positions
 from .methods import get_method, is_prompt_method
 from .run_folder import (
     FLOORS_FILE,
@@ -47,6 +53,7 @@ from .run_folder import (
     last_complete_checkpoint,
     locked_run_folder,
 )
+from .trainer import EndOfTrainingCallback, TextToTextTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +132,6 @@ def check_data_file(path: Path) -> None:
 def _load_split(task: Any, split: str, data_dir: str | None) -> Any:
     """One split through :func:`peft_superpos.data.load_task_split`, its local file checked first; problems
     with the files become :class:`DataError`."""
-    from ..data import find_split_file, load_task_split
-
     try:
         if data_dir is not None:
             check_data_file(find_split_file(task, split, data_dir)[0])
@@ -143,11 +148,6 @@ def _load_split(task: Any, split: str, data_dir: str | None) -> Any:
 
 def load_base_model(config: RunConfig) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of ``config.model``, seeded (a new classification head is repeatable)."""
-    from transformers import set_seed
-
-    from ..data import get_task
-    from ..models import load_model_and_tokenizer
-
     task = get_task(config.task)
     folder = Path(config.model).expanduser() if config.model else None
     if folder is not None and folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
@@ -177,10 +177,6 @@ def build_model(
 ) -> tuple[Any, Any, Any, dict[str, float] | None]:
     """``(model, tokenizer, peft_config or None, lr_by_name)`` for ``config.method`` (seeded), wrapping
     ``base`` (``(model, tokenizer)`` from :func:`load_base_model`, loaded here when not given)."""
-    from transformers import set_seed
-
-    from .. import disable_dropout
-
     spec = get_method(config.method)
     settings = config.method_settings
     model, tokenizer = base if base is not None else load_base_model(config)
@@ -190,8 +186,6 @@ def build_model(
     peft_config = spec.build(config, model, tokenizer)
     lr_by_name = None
     if peft_config is not None:
-        from peft import get_peft_model
-
         model = get_peft_model(model, peft_config)
         lr_by_name = spec.lr_by_name(peft_config, settings)
     install_padding_aware_positions(model.get_base_model() if peft_config is not None else model)
@@ -212,8 +206,6 @@ def reached_target_step(config: RunConfig, checkpoint: str | None) -> int | None
 
 
 def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) -> Any:
-    from transformers import TrainingArguments
-
     world = _world_size()
     if config.batch_size % world:
         raise RunConfigError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
@@ -258,7 +250,6 @@ def _count_parameters(model: Any) -> tuple[int, int]:
 
 def run_experiment(config: RunConfig) -> dict[str, Any]:
     """Train and evaluate; return the content of ``final.json`` (also written by the main process)."""
-    from ..data import get_task
 
     wall_start = time.perf_counter()
     task = get_task(config.task)
@@ -271,11 +262,6 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
 def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wall_start: float) -> dict[str, Any]:
     """:func:`run_experiment` once this process holds ``output_dir``."""
-    from transformers import TrainerState
-
-    from ..optim import make_param_groups
-    from .trainer import EndOfTrainingCallback, TextToTextTrainer
-
     if config.overwrite_output_dir and is_main_process():
         clear_run_folder(output_dir)
     check_run_identity(json.loads(json.dumps(config.to_dict())), output_dir, _IDENTITY_FIELDS)
@@ -299,11 +285,11 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
     base = load_base_model(config)
     classifier = type(base[0]).__name__.endswith("ForSequenceClassification")
     eval_mode = _resolve_eval_mode(config, classifier)
-    encoder = _make_encoder(base, task, config, classifier)
-    floors = _floors(config, output_dir, task, eval_raw, base, encoder, eval_mode)
+    features = _make_features(base, task, config, classifier)
+    floors = _floors(config, output_dir, task, eval_raw, base, features, eval_mode)
     model, tokenizer, peft_config, lr_by_name = build_model(config, base)
     load_time = time.perf_counter() - load_start
-    train_features = encoder.encode_dataset(train_raw)
+    train_features = features.encode_dataset(train_raw)
 
     lr = spec.resolved_lr(config.method_settings)
     weight_decay = spec.resolved_weight_decay(config.method_settings)
@@ -316,13 +302,12 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_raw,
-        data_collator=encoder.collator(),
+        data_collator=features.collator(),
         optimizers=(optimizer, None),
         callbacks=[recorder, EndOfTrainingCallback()],
         task=task,
-        text_encoder=encoder,
+        features=features,
         eval_mode=eval_mode,
-        eval_batch_size=config.eval_batch_size,
         raw_eval_dataset=eval_raw,
         group_by_length=config.group_by_length,
     )
@@ -378,7 +363,7 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
                 "eval_examples": len(eval_raw),
                 "max_length": config.max_length,
                 "train_truncated": int(sum(train_features["truncated"])),
-                "eval_truncated": sum(encoder.truncated_source_ids(s)[1] for s in eval_raw["source"]),
+                "eval_truncated": sum(features.truncated_source_ids(s)[1] for s in eval_raw["source"]),
             },
             "throughput": _throughput(trainer, train_metrics, session_rows),
             "timings": {
@@ -389,7 +374,7 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
                 "wall_s": time.perf_counter() - wall_start,
             },
         }
-        atomic_write_text(output_dir / FINAL_FILE, json.dumps(_finite(final), indent=2))
+        atomic_write_text(output_dir / FINAL_FILE, json.dumps(json_safe(final), indent=2))
         if rows:
             plot_learning_curve(rows, output_dir / CURVE_FILE, f"{task.display_name} / {spec.name}")
     return final
@@ -404,13 +389,13 @@ def _resolve_eval_mode(config: RunConfig, classifier: bool) -> str:
     return config.eval_mode
 
 
-def _make_encoder(
+def _make_features(
     base: tuple[Any, Any], task: Any, config: RunConfig, classifier: bool
-) -> TextToTextEncoder | ClassificationEncoder:
+) -> TextToTextFeatures | ClassificationFeatures:
     model, tokenizer = base
     if classifier:
-        return ClassificationEncoder(tokenizer, task, config.max_length)
-    return TextToTextEncoder(tokenizer, bool(getattr(model.config, "is_encoder_decoder", False)), config.max_length)
+        return ClassificationFeatures(tokenizer, task, config.max_length)
+    return TextToTextFeatures(tokenizer, bool(getattr(model.config, "is_encoder_decoder", False)), config.max_length)
 
 
 def _floors(
@@ -419,7 +404,7 @@ def _floors(
     task: Any,
     eval_raw: Any,
     base: tuple[Any, Any],
-    encoder: TextToTextEncoder | ClassificationEncoder,
+    features: TextToTextFeatures | ClassificationFeatures,
     eval_mode: str,
 ) -> dict[str, float | None]:
     """Scores to beat on the same eval examples: ``majority`` (the best constant prediction) and, with
@@ -434,7 +419,7 @@ def _floors(
     elif config.zero_shot_floor and eval_mode != "classify":  # a new classification head is random
         model = base[0]
         install_padding_aware_positions(model)
-        result = evaluate(model, encoder, task, eval_raw, mode=eval_mode, batch_size=config.eval_batch_size)
+        result = evaluate(model, features, task, eval_raw, mode=eval_mode, batch_size=config.eval_batch_size)
         floors["zero_shot"] = result.metrics["score"]
         if is_main_process():
             atomic_write_text(path, json.dumps({"zero_shot": floors["zero_shot"], "eval_mode": eval_mode}))
@@ -456,15 +441,3 @@ def _throughput(trainer: Any, train_metrics: dict[str, Any], session_rows: list[
         "eval_padding_fraction": sum(eval_padding) / len(eval_padding) if eval_padding else None,
         "eval_tokens_per_s": eval_tokens / eval_time if eval_time else None,
     }
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, set):
-        return sorted(value)
-    return value
