@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .harness.methods import METHODS
 
-    methods = "; ".join(f"{s.name}: lr {s.lr:g}, wd {s.weight_decay:g}, {s.description}" for s in METHODS.values())
+    methods = "; ".join(spec.summary() for spec in METHODS.values())
     parser = HfArgumentParser(
         (RunSettings, MethodSettings),
         prog="peft-superpos-train",

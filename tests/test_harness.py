@@ -3,6 +3,7 @@ repeatability and resuming (stock prompt tuning included)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -235,3 +236,51 @@ def test_resuming_into_a_frozen_adapter_is_an_error(llama, tmp_path, monkeypatch
     monkeypatch.setattr(Trainer, "_load_from_checkpoint", load_and_freeze)
     with pytest.raises(RuntimeError, match="froze"):
         run_experiment(_config(llama, tmp_path, max_steps=3))
+
+
+def test_a_new_method_is_one_entry(llama, tmp_path, monkeypatch):
+    """One MethodSpec in METHODS is all a method needs: the CLI accepts it, the run trains it with its config
+    class's defaults (plus the entry's), it counts as a prompt method, and the overhead benchmark lists it."""
+    import sys
+
+    from peft import PromptTuningConfig
+
+    from peft_superpos.harness import MethodSpec
+    from peft_superpos.harness.methods import METHODS as TABLE
+    from peft_superpos.train import parse_run_config
+
+    spec = MethodSpec(
+        "short_prompt",
+        "stock prompt tuning, 2 tokens",
+        PromptTuningConfig,
+        lr=1e-2,
+        weight_decay=0.0,
+        settings={"num_virtual_tokens": "num_virtual_tokens"},
+        defaults={"num_virtual_tokens": 2},
+    )
+    monkeypatch.setitem(TABLE, spec.name, spec)
+    assert spec.is_prompt_method and not TABLE["lora"].is_prompt_method and not TABLE["full"].is_prompt_method
+    config = parse_run_config(["cb", "--method", "short-prompt", "--output-dir", str(tmp_path)])
+    assert config.method == "short_prompt"
+    final = run_experiment(_config(llama, tmp_path, method="short_prompt", method_settings=MethodSettings()))
+    assert final["peft_config"]["num_virtual_tokens"] == 2 and final["global_step"] == 2
+    monkeypatch.syspath_prepend(str(FIXTURE_DATA.parents[2] / "benchmarks"))
+    sys.modules.pop("overhead", None)
+    import overhead
+
+    assert "short_prompt" in overhead.variants(4)
+
+
+def test_method_defaults_come_from_the_config_classes():
+    from peft import LoraConfig
+
+    from peft_superpos import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig
+
+    def default(cls, name):
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+    assert METHODS["superpos"].default_value("m") == default(SuperPosPromptConfig, "m")
+    assert METHODS["residual"].default_value("bottleneck_size") == default(ResidualPromptConfig, "bottleneck_size")
+    assert METHODS["dept"].default_value("lora_lr") == default(DePTConfig, "lora_lr")
+    assert METHODS["dept"].lr == default(DePTConfig, "prompt_lr")
+    assert METHODS["lora"].default_value("r") == default(LoraConfig, "r")

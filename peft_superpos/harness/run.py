@@ -44,7 +44,7 @@ from .config import RunConfig
 from .errors import DataError, ModelLoadError, RunConfigError
 from .evaluation import constant_prediction_floor, evaluate
 from .features import ClassificationFeatures, TextToTextFeatures, install_padding_aware_positions
-from .methods import get_method, is_prompt_method
+from .methods import get_method
 from .run_folder import (
     FLOORS_FILE,
     check_run_identity,
@@ -187,7 +187,7 @@ def build_model(
     lr_by_name = None
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
-        lr_by_name = spec.lr_by_name(peft_config, settings)
+        lr_by_name = peft_config.lr_by_name() if hasattr(peft_config, "lr_by_name") else None
     install_padding_aware_positions(model.get_base_model() if peft_config is not None else model)
     return model, tokenizer, peft_config, lr_by_name
 
@@ -295,7 +295,7 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
     weight_decay = spec.resolved_weight_decay(config.method_settings)
     groups = make_param_groups(model, weight_decay, lr_by_name=lr_by_name)
     optimizer = torch.optim.AdamW(groups, lr=lr)
-    args = _training_arguments(config, lr, is_prompt_method(spec.name))
+    args = _training_arguments(config, lr, spec.is_prompt_method)
     recorder = MetricsRecorder(output_dir, session=session, title=f"{task.display_name} / {spec.name}")
     trainer = TextToTextTrainer(
         model=model,
