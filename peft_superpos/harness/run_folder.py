@@ -121,7 +121,12 @@ def _normalised(key: str, value: Any) -> Any:
 def check_run_identity(current: dict[str, Any], output_dir: Path, identity_fields: tuple[str, ...]) -> None:
     """Refuse to continue a run in ``output_dir`` whose ``run_config.json`` differs from ``current`` in one of
     ``identity_fields`` (``method_settings`` is compared per setting, so settings added later default alike),
-    or a folder that holds run results but no ``run_config.json``. Then record ``current`` (main process)."""
+    or a folder that holds run results but no ``run_config.json``. Then record ``current``.
+
+    Main process only: the others of a DDP run would race with its ``--overwrite-output-dir`` clean-up, and a
+    refusal on the main process ends the run."""
+    if not is_main_process():
+        return
     path = output_dir / RUN_CONFIG_FILE
     if path.is_file():
         saved = json.loads(path.read_text())
@@ -142,8 +147,7 @@ def check_run_identity(current: dict[str, Any], output_dir: Path, identity_field
             f"{output_dir} holds checkpoints or results but no {RUN_CONFIG_FILE}, so it is unknown which run made "
             "them; use another --output-dir, or pass --overwrite-output-dir to delete them"
         )
-    if is_main_process():
-        atomic_write_text(path, json.dumps(current, indent=2))
+    atomic_write_text(path, json.dumps(current, indent=2))
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
