@@ -30,6 +30,7 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
 import peft_superpos
 from peft_superpos import SuperPosPromptConfig, disable_dropout, make_param_groups
+from peft_superpos.harness.methods import METHODS
 
 REFERENCE = "prompt_tuning"
 
@@ -47,12 +48,13 @@ def variants(num_virtual_tokens: int) -> dict[str, Callable[[], object]]:
     table["superpos m=128 softmax"] = lambda: SuperPosPromptConfig(
         task_type=causal, num_virtual_tokens=n, m=128, use_softmax=True
     )
-    if hasattr(peft_superpos, "ResidualPromptConfig"):
-        table["residual b=128"] = lambda: peft_superpos.ResidualPromptConfig(
-            task_type=causal, num_virtual_tokens=n, bottleneck_size=128
-        )
-    if hasattr(peft_superpos, "DePTConfig"):
-        table["dept r=30"] = lambda: peft_superpos.DePTConfig(task_type=causal, num_virtual_tokens=n, r=30)
+    table["residual b=128"] = lambda: peft_superpos.ResidualPromptConfig(
+        task_type=causal, num_virtual_tokens=n, bottleneck_size=128
+    )
+    table["dept r=30"] = lambda: peft_superpos.DePTConfig(task_type=causal, num_virtual_tokens=n, r=30)
+    for spec in METHODS.values():  # a prompt method added to the harness's table: one variant, its defaults
+        if spec.is_prompt_method and not any(name.split()[0] == spec.name for name in table):
+            table[spec.name] = lambda spec=spec: spec.peft_config(causal, num_virtual_tokens=n)
     return table
 
 

@@ -24,7 +24,7 @@ import torch
 
 from peft_superpos.data import get_task
 from peft_superpos.harness import MethodSettings, RunConfig, build_model
-from peft_superpos.harness.features import IGNORE_INDEX, TextToTextEncoder, keep_for_labels
+from peft_superpos.harness.features import IGNORE_INDEX, TextToTextFeatures, label_logits
 from peft_superpos.harness.run import load_data
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
 
@@ -32,11 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def _step(model, optimizer, batch) -> None:
-    first, keep = keep_for_labels(batch["labels"])
-    logits = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False
-    ).logits[:, -keep:-1]
-    targets = batch["labels"][:, first:]
+    _, logits, targets = label_logits(model, batch, is_encoder_decoder=False)
     loss = torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
     )
@@ -57,7 +53,7 @@ def measure(task: str, args: argparse.Namespace) -> dict:
     )
     train, _ = load_data(config, get_task(task))
     model, tokenizer, _, _ = build_model(config)
-    encoder = TextToTextEncoder(tokenizer, False, args.max_length)
+    encoder = TextToTextFeatures(tokenizer, False, args.max_length)
     features = encoder.encode_dataset(train)
     lengths = [len(ids) for ids in features["input_ids"]]
     random_order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(args.seed)).tolist()

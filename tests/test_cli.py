@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 from tiny_models import FIXTURE_DATA, cli_args, read_jsonl, run_cli, tiny_model_dir
+
+from peft_superpos.harness import DataError, MethodSettings, RunSettings, read_rows
+
+REAL_DATA = Path("/work/shared/data")
 
 
 @pytest.mark.parametrize(
@@ -31,14 +37,15 @@ def test_cli_end_to_end(family, task, mode, tmp_path_factory, tmp_path):
 
 
 def _error_of(capsys, args) -> str:
-    """Run the CLI in-process; it must exit 2 with a one-line ``error:`` message (argparse style)."""
+    """Run the CLI in-process; it must exit 2 with a one-line ``error:`` message (argparse style), without
+    printing the usage first."""
     from peft_superpos.train import main
 
     with pytest.raises(SystemExit) as exit_info:
         main(args)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and "usage:" not in err
     message = [line for line in err.splitlines() if "error:" in line]
     assert len(message) == 1, err
     return message[0]
@@ -74,3 +81,129 @@ def test_subprocess_error_is_one_line(tmp_path):
     """The real entry point (python -m) prints the error without a traceback too."""
     process = run_cli(["cb", "--data-dir", str(tmp_path / "missing"), "--output-dir", str(tmp_path)], check=False)
     assert process.returncode == 2 and "Traceback" not in process.stderr and "is not a folder" in process.stderr
+
+
+@pytest.mark.parametrize(("flag", "value"), [("--epochs", "0"), ("--epochs", "-1"), ("--lr", "-1"), ("--m", "0")])
+def test_out_of_range_values_are_named(flag, value, capsys, tmp_path_factory, tmp_path):
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    args = cli_args(model, tmp_path / "run")
+    del args[args.index("--m") : args.index("--m") + 2]
+    args += [flag, value]
+    message = _error_of(capsys, args)
+    assert f"{flag} {float(value) if flag != '--m' else value}" in message and "must be" in message
+    assert not (tmp_path / "run").exists()
+
+
+def test_model_errors_name_the_folder(capsys, tmp_path_factory, tmp_path):
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    no_tokenizer = tmp_path / "no-tokenizer"
+    no_tokenizer.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(model / name, no_tokenizer / name)
+    message = _error_of(capsys, cli_args(no_tokenizer, tmp_path / "a", "cb", "--max-steps", "1"))
+    assert f"--model {no_tokenizer} has no tokenizer" in message
+    missing = tmp_path / "nowhere" / "model"
+    message = _error_of(capsys, cli_args(missing, tmp_path / "b", "cb", "--max-steps", "1"))
+    assert str(missing) in message and "does not exist" in message
+
+
+def _real_cb(tmp_path) -> Path:
+    if not (REAL_DATA / "superglue" / "CB").is_dir():
+        pytest.skip("the real task files are not in /work/shared/data")
+    shutil.copytree(REAL_DATA / "superglue" / "CB", tmp_path / "data" / "superglue" / "CB")
+    return tmp_path / "data"
+
+
+def test_invalid_utf8_and_null_fields_name_file_and_line(capsys, tmp_path_factory, tmp_path):
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    data = _real_cb(tmp_path)
+    train = data / "superglue" / "CB" / "train.jsonl"
+    lines = train.read_bytes().splitlines(keepends=True)
+    original = lines[4]
+    lines[4] = original.replace(b"premise", b"pr\xffemise", 1)
+    train.write_bytes(b"".join(lines))
+    args = cli_args(model, tmp_path / "run", "cb", "--max-steps", "1")
+    args[args.index("--data-dir") + 1] = str(data)
+    message = _error_of(capsys, args)
+    assert f"{train}, line 5: not valid UTF-8" in message
+
+    row = json.loads(original)
+    row["premise"] = None
+    lines[4] = (json.dumps(row) + "\n").encode()
+    train.write_bytes(b"".join(lines))
+    message = _error_of(capsys, args)
+    assert f"{train}, line 5: field 'premise' is null" in message
+    from peft_superpos.harness import RunConfig, run_experiment
+
+    config = RunConfig(task="cb", output_dir=str(tmp_path / "direct"), data_dir=str(data), model=str(model))
+    with pytest.raises(DataError, match="line 5"):  # its own exception type, not a message to match
+        run_experiment(config)
+
+
+def test_every_setting_is_reachable_from_the_command_line(tmp_path):
+    from peft_superpos.train import parse_run_config
+
+    values = {"task": "rte", "output_dir": str(tmp_path), "data_dir": str(tmp_path), "model": "m", "method": "lora"}
+    values.update(max_steps=7, eval_steps=3, save_steps=5, save_total_limit=4, batch_size=6, eval_batch_size=5)
+    values.update(gradient_accumulation_steps=2, max_length=99, eval_mode="rank", eval_split="train", seed=3)
+    values.update(max_train_samples=11, max_eval_samples=12, group_by_length=False, eval_only=True)
+    values.update(zero_shot_floor=True, overwrite_output_dir=True, disable_tqdm=True)
+    values.update(lr=0.5, weight_decay=0.25, num_virtual_tokens=4, m=16, softmax=True, bottleneck=32, rank=3)
+    values.update(lr_lowrank=0.125, lora_alpha=7, lora_dropout=0.1, keep_dropout=True)
+    fields = {f.name for f in dataclasses.fields(RunSettings)} | {f.name for f in dataclasses.fields(MethodSettings)}
+    assert set(values) == fields - {"epochs"}
+    argv = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif value is False:
+            argv.append("--no-" + name.replace("_", "-"))
+        else:
+            argv += [flag, str(value)]
+    config = parse_run_config(argv)
+    settings = dataclasses.asdict(config.method_settings)
+    assert {k: settings.get(k, getattr(config, k, None)) for k in values} == values
+    assert parse_run_config(["cb", "--output-dir", "x", "--epochs", "0.5"]).epochs == 0.5
+
+
+def test_config_files_and_run_config_json_reproduce_the_run(capsys, tmp_path_factory, tmp_path):
+    """The same run from flags, from a YAML file (task positional in the file's place) and from the first
+    run's own run_config.json: the same metrics."""
+    import yaml
+
+    from peft_superpos.train import main
+
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    flags = ["--max-steps", "2", "--eval-steps", "2", "--eval-mode", "rank", "--max-eval-samples", "8", "--seed", "7"]
+    assert main(cli_args(model, tmp_path / "flags", "cb", *flags)) == 0
+    settings = {
+        "task": "cb",
+        "model": str(model),
+        "data_dir": str(FIXTURE_DATA),
+        "output_dir": str(tmp_path / "yaml"),
+        "batch_size": 2,
+        "eval_batch_size": 8,
+        "disable_tqdm": True,
+        "num_virtual_tokens": 3,
+        "m": 8,
+        "max_steps": 2,
+        "eval_steps": 2,
+        "eval_mode": "rank",
+        "max_eval_samples": 8,
+        "seed": 7,
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(settings))
+    assert main([str(tmp_path / "run.yaml")]) == 0
+    recorded = tmp_path / "flags" / "run_config.json"
+    assert main(["--config", str(recorded), "--output-dir", str(tmp_path / "again")]) == 0
+    keys, names = ("step", "train_loss", "eval_score"), ("flags", "yaml", "again")
+    runs = [[{k: r[k] for k in keys} for r in read_rows(tmp_path / name / "metrics.jsonl")] for name in names]
+    assert runs[0] == runs[1] == runs[2] and len(runs[0]) == 1
+    finals = [json.loads((tmp_path / name / "final.json").read_text()) for name in names]
+    assert finals[0]["config"] == {**finals[2]["config"], "output_dir": finals[0]["config"]["output_dir"]}
+    capsys.readouterr()
+    (tmp_path / "bad.json").write_text(json.dumps({**settings, "learning_rate": 0.1}))
+    assert "unknown settings learning_rate" in _error_of(capsys, [str(tmp_path / "bad.json")])
+    (tmp_path / "bad.json").write_text(json.dumps({**settings, "max_steps": "ten"}))
+    assert "max_steps = 'ten' is not a int" in _error_of(capsys, [str(tmp_path / "bad.json")])

@@ -3,6 +3,7 @@ repeatability and resuming (stock prompt tuning included)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -14,7 +15,7 @@ from peft_superpos.harness import (
     MethodSettings,
     RunConfig,
     TextToTextCollator,
-    TextToTextEncoder,
+    TextToTextFeatures,
     build_model,
     read_rows,
     run_experiment,
@@ -60,14 +61,14 @@ def _config(model, output_dir, method="superpos", **overrides) -> RunConfig:
 
 def test_decoder_features_mask_everything_but_the_target(llama):
     model, tokenizer, _, _ = build_model(_config(llama, "unused", method="full"))
-    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=False, max_length=12)
-    long = encoder.encode("cb hypothesis: " + "the train " * 20, "neutral")
-    short = encoder.encode("cb hypothesis: x", "entailment")
+    features = TextToTextFeatures(tokenizer, is_encoder_decoder=False, max_length=12)
+    long = features.encode("cb hypothesis: " + "the train " * 20, "neutral")
+    short = features.encode("cb hypothesis: x", "entailment")
     assert len(long["input_ids"]) == 12  # source truncated, target kept whole
-    target = encoder.target_ids("neutral")
+    target = features.target_ids("neutral")
     assert target[-1] == tokenizer.eos_token_id and long["input_ids"][-len(target) :] == target
     assert long["labels"] == [-100] * (12 - len(target)) + target
-    batch = TextToTextCollator(encoder.pad_id, False)([short, long])
+    batch = TextToTextCollator(features.pad_id, False)([short, long])
     assert batch["input_ids"].shape == (2, 12)
     assert batch["attention_mask"][0, 0] == 0 and batch["attention_mask"][0, -1] == 1  # left padding
     first, keep = keep_for_labels(batch["labels"])
@@ -76,10 +77,10 @@ def test_decoder_features_mask_everything_but_the_target(llama):
 
 def test_seq2seq_features(t5):
     _, tokenizer, _, _ = build_model(_config(t5, "unused", method="full"))
-    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=True, max_length=6)
-    features = encoder.encode("cb hypothesis: " + "the train " * 20, "neutral")
-    assert len(features["input_ids"]) == 6 and features["labels"][-1] == tokenizer.eos_token_id
-    batch = TextToTextCollator(encoder.pad_id, True)([features, encoder.encode("cb x", "entailment")])
+    features = TextToTextFeatures(tokenizer, is_encoder_decoder=True, max_length=6)
+    long = features.encode("cb hypothesis: " + "the train " * 20, "neutral")
+    assert len(long["input_ids"]) == 6 and long["labels"][-1] == tokenizer.eos_token_id
+    batch = TextToTextCollator(features.pad_id, True)([long, features.encode("cb x", "entailment")])
     assert batch["attention_mask"][1, 0] == 1 and batch["attention_mask"][1, -1] == 0  # right padding
 
 
@@ -87,13 +88,13 @@ def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
     from transformers import TrainingArguments
 
     model, tokenizer, _, _ = build_model(_config(llama, tmp_path, method="superpos"))
-    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=False)
+    features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
-    batch = TextToTextCollator(encoder.pad_id, False)([encoder.encode(s, t) for s, t in rows])
+    batch = TextToTextCollator(features.pad_id, False)([features.encode(s, t) for s, t in rows])
     seen = []
     handle = model.get_base_model().lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = TextToTextTrainer(model=model, args=args, task=None, text_encoder=encoder)
+    trainer = TextToTextTrainer(model=model, args=args, task=None, features=features)
     loss = trainer.compute_loss(model, batch)
     _, keep = keep_for_labels(batch["labels"])
     length = batch["input_ids"].shape[1] + 3  # 3 virtual tokens in front
@@ -110,10 +111,10 @@ def test_left_padding_does_not_change_scores(family, method, request, tmp_path):
     path = request.getfixturevalue(family)
     model, tokenizer, _, _ = build_model(_config(path, tmp_path, method=method))
     model.eval()
-    encoder = TextToTextEncoder(tokenizer, is_encoder_decoder=False)
-    short = encoder.encode("cb hypothesis: x", "neutral")
-    long = encoder.encode("cb hypothesis: the train has already left premise: I think so", "entailment")
-    collate = TextToTextCollator(encoder.pad_id, False)
+    features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
+    short = features.encode("cb hypothesis: x", "neutral")
+    long = features.encode("cb hypothesis: the train has already left premise: I think so", "entailment")
+    collate = TextToTextCollator(features.pad_id, False)
     with torch.no_grad():
         alone = sequence_logprobs(model, collate([short]), False)
         padded = sequence_logprobs(model, collate([short, long]), False)
@@ -190,3 +191,96 @@ def test_restarting_a_finished_run_trains_nothing(llama, tmp_path):
     assert again == first and again["global_step"] == 2
     assert (tmp_path / "metrics.jsonl").read_text() == rows
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"]
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+def test_loss_and_rank_scores_come_from_the_same_label_logits(family, request, tmp_path):
+    """The training loss is the mean over label tokens of minus the log-likelihoods that rank scoring sums."""
+    from transformers import TrainingArguments
+
+    is_encoder_decoder = family == "t5"
+    model, tokenizer, _, _ = build_model(_config(request.getfixturevalue(family), tmp_path, method="superpos"))
+    model.eval()
+    features = TextToTextFeatures(tokenizer, is_encoder_decoder=is_encoder_decoder)
+    rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
+    batch = TextToTextCollator(features.pad_id, is_encoder_decoder)([features.encode(s, t) for s, t in rows])
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = TextToTextTrainer(model=model, args=args, task=None, features=features)
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, batch)
+        scores = sequence_logprobs(model, batch, is_encoder_decoder)
+    tokens = sum(len(features.target_ids(t)) for _, t in rows)
+    torch.testing.assert_close(loss, -scores.sum() / tokens, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_resumes_with_its_adapter_trainable(method, llama, tmp_path):
+    first = run_experiment(_config(llama, tmp_path, method=method, eval_mode="rank"))
+    resumed = run_experiment(_config(llama, tmp_path, method=method, eval_mode="rank", max_steps=3))
+    assert resumed["resumed_from"].endswith("checkpoint-2") and resumed["global_step"] == 3
+    assert resumed["trainable_parameters"] == first["trainable_parameters"] > 0
+
+
+def test_resuming_into_a_frozen_adapter_is_an_error(llama, tmp_path, monkeypatch):
+    """If loading a checkpoint ever froze trainable parameters, the run must stop, not train without them."""
+    from transformers import Trainer
+
+    run_experiment(_config(llama, tmp_path))
+    load = Trainer._load_from_checkpoint
+
+    def load_and_freeze(self, checkpoint, model=None):
+        load(self, checkpoint, model)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    monkeypatch.setattr(Trainer, "_load_from_checkpoint", load_and_freeze)
+    with pytest.raises(RuntimeError, match="froze"):
+        run_experiment(_config(llama, tmp_path, max_steps=3))
+
+
+def test_a_new_method_is_one_entry(llama, tmp_path, monkeypatch):
+    """One MethodSpec in METHODS is all a method needs: the CLI accepts it, the run trains it with its config
+    class's defaults (plus the entry's), it counts as a prompt method, and the overhead benchmark lists it."""
+    import sys
+
+    from peft import PromptTuningConfig
+
+    from peft_superpos.harness import MethodSpec
+    from peft_superpos.harness.methods import METHODS as TABLE
+    from peft_superpos.train import parse_run_config
+
+    spec = MethodSpec(
+        "short_prompt",
+        "stock prompt tuning, 2 tokens",
+        PromptTuningConfig,
+        lr=1e-2,
+        weight_decay=0.0,
+        settings={"num_virtual_tokens": "num_virtual_tokens"},
+        defaults={"num_virtual_tokens": 2},
+    )
+    monkeypatch.setitem(TABLE, spec.name, spec)
+    assert spec.is_prompt_method and not TABLE["lora"].is_prompt_method and not TABLE["full"].is_prompt_method
+    config = parse_run_config(["cb", "--method", "short-prompt", "--output-dir", str(tmp_path)])
+    assert config.method == "short_prompt"
+    final = run_experiment(_config(llama, tmp_path, method="short_prompt", method_settings=MethodSettings()))
+    assert final["peft_config"]["num_virtual_tokens"] == 2 and final["global_step"] == 2
+    monkeypatch.syspath_prepend(str(FIXTURE_DATA.parents[2] / "benchmarks"))
+    sys.modules.pop("overhead", None)
+    import overhead
+
+    assert "short_prompt" in overhead.variants(4)
+
+
+def test_method_defaults_come_from_the_config_classes():
+    from peft import LoraConfig
+
+    from peft_superpos import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig
+
+    def default(cls, name):
+        return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+    assert METHODS["superpos"].default_value("m") == default(SuperPosPromptConfig, "m")
+    assert METHODS["residual"].default_value("bottleneck_size") == default(ResidualPromptConfig, "bottleneck_size")
+    assert METHODS["dept"].default_value("lora_lr") == default(DePTConfig, "lora_lr")
+    assert METHODS["dept"].lr == default(DePTConfig, "prompt_lr")
+    assert METHODS["lora"].default_value("r") == default(LoraConfig, "r")

@@ -13,7 +13,7 @@ from tiny_models import FIXTURE_DATA, read_jsonl, tiny_model_dir
 from peft_superpos.data import compute_metrics, get_task, load_task_split
 from peft_superpos.harness import MethodSettings, RunConfig, build_model, run_experiment
 from peft_superpos.harness.evaluation import constant_prediction_floor, evaluate
-from peft_superpos.harness.features import TextToTextEncoder
+from peft_superpos.harness.features import TextToTextFeatures
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
 
 
@@ -75,13 +75,13 @@ def test_eval_batches_by_length_keep_dataset_order(llama, tmp_path):
     model, tokenizer, _, _ = build_model(_config(llama, tmp_path, method="full"))
     task = get_task("cb")
     data = load_task_split(task, "validation", FIXTURE_DATA)
-    encoder = TextToTextEncoder(tokenizer, False, 256)
-    one = evaluate(model, encoder, task, data, mode="generate", batch_size=1)
-    many = evaluate(model, encoder, task, data, mode="generate", batch_size=16)
+    features = TextToTextFeatures(tokenizer, False, 256)
+    one = evaluate(model, features, task, data, mode="generate", batch_size=1)
+    many = evaluate(model, features, task, data, mode="generate", batch_size=16)
     assert [r["pred"] for r in one.records] == [r["pred"] for r in many.records]
     assert [r["gold"] for r in many.records] == list(data["target"])
     assert [r["id"] for r in many.records] == list(range(len(data)))
-    ranked = evaluate(model, encoder, task, data, mode="rank", batch_size=4)
+    ranked = evaluate(model, features, task, data, mode="rank", batch_size=4)
     assert ranked.metrics["invalid_rate"] == 0 and all("raw" not in r for r in ranked.records)
 
 

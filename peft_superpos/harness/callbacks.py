@@ -12,6 +12,11 @@ stay in the file; the rerun appends new rows for those steps. Every row carries 
 start, +1 per restart) and readers take the **last row per step** (:func:`read_rows` with ``dedupe=True``);
 ``final.json`` lists the replaced rows under ``superseded_rows``. With the seeds fixed the rerun rows are
 equal to the replaced ones up to float noise.
+
+``train_loss`` is the mean loss of the steps since the previous row, across restarts too: checkpoints keep the
+loss of the steps not yet logged (see :mod:`.trainer`). A checkpoint written before that existed does not, so
+the first row after resuming from it covers fewer steps: it is marked ``"train_loss_partial": true`` and never
+replaces a complete row of the same step.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +38,10 @@ __all__ = [
     "PREDICTIONS_DIR",
     "MetricsRecorder",
     "append_row",
+    "atomic_write",
     "atomic_write_text",
+    "json_safe",
+    "latest_rows",
     "plot_learning_curve",
     "read_rows",
     "repair_metrics_file",
@@ -43,19 +52,29 @@ METRICS_FILE = "metrics.jsonl"
 FINAL_FILE = "final.json"
 CURVE_FILE = "learning_curve.png"
 PREDICTIONS_DIR = "predictions"
+PARTIAL_LOSS_KEY = "loss_partial"
+"""Key the trainer adds to a log whose ``loss`` covers fewer steps than the logging interval."""
 
 
-def _clean(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` ready for strict JSON: NaN and infinities become null, tensors and numpy scalars plain numbers,
+    tuples lists and sets sorted lists (recursively)."""
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, set):
+        return sorted(value)
+    if hasattr(value, "item"):
+        return json_safe(value.item())
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "item"):
-        return _clean(value.item())
     return value
 
 
 def append_row(path: str | os.PathLike, row: dict[str, Any]) -> None:
     """Append one JSON line atomically (single write on an O_APPEND descriptor, then fsync)."""
-    data = (json.dumps({k: _clean(v) for k, v in row.items()}, sort_keys=False) + "\n").encode()
+    data = (json.dumps(json_safe(row)) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         written = os.write(fd, data)
@@ -94,19 +113,35 @@ def read_rows(path: str | os.PathLike, dedupe: bool = True) -> list[dict[str, An
             rows.append(json.loads(line))
         except ValueError:
             continue  # a torn last line: not a logged row
-    if not dedupe:
-        return rows
+    return latest_rows(rows)[0] if dedupe else rows
+
+
+def latest_rows(rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(rows, superseded)``: the last row per step in step order (a ``train_loss_partial`` row does not
+    replace a complete one), and the other rows in file order."""
     by_step: dict[int, dict[str, Any]] = {}
     for row in rows:
-        by_step[int(row["step"])] = row
-    return [by_step[s] for s in sorted(by_step)]
+        step = int(row["step"])
+        kept = by_step.get(step)
+        if kept is None or not row.get("train_loss_partial") or kept.get("train_loss_partial"):
+            by_step[step] = row
+    kept_ids = {id(row) for row in by_step.values()}
+    return [by_step[s] for s in sorted(by_step)], [r for r in rows if id(r) not in kept_ids]
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(temporary path)`` and a rename, so it is never seen half-written."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def write_predictions(output_dir: str | os.PathLike, step: int, records: list[dict[str, Any]]) -> Path:
@@ -142,10 +177,7 @@ def plot_learning_curve(rows: list[dict[str, Any]], path: str | os.PathLike, tit
             ax2.set_ylabel("train loss", color="tab:red")
         ax.set_title(title)
         fig.tight_layout()
-        path = Path(path)
-        tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}.png")
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100))
     finally:
         plt.close(fig)
 
@@ -160,11 +192,12 @@ class MetricsRecorder(TrainerCallback):
         self.title = title
         self.start = time.time()
         self.last_train_loss: float | None = None
-        self.rows_written = 0
+        self.last_train_loss_partial = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and "loss" in logs:
             self.last_train_loss = float(logs["loss"])
+            self.last_train_loss_partial = bool(logs.get(PARTIAL_LOSS_KEY))
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         if not state.is_world_process_zero or not metrics:
@@ -174,6 +207,8 @@ class MetricsRecorder(TrainerCallback):
             "epoch": state.epoch,
             "train_loss": self.last_train_loss,
         }
+        if self.last_train_loss_partial:
+            row["train_loss_partial"] = True
         row.update({k: v for k, v in metrics.items() if k != "epoch"})
         row.update(
             {
@@ -183,7 +218,6 @@ class MetricsRecorder(TrainerCallback):
             }
         )
         append_row(self.path, row)
-        self.rows_written += 1
         try:
             plot_learning_curve(read_rows(self.path), self.output_dir / CURVE_FILE, self.title)
         except Exception as error:  # pragma: no cover - a plot must never kill a run

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 
 from ..data import compute_metrics
-from .features import IGNORE_INDEX, ClassificationEncoder, TextToTextCollator, TextToTextEncoder, keep_for_labels
+from .config import EVAL_MODES
+from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextCollator, TextToTextFeatures, label_logits
 
 __all__ = [
     "EVAL_MODES",
@@ -40,7 +41,6 @@ __all__ = [
     "sequence_logprobs",
 ]
 
-EVAL_MODES = ("generate", "rank", "classify")
 INVALID = "invalid"
 
 
@@ -80,19 +80,8 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], is_encoder_decoder: bool) -> torch.Tensor:
-    """Summed log-likelihood of the label tokens of every row ``(B,)`` (decoders: only the last K logits)."""
-    labels = batch["labels"]
-    if is_encoder_decoder:
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, use_cache=False
-        ).logits
-        targets = labels
-    else:
-        first, keep = keep_for_labels(labels)
-        logits = model(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False
-        ).logits[:, -keep:-1]
-        targets = labels[:, first:]
+    """Summed log-likelihood of the label tokens of every row ``(B,)`` (see :func:`.features.label_logits`)."""
+    _, logits, targets = label_logits(model, batch, is_encoder_decoder)
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     mask = targets != IGNORE_INDEX
     picked = logprobs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
@@ -102,42 +91,42 @@ def sequence_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor], is
 @torch.no_grad()
 def rank_predictions(
     model: torch.nn.Module,
-    encoder: TextToTextEncoder,
+    features: TextToTextFeatures,
     sources: Sequence[str],
     choices: Sequence[str],
     batch_size: int,
     padding: PaddingCount | None = None,
 ) -> list[int]:
     """Index of the best-scoring choice for every source (each (source, choice) pair is one row)."""
-    collator = TextToTextCollator(encoder.pad_id, encoder.is_encoder_decoder)
-    pairs = [encoder.encode(s, c) for s in sources for c in choices]
+    collator = TextToTextCollator(features.pad_id, features.is_encoder_decoder)
+    pairs = [features.encode(s, c) for s in sources for c in choices]
     scores = torch.empty(len(sources) * len(choices))
     device = _device(model)
     for rows in _length_sorted_batches([len(p["input_ids"]) for p in pairs], batch_size):
         batch = {k: v.to(device) for k, v in collator([pairs[r] for r in rows]).items()}
         if padding is not None:
             padding.add(batch["attention_mask"])
-        scores[rows] = sequence_logprobs(model, batch, encoder.is_encoder_decoder).cpu()
+        scores[rows] = sequence_logprobs(model, batch, features.is_encoder_decoder).cpu()
     return scores.view(len(sources), len(choices)).argmax(dim=1).tolist()
 
 
 @torch.no_grad()
 def generate_predictions(
     model: torch.nn.Module,
-    encoder: TextToTextEncoder,
+    features: TextToTextFeatures,
     sources: Sequence[str],
     max_new_tokens: int,
     batch_size: int,
     padding: PaddingCount | None = None,
 ) -> list[str]:
     """Greedy generations (decoded, special tokens removed) for every source."""
-    collator = TextToTextCollator(encoder.pad_id, encoder.is_encoder_decoder)
-    tokenizer = encoder.tokenizer
+    collator = TextToTextCollator(features.pad_id, features.is_encoder_decoder)
+    tokenizer = features.tokenizer
     device = _device(model)
-    features = [{"input_ids": encoder.source_ids(s)} for s in sources]
+    inputs = [{"input_ids": features.source_ids(s)} for s in sources]
     texts: list[str] = [""] * len(sources)
-    for rows in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
-        batch = {k: v.to(device) for k, v in collator([features[r] for r in rows]).items()}
+    for rows in _length_sorted_batches([len(f["input_ids"]) for f in inputs], batch_size):
+        batch = {k: v.to(device) for k, v in collator([inputs[r] for r in rows]).items()}
         if padding is not None:
             padding.add(batch["attention_mask"])
         output = model.generate(
@@ -146,10 +135,10 @@ def generate_predictions(
             max_new_tokens=max_new_tokens,
             do_sample=False,
             num_beams=1,
-            pad_token_id=encoder.pad_id,
-            eos_token_id=encoder.eos_id,
+            pad_token_id=features.pad_id,
+            eos_token_id=features.eos_id,
         )
-        if not encoder.is_encoder_decoder and output.shape[1] >= batch["input_ids"].shape[1]:
+        if not features.is_encoder_decoder and output.shape[1] >= batch["input_ids"].shape[1]:
             if torch.equal(output[:, : batch["input_ids"].shape[1]], batch["input_ids"]):
                 output = output[:, batch["input_ids"].shape[1] :]
         for row, text in zip(rows, tokenizer.batch_decode(output, skip_special_tokens=True), strict=True):
@@ -160,22 +149,22 @@ def generate_predictions(
 @torch.no_grad()
 def classify_predictions(
     model: torch.nn.Module,
-    encoder: ClassificationEncoder,
+    features: ClassificationFeatures,
     sources: Sequence[str],
     batch_size: int,
     padding: PaddingCount | None = None,
 ) -> list[int | float]:
     """Arg-max class of a sequence-classification model for every source (regression: the output value)."""
-    collator = encoder.collator()
+    collator = features.collator()
     device = _device(model)
-    features = [{"input_ids": encoder.source_ids(s)} for s in sources]
+    inputs = [{"input_ids": features.source_ids(s)} for s in sources]
     predictions: list[int | float] = [0] * len(sources)
-    for rows in _length_sorted_batches([len(f["input_ids"]) for f in features], batch_size):
-        batch = {k: v.to(device) for k, v in collator([features[r] for r in rows]).items()}
+    for rows in _length_sorted_batches([len(f["input_ids"]) for f in inputs], batch_size):
+        batch = {k: v.to(device) for k, v in collator([inputs[r] for r in rows]).items()}
         if padding is not None:
             padding.add(batch["attention_mask"])
         logits = model(**batch).logits.float().cpu()
-        values = logits[:, 0].tolist() if encoder.task.is_regression else logits.argmax(-1).tolist()
+        values = logits[:, 0].tolist() if features.task.is_regression else logits.argmax(-1).tolist()
         for row, value in zip(rows, values, strict=True):
             predictions[row] = value
     return predictions
@@ -217,7 +206,7 @@ def constant_prediction_floor(task: Any, labels: Sequence[int | float], groups: 
 
 def evaluate(
     model: torch.nn.Module,
-    encoder: TextToTextEncoder | ClassificationEncoder,
+    features: TextToTextFeatures | ClassificationFeatures,
     task: Any,
     dataset: Any,
     mode: str = "generate",
@@ -227,8 +216,8 @@ def evaluate(
     model is left in eval mode only for the duration of the call."""
     if mode not in EVAL_MODES:
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
-    if (mode == "classify") != isinstance(encoder, ClassificationEncoder):
-        raise ValueError(f"eval mode {mode!r} does not fit a {type(encoder).__name__}")
+    if (mode == "classify") != isinstance(features, ClassificationFeatures):
+        raise ValueError(f"eval mode {mode!r} does not fit a {type(features).__name__}")
     rank, world = 0, 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -240,13 +229,13 @@ def evaluate(
     start = time.perf_counter()
     try:
         if mode == "classify":
-            local: list[Any] = classify_predictions(model, encoder, sources, batch_size, padding)
+            local: list[Any] = classify_predictions(model, features, sources, batch_size, padding)
         elif mode == "rank":
-            choice_ids = rank_predictions(model, encoder, sources, task.choices, batch_size, padding)
+            choice_ids = rank_predictions(model, features, sources, task.choices, batch_size, padding)
             local = [task.choices[c] for c in choice_ids]
         else:
-            longest = max(len(encoder.target_ids(c)) for c in task.choices)
-            local = generate_predictions(model, encoder, sources, longest, batch_size, padding)
+            longest = max(len(features.target_ids(c)) for c in task.choices)
+            local = generate_predictions(model, features, sources, longest, batch_size, padding)
     finally:
         model.train(was_training)
     outputs, order = _gather(local, indices)

@@ -23,11 +23,12 @@ import torch
 __all__ = [
     "DECODER_SEPARATOR",
     "ClassificationCollator",
-    "ClassificationEncoder",
+    "ClassificationFeatures",
     "TextToTextCollator",
-    "TextToTextEncoder",
+    "TextToTextFeatures",
     "install_padding_aware_positions",
     "keep_for_labels",
+    "label_logits",
 ]
 
 DECODER_SEPARATOR = "\nAnswer:"
@@ -36,7 +37,7 @@ DECODER_SEPARATOR = "\nAnswer:"
 IGNORE_INDEX = -100
 
 
-class TextToTextEncoder:
+class TextToTextFeatures:
     """Turns ``(source, target)`` into token ids for one model kind, truncating only the source."""
 
     def __init__(self, tokenizer: Any, is_encoder_decoder: bool, max_length: int = 256) -> None:
@@ -154,7 +155,7 @@ class TextToTextCollator:
         return batch
 
 
-class ClassificationEncoder:
+class ClassificationFeatures:
     """Source text -> token ids for a sequence-classification model (SEQ_CLS): ``labels`` is the class id
     (STS-B: the float score). Sources longer than ``max_length`` are cut, keeping the final special token."""
 
@@ -229,6 +230,29 @@ def keep_for_labels(labels: torch.Tensor) -> tuple[int, int]:
     first = int(has_label.nonzero()[0])
     first = max(first, 1)
     return first, labels.shape[1] - first + 1
+
+
+def label_logits(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
+) -> tuple[Any, torch.Tensor, torch.Tensor]:
+    """Run ``model`` on a batch with ``labels`` and return ``(outputs, logits, targets)``, where ``logits``
+    ``(B, T, V)`` predict ``targets`` ``(B, T)`` (-100 where there is no label token).
+
+    Encoder-decoders: the decoder logits and the labels as they are. Decoder-only (left-padded): the model runs
+    the LM head on the last ``K`` positions only (``logits_to_keep``, see :func:`keep_for_labels`), and the
+    logit at column ``j`` is paired with the label at ``j + 1``.
+    """
+    labels = batch["labels"]
+    if is_encoder_decoder:
+        outputs = model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels, use_cache=False
+        )
+        return outputs, outputs.logits, labels
+    first, keep = keep_for_labels(labels)
+    outputs = model(
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False
+    )
+    return outputs, outputs.logits[:, -keep:-1], labels[:, first:]
 
 
 def install_padding_aware_positions(model: torch.nn.Module) -> bool:

@@ -1,72 +1,111 @@
-"""Method table: a method name -> how to wrap the base model, and the paper's default hyperparameters.
+"""Method table: a method name -> its peft config class, how the run's settings map onto it, and its learning rate
+and weight decay (the paper's).
 
 Every method trains with AdamW at a constant learning rate (no warmup, no schedule) and with the backbone's
 dropout switched off (the SuperPos-Prompt paper's finding; ``keep_dropout=True`` keeps it). Parameter groups
-come from :func:`peft_superpos.make_param_groups` (DePT: its two learning rates via ``lr_by_name``).
+come from :func:`peft_superpos.make_param_groups` (a config with ``lr_by_name()``, DePT's, gives its own
+learning rates per parameter).
 
-===============  ======  ========  ===================================================================
-method           lr      wd        adapter
-===============  ======  ========  ===================================================================
-superpos         1e-2    1e-5      SuperPos-Prompt, n=10 tokens, m=128 superposed embeddings
-prompt_tuning    1e-2    1e-2      stock peft prompt tuning, n=10, init from sampled vocabulary
-residual         3e-1    1e-2      Residual Prompt Tuning, n=10, MLP bottleneck 128
-dept             3e-1    1e-5      DePT, n=10 prompt tokens + rank-8 embedding update (lr 1e-4)
-lora             1e-3    0         LoRA r=8, alpha=16, peft's default target modules, no LoRA dropout
-full             1e-4    1e-2      full fine-tuning (every backbone weight)
-===============  ======  ========  ===================================================================
+A method's defaults are its config class's defaults, except where the entry's ``defaults`` say otherwise (the
+harness compares every prompt method at 10 virtual tokens, so DePT's entry sets 10 tokens and r=8 instead of
+DePT's own 60 and 30). Fields the run decides (``seed``, ``max_length``, the vocabulary to sample from, whether
+the prompt encoder disables dropout) are filled in for every config class that has them.
 
-Residual and DePT are imported lazily (by class name from :mod:`peft_superpos`), so the table works in an
-install that lacks them and the methods fail with a clear message only when they are asked for.
+Adding a method: its ``tuners/<method>/`` folder (config, model, registration) and one :class:`MethodSpec` in
+:data:`METHODS`; the command line, the overhead benchmark and the tests take the list from here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["METHODS", "MethodSpec", "MethodSettings", "get_method", "is_prompt_method"]
+from peft import LoraConfig, PeftConfig, PromptLearningConfig, PromptTuningConfig, PromptTuningInit
+
+from .. import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig
+from .config import MethodSettings
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+__all__ = ["METHODS", "MethodSettings", "MethodSpec", "get_method"]
 
 
-@dataclass
-class MethodSettings:
-    """Hyperparameters a user can set for any method; ``None`` means "the method's default"."""
-
-    lr: float | None = None
-    weight_decay: float | None = None
-    num_virtual_tokens: int | None = None
-    m: int | None = None
-    softmax: bool = False
-    bottleneck: int | None = None
-    rank: int | None = None
-    lr_lowrank: float | None = None
-    lora_alpha: int | None = None
-    lora_dropout: float | None = None
-    keep_dropout: bool = False
-    seed: int = 0
-    max_length: int = 256
+def _config_default(config_class: type, name: str) -> Any:
+    return next(f.default for f in dataclasses.fields(config_class) if f.name == name)
 
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method: its defaults and how to build its PEFT config (``None`` for full fine-tuning)."""
+    """One method: its peft config class (None: full fine-tuning), its optimizer defaults, and which
+    :class:`MethodSettings` set which config field (``settings``: setting name -> config field)."""
 
     name: str
+    description: str
+    config_class: type[PeftConfig] | None
     lr: float
     weight_decay: float
-    build: Callable[[MethodSettings, Any, Any], Any] = dataclasses.field(repr=False)
-    description: str = ""
-    lr_by_name: Callable[[Any, MethodSettings], dict[str, float] | None] = dataclasses.field(
-        default=lambda peft_config, settings: None, repr=False
-    )
+    settings: Mapping[str, str] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # where the harness differs from the config class
+    adjust: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)  # derived config fields
+
+    @property
+    def is_prompt_method(self) -> bool:
+        """Prompt methods leave the base model untouched (no unused-parameter search under DDP)."""
+        return self.config_class is not None and issubclass(self.config_class, PromptLearningConfig)
 
     def resolved_lr(self, settings: MethodSettings) -> float:
         return self.lr if settings.lr is None else settings.lr
 
     def resolved_weight_decay(self, settings: MethodSettings) -> float:
         return self.weight_decay if settings.weight_decay is None else settings.weight_decay
+
+    def default_value(self, config_field: str) -> Any:
+        """The value of ``config_field`` when the user sets nothing."""
+        if config_field in self.defaults:
+            return self.defaults[config_field]
+        return _config_default(self.config_class, config_field)
+
+    def peft_config(self, task_type: str, **values: Any) -> PeftConfig | None:
+        """The config class with the entry's defaults, ``values`` on top (None for full fine-tuning)."""
+        if self.config_class is None:
+            return None
+        kwargs = {"task_type": task_type, **self.defaults, **values}
+        if self.adjust is not None:
+            self.adjust(kwargs)
+        return self.config_class(**kwargs)
+
+    def build(self, config: RunConfig, model: Any, tokenizer: Any) -> PeftConfig | None:
+        """The peft config of this method for ``config`` on ``model`` (None for full fine-tuning)."""
+        if self.config_class is None:
+            return None
+        settings = config.method_settings
+        values = {
+            name: getattr(settings, key) for key, name in self.settings.items() if getattr(settings, key) is not None
+        }
+        run_fields = {
+            "seed": config.seed,
+            "max_length": config.max_length,
+            "sample_vocab_size": _vocab_size(model, tokenizer),
+            "disable_dropout": not settings.keep_dropout,
+        }
+        fields = {f.name for f in dataclasses.fields(self.config_class)}
+        values.update({name: value for name, value in run_fields.items() if name in fields})
+        return self.peft_config(_task_type(model), **values)
+
+    def summary(self) -> str:
+        """One line for ``--help``: description, lr, weight decay and the defaults of the mapped settings."""
+        shown = ", ".join(
+            f"{key}={self.default_value(name)}"
+            for key, name in self.settings.items()
+            if key not in ("lr", "softmax") and self.default_value(name) is not None
+        )
+        return f"{self.name}: {self.description}, lr {self.lr:g}, wd {self.weight_decay:g}" + (
+            f" ({shown})" if shown else ""
+        )
 
 
 def _task_type(model: Any) -> str:
@@ -81,109 +120,64 @@ def _vocab_size(model: Any, tokenizer: Any) -> int | None:
     return len(tokenizer) if len(tokenizer) < rows else None
 
 
-def _optional_class(name: str, method: str) -> type:
-    """A config class of this package that another part of the project provides (imported lazily)."""
-    package = importlib.import_module("peft_superpos")
-    cls = getattr(package, name, None)
-    if cls is None:
-        raise ValueError(
-            f"method {method!r} needs peft_superpos.{name}, which this install of peft_superpos does not provide"
-        )
-    return cls
+def _lora_alpha_twice_rank(kwargs: dict[str, Any]) -> None:
+    if kwargs.get("lora_alpha") is None:
+        kwargs["lora_alpha"] = 2 * kwargs.get("r", _config_default(LoraConfig, "r"))
 
 
-def _n(settings: MethodSettings, default: int = 10) -> int:
-    return default if settings.num_virtual_tokens is None else settings.num_virtual_tokens
-
-
-def _superpos(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
-    from peft_superpos import SuperPosPromptConfig
-
-    return SuperPosPromptConfig(
-        task_type=_task_type(model),
-        num_virtual_tokens=_n(settings),
-        m=128 if settings.m is None else settings.m,
-        use_softmax=settings.softmax,
-        seed=settings.seed,
-        sample_vocab_size=_vocab_size(model, tokenizer),
-        disable_dropout=not settings.keep_dropout,
-    )
-
-
-def _prompt_tuning(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
-    from peft import PromptTuningConfig, PromptTuningInit
-
-    # peft samples the init ids with torch's global RNG: the harness seeds it before building the model.
-    return PromptTuningConfig(
-        task_type=_task_type(model),
-        num_virtual_tokens=_n(settings),
-        prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
-    )
-
-
-def _residual(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
-    cls = _optional_class("ResidualPromptConfig", "residual")
-    return cls(
-        task_type=_task_type(model),
-        num_virtual_tokens=_n(settings),
-        bottleneck_size=128 if settings.bottleneck is None else settings.bottleneck,
-        seed=settings.seed,
-        sample_vocab_size=_vocab_size(model, tokenizer),
-        disable_dropout=not settings.keep_dropout,
-    )
-
-
-DEPT_LR_LOWRANK = 1e-4
-
-
-def _dept(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
-    cls = _optional_class("DePTConfig", "dept")
-    return cls(
-        task_type=_task_type(model),
-        num_virtual_tokens=_n(settings),
-        r=8 if settings.rank is None else settings.rank,
-        max_length=settings.max_length,
-        prompt_lr=METHODS["dept"].resolved_lr(settings),
-        lora_lr=DEPT_LR_LOWRANK if settings.lr_lowrank is None else settings.lr_lowrank,
-        seed=settings.seed,
-        sample_vocab_size=_vocab_size(model, tokenizer),
-        disable_dropout=not settings.keep_dropout,
-    )
-
-
-def _dept_lr_by_name(peft_config: Any, settings: MethodSettings) -> dict[str, float]:
-    return peft_config.lr_by_name()
-
-
-def _lora(settings: MethodSettings, model: Any, tokenizer: Any) -> Any:
-    from peft import LoraConfig
-
-    rank = 8 if settings.rank is None else settings.rank
-    return LoraConfig(
-        task_type=_task_type(model),
-        r=rank,
-        lora_alpha=2 * rank if settings.lora_alpha is None else settings.lora_alpha,
-        lora_dropout=0.0 if settings.lora_dropout is None else settings.lora_dropout,
-    )
-
-
-def _full(settings: MethodSettings, model: Any, tokenizer: Any) -> None:
-    return None
-
+_PROMPT = MappingProxyType({"num_virtual_tokens": "num_virtual_tokens"})
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
-        MethodSpec("superpos", 1e-2, 1e-5, _superpos, "SuperPos-Prompt (n=10, m=128)"),
-        MethodSpec("prompt_tuning", 1e-2, 1e-2, _prompt_tuning, "stock prompt tuning, sampled-vocab init"),
-        MethodSpec("residual", 3e-1, 1e-2, _residual, "Residual Prompt Tuning (bottleneck 128)"),
-        MethodSpec("dept", 3e-1, 1e-5, _dept, "DePT (prompt lr 3e-1, low-rank lr 1e-4)", _dept_lr_by_name),
-        MethodSpec("lora", 1e-3, 0.0, _lora, "LoRA r=8 on peft's default target modules"),
-        MethodSpec("full", 1e-4, 1e-2, _full, "full fine-tuning"),
+        MethodSpec(
+            "superpos",
+            "SuperPos-Prompt",
+            SuperPosPromptConfig,
+            lr=1e-2,
+            weight_decay=1e-5,
+            settings={**_PROMPT, "m": "m", "softmax": "use_softmax"},
+        ),
+        MethodSpec(
+            "prompt_tuning",
+            "stock prompt tuning, sampled-vocab init",
+            PromptTuningConfig,
+            lr=1e-2,
+            weight_decay=1e-2,
+            settings=_PROMPT,
+            # peft samples the init ids with torch's global RNG: the harness seeds it before building the model.
+            defaults={"num_virtual_tokens": 10, "prompt_tuning_init": PromptTuningInit.SAMPLE_VOCAB},
+        ),
+        MethodSpec(
+            "residual",
+            "Residual Prompt Tuning",
+            ResidualPromptConfig,
+            lr=3e-1,
+            weight_decay=1e-2,
+            settings={**_PROMPT, "bottleneck": "bottleneck_size"},
+        ),
+        MethodSpec(
+            "dept",
+            "DePT (prompt lr = lr, low-rank lr = lr_lowrank)",
+            DePTConfig,
+            lr=_config_default(DePTConfig, "prompt_lr"),
+            weight_decay=1e-5,
+            settings={**_PROMPT, "rank": "r", "lr": "prompt_lr", "lr_lowrank": "lora_lr"},
+            defaults={"num_virtual_tokens": 10, "r": 8},
+        ),
+        MethodSpec(
+            "lora",
+            "LoRA on peft's default target modules, alpha = 2r unless set",
+            LoraConfig,
+            lr=1e-3,
+            weight_decay=0.0,
+            settings={"rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"},
+            defaults={"lora_alpha": None},  # None: 2r
+            adjust=_lora_alpha_twice_rank,
+        ),
+        MethodSpec("full", "full fine-tuning (every backbone weight)", None, lr=1e-4, weight_decay=1e-2),
     )
 }
-
-PROMPT_METHODS = ("superpos", "prompt_tuning", "residual", "dept")
 
 
 def get_method(name: str) -> MethodSpec:
@@ -191,7 +185,3 @@ def get_method(name: str) -> MethodSpec:
     if key not in METHODS:
         raise ValueError(f"unknown method {name!r}; known methods: {', '.join(METHODS)}")
     return METHODS[key]
-
-
-def is_prompt_method(name: str) -> bool:
-    return get_method(name).name in PROMPT_METHODS

@@ -12,40 +12,53 @@ is refused. See :mod:`.callbacks` for what happens to the rows of ``metrics.json
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import math
 import os
-import shutil
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from peft import get_peft_model
+from transformers import TrainerState, TrainingArguments, set_seed
 
+from .. import disable_dropout
+from ..data import find_split_file, first_examples, get_task, load_task_split
+from ..models import load_model_and_tokenizer
+from ..optim import make_param_groups
 from .callbacks import (
     CURVE_FILE,
     FINAL_FILE,
     METRICS_FILE,
     MetricsRecorder,
     atomic_write_text,
+    json_safe,
+    latest_rows,
     plot_learning_curve,
     read_rows,
     repair_metrics_file,
 )
-from .evaluation import EVAL_MODES, constant_prediction_floor, evaluate
-from .features import ClassificationEncoder, TextToTextEncoder, install_padding_aware_positions
-from .methods import MethodSettings, get_method, is_prompt_method
+from .config import RunConfig
+from .errors import DataError, ModelLoadError, RunConfigError
+from .evaluation import constant_prediction_floor, evaluate
+from .features import ClassificationFeatures, TextToTextFeatures, install_padding_aware_positions
+from .methods import get_method
+from .run_folder import (
+    FLOORS_FILE,
+    check_run_identity,
+    clear_run_folder,
+    is_main_process,
+    last_complete_checkpoint,
+    locked_run_folder,
+)
+from .trainer import EndOfTrainingCallback, TextToTextTrainer
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["RunConfig", "RunConfigError", "build_model", "last_complete_checkpoint", "run_experiment"]
 
-RUN_CONFIG_FILE = "run_config.json"
-FLOORS_FILE = "floors.json"
 # Settings that must match for a restart to continue a run (the rest, e.g. eval/save steps, may change).
 _IDENTITY_FIELDS = (
     "task",
@@ -58,77 +71,105 @@ _IDENTITY_FIELDS = (
     "max_train_samples",
     "gradient_accumulation_steps",
     "group_by_length",
+    "data_dir",
+    "eval_split",
+    "eval_mode",
+    "max_eval_samples",
 )
-
-
-class RunConfigError(ValueError):
-    """A problem with the user's settings or files (the CLI prints it as a one-line error)."""
-
-
-@dataclass
-class RunConfig:
-    task: str
-    output_dir: str
-    data_dir: str | None = None
-    model: str | None = None  # None: the embedded SmolLM2 (peft_superpos.models.DEFAULT_MODEL)
-    method: str = "superpos"
-    method_settings: MethodSettings = field(default_factory=MethodSettings)
-    max_steps: int | None = None
-    epochs: float | None = None
-    eval_steps: int = 100
-    save_steps: int | None = None  # default: eval_steps
-    save_total_limit: int | None = 2
-    batch_size: int = 8
-    eval_batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_length: int = 256
-    eval_mode: str | None = None  # None: generate (language models) or classify (sequence classifiers)
-    eval_split: str = "validation"
-    max_train_samples: int | None = None
-    max_eval_samples: int | None = None
-    seed: int = 42
-    group_by_length: bool = True
-    eval_only: bool = False
-    zero_shot_floor: bool = False
-    overwrite_output_dir: bool = False
-    disable_tqdm: bool | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def load_data(config: RunConfig, task: Any) -> tuple[Any, Any]:
-    from ..data import first_examples, load_task_split
 
-    train = load_task_split(task, "train", config.data_dir)
-    evaluation = load_task_split(task, config.eval_split, config.data_dir)
+    train = _load_split(task, "train", config.data_dir)
+    evaluation = _load_split(task, config.eval_split, config.data_dir)
     if config.max_train_samples is not None and config.max_train_samples < len(train):
         train = train.shuffle(seed=config.seed).select(range(config.max_train_samples))
     if config.max_eval_samples is not None:
         evaluation = first_examples(evaluation, config.max_eval_samples)  # the first N, for comparable runs
     if len(train) == 0 or len(evaluation) == 0:
-        raise RunConfigError(f"{task.display_name}: empty train or {config.eval_split} split")
+        raise DataError(f"{task.display_name}: empty train or {config.eval_split} split")
     return train, evaluation
+
+
+def _null_field(value: Any, where: str = "") -> str | None:
+    """The path of the first JSON null inside ``value`` (e.g. ``premise`` or ``passage.questions[0]``)."""
+    if value is None:
+        return where or "the row"
+    if isinstance(value, dict):
+        items = ((f"{where}.{k}" if where else str(k), v) for k, v in value.items())
+    elif isinstance(value, list):
+        items = ((f"{where}[{i}]", v) for i, v in enumerate(value))
+    else:
+        return None
+    return next((found for key, v in items if (found := _null_field(v, key)) is not None), None)
+
+
+def check_data_file(path: Path) -> None:
+    """Raise :class:`DataError` naming the file and line of the first line that is not UTF-8, or (``.jsonl``)
+    of the first row with a null field (which would otherwise be trained on as the text "None")."""
+    with path.open("rb") as handle:
+        for lineno, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataError(
+                    f"{path}, line {lineno}: not valid UTF-8 ({error.reason} at byte {error.start})"
+                ) from None
+            if path.suffix != ".jsonl" or not line.strip():
+                continue
+            try:
+                null = _null_field(json.loads(line))
+            except ValueError:
+                continue  # the loader names malformed JSON itself
+            if null is not None:
+                raise DataError(f"{path}, line {lineno}: field {null!r} is null; give it a value or drop the row")
+
+
+def _load_split(task: Any, split: str, data_dir: str | None) -> Any:
+    """One split through :func:`peft_superpos.data.load_task_split`, its local file checked first; problems
+    with the files become :class:`DataError`."""
+    try:
+        if data_dir is not None:
+            check_data_file(find_split_file(task, split, data_dir)[0])
+        return load_task_split(task, split, data_dir)
+    except DataError:
+        raise
+    except (FileNotFoundError, ValueError) as error:
+        raise DataError(str(error)) from error
+    except RuntimeError as error:  # no data_dir: the Hub could not be reached (the message says what to do)
+        if data_dir is not None:
+            raise
+        raise DataError(str(error)) from error
 
 
 def load_base_model(config: RunConfig) -> tuple[Any, Any]:
     """``(model, tokenizer)`` of ``config.model``, seeded (a new classification head is repeatable)."""
-    from transformers import set_seed
-
-    from ..data import get_task
-    from ..models import load_model_and_tokenizer
-
     task = get_task(config.task)
+    folder = Path(config.model).expanduser() if config.model else None
+    if folder is not None and folder.is_dir() and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise ModelLoadError(
+            f"--model {config.model} has no tokenizer (none of {', '.join(_TOKENIZER_FILES)}); save it into the "
+            "folder with tokenizer.save_pretrained(...)"
+        )
     set_seed(config.seed)
-    return load_model_and_tokenizer(config.model, num_labels=1 if task.is_regression else len(task.choices))
+    try:
+        return load_model_and_tokenizer(config.model, num_labels=1 if task.is_regression else len(task.choices))
+    except (OSError, ValueError) as error:  # FileNotFoundError included
+        raise ModelLoadError(f"could not load --model {config.model}: {' '.join(str(error).split())}") from error
+
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+)
 
 
 def build_model(
@@ -136,96 +177,40 @@ def build_model(
 ) -> tuple[Any, Any, Any, dict[str, float] | None]:
     """``(model, tokenizer, peft_config or None, lr_by_name)`` for ``config.method`` (seeded), wrapping
     ``base`` (``(model, tokenizer)`` from :func:`load_base_model`, loaded here when not given)."""
-    from transformers import set_seed
-
-    from .. import disable_dropout
-
     spec = get_method(config.method)
-    settings = dataclasses.replace(config.method_settings, seed=config.seed, max_length=config.max_length)
+    settings = config.method_settings
     model, tokenizer = base if base is not None else load_base_model(config)
     if not settings.keep_dropout:
         disable_dropout(model)
     set_seed(config.seed)  # prompt inits drawn from torch's RNG (stock prompt tuning) are repeatable
-    peft_config = spec.build(settings, model, tokenizer)
+    peft_config = spec.build(config, model, tokenizer)
     lr_by_name = None
     if peft_config is not None:
-        from peft import get_peft_model
-
         model = get_peft_model(model, peft_config)
-        lr_by_name = spec.lr_by_name(peft_config, settings)
+        lr_by_name = peft_config.lr_by_name() if hasattr(peft_config, "lr_by_name") else None
     install_padding_aware_positions(model.get_base_model() if peft_config is not None else model)
     return model, tokenizer, peft_config, lr_by_name
 
 
-def _check_identity(config: RunConfig, output_dir: Path) -> None:
-    path = output_dir / RUN_CONFIG_FILE
-    current = json.loads(json.dumps(config.to_dict()))
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        changed = [k for k in _IDENTITY_FIELDS if saved.get(k) != current.get(k)]
-        if changed:
-            raise RunConfigError(
-                f"{output_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir "
-                "or pass --overwrite-output-dir"
-            )
-    if _is_main_process():
-        atomic_write_text(path, json.dumps(current, indent=2))
+def reached_target_step(config: RunConfig, checkpoint: str | None) -> int | None:
+    """The step of ``checkpoint`` when it already reached the requested number of steps, else None.
 
-
-def _clear_output_dir(output_dir: Path) -> None:
-    for entry in output_dir.glob("checkpoint-*"):
-        shutil.rmtree(entry, ignore_errors=True)
-    for name in (METRICS_FILE, FINAL_FILE, CURVE_FILE, RUN_CONFIG_FILE):
-        (output_dir / name).unlink(missing_ok=True)
-
-
-def last_complete_checkpoint(output_dir: Path) -> str | None:
-    """The newest ``checkpoint-<step>`` whose ``trainer_state.json`` (Trainer writes it last) is readable.
-
-    Trainer writes checkpoints in place, so a kill during a save leaves a partial folder: the main process
-    deletes such folders (they hold nothing a resume could use) and the run resumes from the one before.
-    """
-    complete: list[tuple[int, Path]] = []
-    for folder in output_dir.glob("checkpoint-*"):
-        suffix = folder.name.split("-", 1)[1]
-        if not folder.is_dir() or not suffix.isdigit():
-            continue
-        try:
-            json.loads((folder / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            if _is_main_process():
-                logger.warning("Removing incomplete checkpoint %s (the run was killed while saving it)", folder)
-                shutil.rmtree(folder, ignore_errors=True)
-            continue
-        complete.append((int(suffix), folder))
-    return str(max(complete)[1]) if complete else None
-
-
-def finished_run(config: RunConfig, output_dir: Path, checkpoint: str | None) -> dict[str, Any] | None:
-    """The saved ``final.json`` when ``checkpoint`` already reached the requested number of steps, else None.
-
-    Trainer resumed from a checkpoint at ``max_steps`` would take one more step; a finished run is reused as
-    it is instead (raise ``--max-steps`` to train it further)."""
-    final_file = output_dir / FINAL_FILE
-    if checkpoint is None or not final_file.is_file():
+    Trainer resumed from a checkpoint at ``max_steps`` would take one more step; a finished run is not trained
+    again (raise ``--max-steps`` to train it further)."""
+    if checkpoint is None:
         return None
     state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
     target = config.max_steps if config.max_steps is not None else state.get("max_steps")
-    if target is None or state.get("global_step", 0) < target:
-        return None
-    return json.loads(final_file.read_text())
+    step = int(state.get("global_step", 0))
+    return step if target is not None and step >= target else None
 
 
 def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) -> Any:
-    from transformers import TrainingArguments
-
     world = _world_size()
     if config.batch_size % world:
         raise RunConfigError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
-    if config.max_steps is None and config.epochs is None:
-        epochs, max_steps = 1.0, -1
-    else:
-        epochs, max_steps = (config.epochs or 1.0), (config.max_steps if config.max_steps is not None else -1)
+    epochs = config.epochs if config.epochs is not None else 1.0
+    max_steps = config.max_steps if config.max_steps is not None else -1  # -1: by epochs
     save_steps = config.save_steps or config.eval_steps
     return TrainingArguments(
         output_dir=config.output_dir,
@@ -252,7 +237,7 @@ def _training_arguments(config: RunConfig, spec_lr: float, prompt_method: bool) 
         dataloader_num_workers=0,
         average_tokens_across_devices=True,
         ddp_find_unused_parameters=False if prompt_method else None,
-        disable_tqdm=config.disable_tqdm,
+        disable_tqdm=config.disable_tqdm or None,  # None: as the logging level says
         use_cpu=not torch.cuda.is_available(),
     )
 
@@ -265,32 +250,32 @@ def _count_parameters(model: Any) -> tuple[int, int]:
 
 def run_experiment(config: RunConfig) -> dict[str, Any]:
     """Train and evaluate; return the content of ``final.json`` (also written by the main process)."""
-    from ..data import get_task
-    from ..optim import make_param_groups
-    from .trainer import EndOfTrainingCallback, TextToTextTrainer
 
     wall_start = time.perf_counter()
     task = get_task(config.task)
     spec = get_method(config.method)
-    config.method = spec.name
-    if config.eval_mode not in (None, *EVAL_MODES):
-        raise RunConfigError(f"unknown eval mode {config.eval_mode!r}; expected one of {', '.join(EVAL_MODES)}")
-    for name in ("eval_steps", "batch_size", "max_length"):
-        if getattr(config, name) <= 0:
-            raise RunConfigError(f"--{name.replace('_', '-')} must be positive")
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    if config.overwrite_output_dir and _is_main_process():
-        _clear_output_dir(output_dir)
-    _check_identity(config, output_dir)
-    if config.eval_only and (output_dir / FINAL_FILE).is_file():
-        return json.loads((output_dir / FINAL_FILE).read_text())
+    with locked_run_folder(output_dir):
+        return _run_in_folder(config, task, spec, output_dir, wall_start)
+
+
+def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wall_start: float) -> dict[str, Any]:
+    """:func:`run_experiment` once this process holds ``output_dir``."""
+    if config.overwrite_output_dir and is_main_process():
+        clear_run_folder(output_dir)
+    check_run_identity(json.loads(json.dumps(config.to_dict())), output_dir, _IDENTITY_FIELDS)
+    final_file = output_dir / FINAL_FILE
+    if config.eval_only and final_file.is_file():
+        return json.loads(final_file.read_text())
     checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
-    finished = finished_run(config, output_dir, checkpoint)
-    if finished is not None:
-        logger.info("%s already finished at step %s: nothing to train", output_dir, finished["global_step"])
-        return finished
-    if _is_main_process():
+    done_step = reached_target_step(config, checkpoint)
+    if done_step is not None and final_file.is_file():
+        saved = json.loads(final_file.read_text())
+        if saved.get("global_step") == done_step:
+            logger.info("%s already finished at step %s: nothing to train", output_dir, done_step)
+            return saved
+    if is_main_process():
         repair_metrics_file(output_dir / METRICS_FILE)
     previous_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
     session = 1 + max((int(r.get("session", 0)) for r in previous_rows), default=-1)
@@ -300,30 +285,29 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     base = load_base_model(config)
     classifier = type(base[0]).__name__.endswith("ForSequenceClassification")
     eval_mode = _resolve_eval_mode(config, classifier)
-    encoder = _make_encoder(base, task, config, classifier)
-    floors = _floors(config, output_dir, task, eval_raw, base, encoder, eval_mode)
+    features = _make_features(base, task, config, classifier)
+    floors = _floors(config, output_dir, task, eval_raw, base, features, eval_mode)
     model, tokenizer, peft_config, lr_by_name = build_model(config, base)
     load_time = time.perf_counter() - load_start
-    train_features = encoder.encode_dataset(train_raw)
+    train_features = features.encode_dataset(train_raw)
 
     lr = spec.resolved_lr(config.method_settings)
     weight_decay = spec.resolved_weight_decay(config.method_settings)
     groups = make_param_groups(model, weight_decay, lr_by_name=lr_by_name)
     optimizer = torch.optim.AdamW(groups, lr=lr)
-    args = _training_arguments(config, lr, is_prompt_method(spec.name))
+    args = _training_arguments(config, lr, spec.is_prompt_method)
     recorder = MetricsRecorder(output_dir, session=session, title=f"{task.display_name} / {spec.name}")
     trainer = TextToTextTrainer(
         model=model,
         args=args,
         train_dataset=train_features,
         eval_dataset=eval_raw,
-        data_collator=encoder.collator(),
+        data_collator=features.collator(),
         optimizers=(optimizer, None),
         callbacks=[recorder, EndOfTrainingCallback()],
         task=task,
-        text_encoder=encoder,
+        features=features,
         eval_mode=eval_mode,
-        eval_batch_size=config.eval_batch_size,
         raw_eval_dataset=eval_raw,
         group_by_length=config.group_by_length,
     )
@@ -331,6 +315,11 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
     train_metrics: dict[str, Any] = {}
     if config.eval_only:
         trainer.evaluate()
+    elif done_step is not None:  # stopped after its last checkpoint, before final.json: train nothing
+        logger.info(
+            "%s reached step %s before it stopped: writing final.json from %s", output_dir, done_step, checkpoint
+        )
+        trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     else:
         if checkpoint:
             logger.info("Resuming from %s", checkpoint)
@@ -340,10 +329,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
 
     final: dict[str, Any] = {}
     if trainer.is_world_process_zero():
-        all_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
-        last_per_step = {int(r["step"]): r for r in all_rows}
-        rows = [last_per_step[s] for s in sorted(last_per_step)]
-        superseded = [r for r in all_rows if r is not last_per_step[int(r["step"])]]
+        rows, superseded = latest_rows(read_rows(output_dir / METRICS_FILE, dedupe=False))
         scored = [r for r in rows if r.get("eval_score") is not None]
         best = max(scored, key=lambda r: r["eval_score"]) if scored else None
         session_rows = [r for r in rows if r.get("session") == session]
@@ -377,7 +363,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                 "eval_examples": len(eval_raw),
                 "max_length": config.max_length,
                 "train_truncated": int(sum(train_features["truncated"])),
-                "eval_truncated": sum(encoder.truncated_source_ids(s)[1] for s in eval_raw["source"]),
+                "eval_truncated": sum(features.truncated_source_ids(s)[1] for s in eval_raw["source"]),
             },
             "throughput": _throughput(trainer, train_metrics, session_rows),
             "timings": {
@@ -388,7 +374,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
                 "wall_s": time.perf_counter() - wall_start,
             },
         }
-        atomic_write_text(output_dir / FINAL_FILE, json.dumps(_finite(final), indent=2))
+        atomic_write_text(output_dir / FINAL_FILE, json.dumps(json_safe(final), indent=2))
         if rows:
             plot_learning_curve(rows, output_dir / CURVE_FILE, f"{task.display_name} / {spec.name}")
     return final
@@ -403,13 +389,13 @@ def _resolve_eval_mode(config: RunConfig, classifier: bool) -> str:
     return config.eval_mode
 
 
-def _make_encoder(
+def _make_features(
     base: tuple[Any, Any], task: Any, config: RunConfig, classifier: bool
-) -> TextToTextEncoder | ClassificationEncoder:
+) -> TextToTextFeatures | ClassificationFeatures:
     model, tokenizer = base
     if classifier:
-        return ClassificationEncoder(tokenizer, task, config.max_length)
-    return TextToTextEncoder(tokenizer, bool(getattr(model.config, "is_encoder_decoder", False)), config.max_length)
+        return ClassificationFeatures(tokenizer, task, config.max_length)
+    return TextToTextFeatures(tokenizer, bool(getattr(model.config, "is_encoder_decoder", False)), config.max_length)
 
 
 def _floors(
@@ -418,7 +404,7 @@ def _floors(
     task: Any,
     eval_raw: Any,
     base: tuple[Any, Any],
-    encoder: TextToTextEncoder | ClassificationEncoder,
+    features: TextToTextFeatures | ClassificationFeatures,
     eval_mode: str,
 ) -> dict[str, float | None]:
     """Scores to beat on the same eval examples: ``majority`` (the best constant prediction) and, with
@@ -433,9 +419,9 @@ def _floors(
     elif config.zero_shot_floor and eval_mode != "classify":  # a new classification head is random
         model = base[0]
         install_padding_aware_positions(model)
-        result = evaluate(model, encoder, task, eval_raw, mode=eval_mode, batch_size=config.eval_batch_size)
+        result = evaluate(model, features, task, eval_raw, mode=eval_mode, batch_size=config.eval_batch_size)
         floors["zero_shot"] = result.metrics["score"]
-        if _is_main_process():
+        if is_main_process():
             atomic_write_text(path, json.dumps({"zero_shot": floors["zero_shot"], "eval_mode": eval_mode}))
     return floors
 
@@ -455,15 +441,3 @@ def _throughput(trainer: Any, train_metrics: dict[str, Any], session_rows: list[
         "eval_padding_fraction": sum(eval_padding) / len(eval_padding) if eval_padding else None,
         "eval_tokens_per_s": eval_tokens / eval_time if eval_time else None,
     }
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, set):
-        return sorted(value)
-    return value

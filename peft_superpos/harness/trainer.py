@@ -12,25 +12,34 @@
 * ``evaluate`` runs generation, rank classification or the classification head (see :mod:`.evaluation`)
   instead of Trainer's prediction loop; the metrics go through ``self.log`` and the callbacks'
   ``on_evaluate``, and the per-example predictions are written to ``predictions/step-<step>.jsonl``.
+* Train loss across restarts: every checkpoint also holds ``loss_window.json``, the summed loss and the
+  number of the steps since the last logged loss; a resumed run adds them back, so its first logged loss
+  covers the same steps as in an uninterrupted run. A checkpoint without that file (written by an older
+  version) makes the first loss after the resume cover fewer steps: that log is marked ``loss_partial``.
 * Resuming stock PROMPT_TUNING: peft refuses ``load_adapter(..., is_trainable=True)`` only for a *new*
   adapter; Trainer reloads into the existing trainable adapter, and the saved ``prompt_embeddings`` table is
-  the whole trainable state of stock prompt tuning, so resuming is exact. :meth:`_load_from_checkpoint` still
-  checks that the trainable parameters stay trainable after the reload.
+  the whole trainable state of stock prompt tuning, so resuming is exact. :meth:`_load_from_checkpoint`
+  checks that the reload leaves every trainable parameter trainable and raises otherwise.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainerCallback
+from transformers import Trainer, TrainerCallback, TrainerState
+from transformers.trainer_pt_utils import nested_gather
 
-from .callbacks import write_predictions
+from .callbacks import PARTIAL_LOSS_KEY, atomic_write_text, write_predictions
 from .evaluation import PaddingCount, evaluate
-from .features import IGNORE_INDEX, ClassificationEncoder, TextToTextEncoder, keep_for_labels
+from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextFeatures, label_logits
 from .sampling import LengthGroupedSampler
 
-__all__ = ["EndOfTrainingCallback", "TextToTextTrainer"]
+__all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TextToTextTrainer"]
+
+LOSS_WINDOW_FILE = "loss_window.json"
 
 
 class TextToTextTrainer(Trainer):
@@ -38,26 +47,62 @@ class TextToTextTrainer(Trainer):
         self,
         *args: Any,
         task: Any,
-        text_encoder: TextToTextEncoder | ClassificationEncoder,
+        features: TextToTextFeatures | ClassificationFeatures,
         eval_mode: str = "generate",
-        eval_batch_size: int = 16,
         raw_eval_dataset: Any = None,
         group_by_length: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.task = task
-        self.text_encoder = text_encoder
+        self.features = features
         self.eval_mode = eval_mode
-        self.eval_batch_size_ = eval_batch_size
         self.raw_eval_dataset = raw_eval_dataset
         self.group_by_length = group_by_length
-        self.is_encoder_decoder = text_encoder.is_encoder_decoder
-        self.is_classifier = isinstance(text_encoder, ClassificationEncoder)
+        self.is_encoder_decoder = features.is_encoder_decoder
+        self.is_classifier = isinstance(features, ClassificationFeatures)
         self.train_padding = PaddingCount()
         # compute_loss normalises by num_items_in_batch itself: ask Trainer to count (and gather) label tokens.
         self.model_accepts_loss_kwargs = True
-        self.logits_kept: list[tuple[int, int]] = []  # (K, sequence length) of recent steps, for tests/logs
+        self._carried_loss: tuple[float, int] | None = None  # (loss sum, steps) not yet logged at the checkpoint
+        self._partial_loss_window = False
+
+    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any):
+        self._carried_loss, self._partial_loss_window = None, False
+        if resume_from_checkpoint:
+            window = os.path.join(resume_from_checkpoint, LOSS_WINDOW_FILE)
+            if os.path.isfile(window):
+                saved = json.loads(open(window).read())
+                self._carried_loss = (float(saved["loss_sum"]), int(saved["steps"]))
+            else:
+                state = TrainerState.load_from_json(os.path.join(resume_from_checkpoint, "trainer_state.json"))
+                logged = [entry["step"] for entry in state.log_history if "loss" in entry]
+                self._partial_loss_window = state.global_step > max(logged, default=0)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _maybe_log_save_evaluate(self, tr_loss, *args: Any, **kwargs: Any) -> None:
+        if self._carried_loss is not None:  # the first step after a resume: count the checkpoint's window in
+            loss_sum, steps = self._carried_loss
+            self._carried_loss = None
+            tr_loss += loss_sum
+            self._globalstep_last_logged -= steps
+        super()._maybe_log_save_evaluate(tr_loss, *args, **kwargs)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._partial_loss_window and "loss" in logs:
+            logs[PARTIAL_LOSS_KEY] = True
+            self._partial_loss_window = False
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        # Written before Trainer's files: a checkpoint is complete once trainer_state.json (written last) exists.
+        loss_sum = nested_gather(self._tr_loss, self.args.parallel_mode).mean().item()
+        if self.args.should_save:
+            folder = os.path.join(self._get_output_dir(trial=trial), f"checkpoint-{self.state.global_step}")
+            os.makedirs(folder, exist_ok=True)
+            window = {"loss_sum": loss_sum, "steps": self.state.global_step - self._globalstep_last_logged}
+            atomic_write_text(os.path.join(folder, LOSS_WINDOW_FILE), json.dumps(window))
+        super()._save_checkpoint(model, trial)
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.group_by_length:
@@ -81,22 +126,7 @@ class TextToTextTrainer(Trainer):
         if self.is_classifier:
             loss_sum, outputs, count = self._classification_loss(model, inputs)
             return self._normalise(loss_sum, count, num_items_in_batch, outputs, return_outputs)
-        labels = inputs["labels"]
-        if self.is_encoder_decoder:
-            outputs = model(
-                input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels, use_cache=False
-            )
-            logits, targets = outputs.logits, labels
-        else:
-            first, keep = keep_for_labels(labels)
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                logits_to_keep=keep,
-                use_cache=False,
-            )
-            self.logits_kept = (self.logits_kept + [(outputs.logits.shape[1], labels.shape[1])])[-8:]
-            logits, targets = outputs.logits[:, -keep:-1], labels[:, first:]
+        outputs, logits, targets = label_logits(model, inputs, self.is_encoder_decoder)
         loss_sum = torch.nn.functional.cross_entropy(
             logits.float().reshape(-1, logits.shape[-1]),
             targets.reshape(-1).to(logits.device),
@@ -119,7 +149,12 @@ class TextToTextTrainer(Trainer):
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
         dataset = eval_dataset if eval_dataset is not None else self.raw_eval_dataset
         result = evaluate(
-            self.model, self.text_encoder, self.task, dataset, mode=self.eval_mode, batch_size=self.eval_batch_size_
+            self.model,
+            self.features,
+            self.task,
+            dataset,
+            mode=self.eval_mode,
+            batch_size=self.args.per_device_eval_batch_size,
         )
         if self.is_world_process_zero():
             write_predictions(self.args.output_dir, self.state.global_step, result.records)
@@ -132,11 +167,11 @@ class TextToTextTrainer(Trainer):
         target = model if model is not None else self.model
         trainable = [name for name, p in target.named_parameters() if p.requires_grad]
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        frozen_now = [name for name, p in target.named_parameters() if name in trainable and not p.requires_grad]
-        if frozen_now:  # never silently resume with a frozen adapter
-            for name, parameter in target.named_parameters():
-                if name in frozen_now:
-                    parameter.requires_grad_(True)
+        frozen = [name for name, p in target.named_parameters() if name in trainable and not p.requires_grad]
+        if frozen:  # never resume with a frozen adapter: the run would go on without training it
+            raise RuntimeError(
+                f"loading {resume_from_checkpoint} froze {len(frozen)} trainable parameters ({frozen[0]}, ...)"
+            )
 
 
 class EndOfTrainingCallback(TrainerCallback):

@@ -1,0 +1,169 @@
+"""The run folder: one process at a time, one run per folder, and only the harness's own files are ever deleted.
+
+* :func:`locked_run_folder` holds an exclusive lock (``filelock``, an OS file lock) for the whole run; a second
+  process on the same folder is refused with the holder's pid and host. The OS drops the lock of a process that
+  dies, so a folder left by a killed run is simply taken over (its stale holder record is overwritten).
+* :func:`check_run_identity` compares the settings that define a run with the folder's ``run_config.json``
+  and refuses a restart that would mix two runs (or adopt checkpoints of a run it knows nothing about).
+* :func:`clear_run_folder` (``--overwrite-output-dir``) deletes only what the harness writes.
+* :func:`last_complete_checkpoint` finds the checkpoint a restart resumes from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+
+from .callbacks import CURVE_FILE, FINAL_FILE, METRICS_FILE, PREDICTIONS_DIR, atomic_write_text
+from .errors import RunFolderError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FLOORS_FILE",
+    "HARNESS_FILES",
+    "RUN_CONFIG_FILE",
+    "check_run_identity",
+    "clear_run_folder",
+    "is_main_process",
+    "last_complete_checkpoint",
+    "locked_run_folder",
+]
+
+RUN_CONFIG_FILE = "run_config.json"
+FLOORS_FILE = "floors.json"
+LOCK_FILE = ".run.lock"
+HOLDER_FILE = ".run.lock.holder.json"
+# Files and folders the harness writes besides checkpoint-<step> (what --overwrite-output-dir deletes).
+HARNESS_FILES = (METRICS_FILE, FINAL_FILE, CURVE_FILE, FLOORS_FILE, RUN_CONFIG_FILE, PREDICTIONS_DIR)
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _holder_text(output_dir: Path) -> str:
+    try:
+        holder = json.loads((output_dir / HOLDER_FILE).read_text())
+        return f"pid {holder['pid']} on host {holder['host']}, since {holder['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that has not recorded itself yet"
+
+
+@contextmanager
+def locked_run_folder(output_dir: Path) -> Iterator[None]:
+    """Hold the exclusive lock of ``output_dir`` (main process only; the other ranks of a DDP run share it).
+
+    Raises :class:`RunFolderError` naming the folder and the holder when another process holds it.
+    """
+    if not is_main_process():
+        yield
+        return
+    lock = FileLock(output_dir / LOCK_FILE, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise RunFolderError(
+            f"{output_dir} is in use by another run ({_holder_text(output_dir)}); wait for it to finish or use "
+            "another --output-dir"
+        ) from None
+    try:
+        if (output_dir / HOLDER_FILE).is_file():
+            logger.info(
+                "Taking over %s from a run that ended without releasing it (%s)", output_dir, _holder_text(output_dir)
+            )
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        atomic_write_text(output_dir / HOLDER_FILE, json.dumps(holder))
+        yield
+    finally:
+        (output_dir / HOLDER_FILE).unlink(missing_ok=True)
+        lock.release()
+
+
+def _checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
+    """``(step, folder)`` of every ``checkpoint-<digits>`` folder (a user's ``checkpoint-best`` is not one)."""
+    found = []
+    for folder in output_dir.glob("checkpoint-*"):
+        suffix = folder.name.split("-", 1)[1]
+        if folder.is_dir() and suffix.isdigit():
+            found.append((int(suffix), folder))
+    return sorted(found)
+
+
+def clear_run_folder(output_dir: Path) -> None:
+    """Delete what the harness wrote into ``output_dir`` (checkpoints, records, plots); nothing else."""
+    for _, folder in _checkpoints(output_dir):
+        shutil.rmtree(folder)
+    for name in HARNESS_FILES:
+        path = output_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _normalised(key: str, value: Any) -> Any:
+    if key == "data_dir" and value is not None:
+        return os.path.realpath(os.path.expanduser(value))
+    return value
+
+
+def check_run_identity(current: dict[str, Any], output_dir: Path, identity_fields: tuple[str, ...]) -> None:
+    """Refuse to continue a run in ``output_dir`` whose ``run_config.json`` differs from ``current`` in one of
+    ``identity_fields`` (``method_settings`` is compared per setting, so settings added later default alike),
+    or a folder that holds run results but no ``run_config.json``. Then record ``current``.
+
+    Main process only: the others of a DDP run would race with its ``--overwrite-output-dir`` clean-up, and a
+    refusal on the main process ends the run."""
+    if not is_main_process():
+        return
+    path = output_dir / RUN_CONFIG_FILE
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = []
+        for key in identity_fields:
+            if key == "method_settings":
+                mine, theirs = current.get(key) or {}, saved.get(key) or {}
+                changed += [f"{key}.{k}" for k, v in mine.items() if k in theirs and theirs[k] != v]
+            elif _normalised(key, saved.get(key)) != _normalised(key, current.get(key)):
+                changed.append(key)
+        if changed:
+            raise RunFolderError(
+                f"{output_dir} holds a different run (changed: {', '.join(changed)}); use another --output-dir "
+                "or pass --overwrite-output-dir"
+            )
+    elif _checkpoints(output_dir) or (output_dir / METRICS_FILE).is_file() or (output_dir / FINAL_FILE).is_file():
+        raise RunFolderError(
+            f"{output_dir} holds checkpoints or results but no {RUN_CONFIG_FILE}, so it is unknown which run made "
+            "them; use another --output-dir, or pass --overwrite-output-dir to delete them"
+        )
+    atomic_write_text(path, json.dumps(current, indent=2))
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The newest ``checkpoint-<step>`` whose ``trainer_state.json`` (Trainer writes it last) is readable.
+
+    Trainer writes checkpoints in place, so a kill during a save leaves a partial folder: the main process
+    deletes such folders (they hold nothing a resume could use) and the run resumes from the one before.
+    """
+    complete = []
+    for step, folder in _checkpoints(output_dir):
+        try:
+            json.loads((folder / "trainer_state.json").read_text())
+        except (OSError, ValueError):
+            if is_main_process():
+                logger.warning("Removing incomplete checkpoint %s (the run was killed while saving it)", folder)
+                shutil.rmtree(folder, ignore_errors=True)
+            continue
+        complete.append((step, folder))
+    return str(complete[-1][1]) if complete else None
