@@ -1,4 +1,5 @@
-"""pytest set-up only: the import path, one thread, and a seeded RNG per test. Helpers live in tiny_models.py."""
+"""pytest set-up only: the import path, one thread, a seeded RNG per test, and the tiny harness models (saved
+once per session). Helpers live in tiny_models.py."""
 
 from __future__ import annotations
 
@@ -20,3 +21,31 @@ def _seeded():
     """Every test starts from the same global RNG state."""
     torch.manual_seed(1234)
     yield
+
+
+@pytest.fixture(scope="session")
+def llama(tmp_path_factory):
+    from tiny_models import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory, "llama")
+
+
+@pytest.fixture(scope="session")
+def gpt2(tmp_path_factory):
+    from tiny_models import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory, "gpt2")
+
+
+@pytest.fixture(scope="session")
+def t5(tmp_path_factory):
+    from tiny_models import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory, "t5")
+
+
+@pytest.fixture(scope="session")
+def bert(tmp_path_factory):
+    from tiny_models import tiny_model_dir
+
+    return tiny_model_dir(tmp_path_factory, "bert")

@@ -8,12 +8,11 @@ import json
 
 import pytest
 import torch
-from tiny_models import FIXTURE_DATA, tiny_model_dir
+from tiny_models import FIXTURE_DATA, harness_config
 
 from peft_superpos.harness import (
     METHODS,
     MethodSettings,
-    RunConfig,
     TextToTextCollator,
     TextToTextFeatures,
     build_model,
@@ -24,39 +23,7 @@ from peft_superpos.harness.evaluation import sequence_logprobs
 from peft_superpos.harness.features import keep_for_labels
 from peft_superpos.harness.trainer import TextToTextTrainer
 
-
-@pytest.fixture(scope="session")
-def llama(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "llama")
-
-
-@pytest.fixture(scope="session")
-def gpt2(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "gpt2")
-
-
-@pytest.fixture(scope="session")
-def t5(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "t5")
-
-
-def _config(model, output_dir, method="superpos", **overrides) -> RunConfig:
-    settings = MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2)
-    values = dict(
-        task="cb",
-        output_dir=str(output_dir),
-        data_dir=str(FIXTURE_DATA),
-        model=str(model),
-        method=method,
-        method_settings=settings,
-        max_steps=2,
-        eval_steps=2,
-        batch_size=2,
-        eval_batch_size=8,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return RunConfig(**values)
+_config = harness_config
 
 
 def test_decoder_features_mask_everything_but_the_target(llama):

@@ -8,40 +8,15 @@ import json
 import random
 
 import pytest
-from tiny_models import FIXTURE_DATA, read_jsonl, tiny_model_dir
+from tiny_models import FIXTURE_DATA, harness_config, read_jsonl
 
 from peft_superpos.data import compute_metrics, get_task, load_task_split
-from peft_superpos.harness import MethodSettings, RunConfig, build_model, run_experiment
+from peft_superpos.harness import build_model, run_experiment
 from peft_superpos.harness.evaluation import constant_prediction_floor, evaluate
 from peft_superpos.harness.features import TextToTextFeatures
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
 
-
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "llama")
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "bert")
-
-
-def _config(model, output_dir, **overrides) -> RunConfig:
-    values = dict(
-        task="cb",
-        output_dir=str(output_dir),
-        data_dir=str(FIXTURE_DATA),
-        model=str(model),
-        method_settings=MethodSettings(num_virtual_tokens=3, m=8),
-        max_steps=2,
-        eval_steps=2,
-        batch_size=2,
-        eval_batch_size=8,
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return RunConfig(**values)
+_config = harness_config
 
 
 def test_length_grouped_order_is_a_seeded_permutation_with_little_padding():

@@ -14,34 +14,14 @@ import subprocess
 import sys
 
 import pytest
-from tiny_models import FIXTURE_DATA, REPO_ROOT, read_jsonl, subprocess_env, tiny_model_dir
+from tiny_models import FIXTURE_DATA, REPO_ROOT, harness_config, read_jsonl, subprocess_env
 
-from peft_superpos.harness import MethodSettings, RunConfig, read_rows, run_experiment
+from peft_superpos.harness import read_rows, run_experiment
 from peft_superpos.harness.errors import RunFolderError
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return tiny_model_dir(tmp_path_factory, "llama")
-
-
-def _config(model, output_dir, **overrides) -> RunConfig:
-    values = dict(
-        task="cb",
-        output_dir=str(output_dir),
-        data_dir=str(FIXTURE_DATA),
-        model=str(model),
-        method_settings=MethodSettings(num_virtual_tokens=3, m=8),
-        max_steps=2,
-        eval_steps=2,
-        batch_size=2,
-        eval_batch_size=8,
-        max_eval_samples=8,
-        eval_mode="rank",
-        disable_tqdm=True,
-    )
-    values.update(overrides)
-    return RunConfig(**values)
+def _config(model, output_dir, **overrides):
+    return harness_config(model, output_dir, **{"max_eval_samples": 8, "eval_mode": "rank", **overrides})
 
 
 _HOLD = """

@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -539,6 +540,27 @@ def save_tiny_model(family: str, folder: str | os.PathLike) -> Path:
 def tiny_model_dir(tmp_path_factory, family: str) -> Path:
     """The tiny harness ``family`` model of this test session (built once, shared by every test module)."""
     return save_tiny_model(family, tmp_path_factory.getbasetemp() / "harness-tiny-models" / family)
+
+
+def harness_config(model: Path, output_dir: Path, method: str = "superpos", **overrides: Any):
+    """A ``RunConfig`` of a tiny harness run: CB fixtures, 2 steps of batch 2, tiny adapter sizes."""
+    from peft_superpos.harness import MethodSettings, RunConfig
+
+    values: dict[str, Any] = dict(
+        task="cb",
+        output_dir=str(output_dir),
+        data_dir=str(FIXTURE_DATA),
+        model=str(model),
+        method=method,
+        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2),
+        max_steps=2,
+        eval_steps=2,
+        batch_size=2,
+        eval_batch_size=8,
+        disable_tqdm=True,
+    )
+    values.update(overrides)
+    return RunConfig(**values)
 
 
 def cli_args(model: Path, output_dir: Path, task: str = "cb", *extra: str) -> list[str]:
