@@ -4,6 +4,8 @@ Every line ``<!-- generated: NAME -->`` of the template is replaced by a table t
 
 * ``overhead:<model>`` / ``padding:<model>``: the table of ``results/overhead-<model>.md`` /
   ``results/padding-<model>.md`` (written by ``overhead.py`` / ``padding.py``);
+* ``run:<folder>``: one harness run whose ``final.json`` and ``metrics.jsonl`` were copied to
+  ``results/<folder>/`` (the README's main job): its evaluations beside the floors;
 * ``quality:<table>``: ``tables[<table>]`` of ``results/quality/report.json`` (written by
   ``quality_suite.py report``, which also runs this script).
 
@@ -40,6 +42,8 @@ def generated_table(source: str, name: str, results_dir: Path) -> str:
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run python benchmarks/{source}.py (see RESULTS.template.md)")
         return "\n".join(line for line in path.read_text().splitlines() if line.startswith("|"))
+    if source == "run":
+        return run_table(results_dir / name)
     if source == "quality":
         path = results_dir / "quality" / "report.json"
         if not path.is_file():
@@ -48,7 +52,35 @@ def generated_table(source: str, name: str, results_dir: Path) -> str:
         if name not in tables:
             raise KeyError(f"{path} has no table {name!r} (it has: {', '.join(tables)})")
         return tables[name]
-    raise ValueError(f"unknown source {source!r} in a generated marker; expected overhead, padding or quality")
+    raise ValueError(f"unknown source {source!r} in a generated marker; expected overhead, padding, run or quality")
+
+
+def run_table(folder: Path) -> str:
+    """The evaluations of one harness run (score, invalid rate, share of the most frequent prediction) with its
+    floors and timings."""
+    final_path = folder / "final.json"
+    if not final_path.is_file():
+        raise FileNotFoundError(f"{final_path} is missing: copy final.json and metrics.jsonl of the run there")
+    final = json.loads(final_path.read_text())
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    floors = final.get("floors") or {}
+    lines = [
+        "| step | score | invalid % | most frequent prediction % | majority floor | zero-shot floor |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['step']} | {row['eval_score']:.1f} | {row['eval_invalid_rate']:.1f} "
+            f"| {row['eval_majority_pred_share']:.1f} | {floors.get('majority', float('nan')):.1f} "
+            f"| {floors.get('zero_shot', float('nan')):.1f} |"
+        )
+    timings = final["timings"]
+    lines += [
+        "",
+        f"Wall time {timings['wall_s']:.0f} s (training {timings['train_runtime_s']:.0f} s, of which evaluation "
+        f"{timings['eval_time_s']:.0f} s; model load and floors {timings['model_load_s']:.0f} s).",
+    ]
+    return "\n".join(lines)
 
 
 def render(template: Path = TEMPLATE, results_dir: Path = RESULTS_DIR) -> str:
