@@ -373,6 +373,40 @@ def test_pickle_serialization_is_refused(tmp_path):
     assert not (tmp_path / "pickle").exists()
 
 
+@pytest.mark.parametrize("adapter_name", ["default", "named"])
+def test_save_interrupted_midway_leaves_the_saved_adapter_intact(tmp_path, monkeypatch, adapter_name):
+    """A save that dies while writing the weights (disk full, kill) must not destroy the adapter saved there
+    before: peft writes in place; ours stage the files and rename them in."""
+    import peft.peft_model
+
+    base = make_tiny("llama", "CAUSAL_LM")
+    model = get_peft_model(base, SuperPosPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=4, m=16), adapter_name)
+    perturb(model.prompt_encoder[adapter_name])
+    model.save_pretrained(tmp_path / "adapter")
+    before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    perturb(model.prompt_encoder[adapter_name], seed=8)
+
+    def die_halfway(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(peft.peft_model, "safe_save_file", die_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        model.save_pretrained(tmp_path / "adapter")
+    after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+    assert after == before  # untouched, and no staging folder left behind
+    monkeypatch.undo()
+    model.save_pretrained(tmp_path / "adapter")  # a later save replaces it and loads bit-exact
+    loaded = PeftModel.from_pretrained(
+        make_tiny("llama", "CAUSAL_LM"),
+        tmp_path / "adapter" / ("" if adapter_name == "default" else adapter_name),
+        adapter_name=adapter_name,
+    )
+    for key, value in model.prompt_encoder[adapter_name].state_dict().items():
+        assert torch.equal(loaded.prompt_encoder[adapter_name].state_dict()[key], value), key
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
 def test_every_patch_of_peft_is_listed_and_installed():
     """``_peft_compat.PATCHES`` is the one list of what this package replaces in peft."""
     from peft_superpos import _peft_compat

@@ -18,7 +18,8 @@ attribute of peft that this package replaces:
 - ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
   training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
   ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
-  ``save_pretrained(safe_serialization=False)`` is refused (our adapters are safetensors only).
+  ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file) and refuses
+  ``safe_serialization=False`` (our adapters are safetensors only).
 - ``input_embeds``: an encoder may adjust the embeddings of the input tokens before the prompt goes in front
   (``adjust_input_embeds``, used by DePT). Encoders without that method are unaffected.
 

@@ -1,12 +1,15 @@
 """Loading, resuming and saving: ``from_pretrained`` / ``load_adapter`` with ``is_trainable=True`` resume training
 an adapter of ours; a damaged or incomplete adapter folder gets an error that names the file and the fix;
-``save_pretrained`` writes our adapters as safetensors only."""
+``save_pretrained`` writes our adapters as safetensors only, atomically."""
 
 from __future__ import annotations
 
 import functools
 import inspect
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 from peft import PeftModel
@@ -114,7 +117,11 @@ _save_pretrained_signature = inspect.signature(_original_save_pretrained)
 
 @functools.wraps(_original_save_pretrained)
 def save_pretrained(self: PeftModel, *args, **kwargs):
-    arguments = _save_pretrained_signature.bind(self, *args, **kwargs).arguments
+    """peft's ``save_pretrained``; for adapters of ours, safetensors only and atomic: the files are written into a
+    staging folder beside ``save_directory`` and then moved in one by one (weights first, ``adapter_config.json``
+    last), so an adapter saved earlier in the same folder is never left half-overwritten."""
+    bound = _save_pretrained_signature.bind(self, *args, **kwargs)
+    arguments = bound.arguments
     names = arguments.get("selected_adapters") or list(self.peft_config)
     ours = [name for name in names if is_ours(self.peft_config.get(name))]
     if ours and not arguments.get("safe_serialization", True):
@@ -122,4 +129,28 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
             f"save_pretrained(safe_serialization=False) would write adapter {ours} as a pickle, but peft_superpos "
             "adapters are saved as safetensors only: leave safe_serialization at its default (True)."
         )
-    return _original_save_pretrained(self, *args, **kwargs)
+    target = Path(arguments["save_directory"])
+    if not ours or not arguments.get("is_main_process", True) or target.is_file():
+        return _original_save_pretrained(*bound.args, **bound.kwargs)  # peft's own checks and behaviour
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    try:
+        if (target / "README.md").is_file():  # peft updates an existing model card rather than replacing it
+            shutil.copy2(target / "README.md", staging / "README.md")
+        arguments["save_directory"] = str(staging)
+        _original_save_pretrained(*bound.args, **bound.kwargs)
+        _move_into(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _move_into(staging: Path, target: Path) -> None:
+    """Move every file of ``staging`` to the same relative path under ``target``, each by an atomic rename after
+    an fsync; adapter configs go last, so a config never describes weights that are not there yet."""
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == CONFIG_NAME, str(p)))
+    for file in files:
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+        destination = target / file.relative_to(staging)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(file, destination)
