@@ -407,6 +407,36 @@ def test_save_interrupted_midway_leaves_the_saved_adapter_intact(tmp_path, monke
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_push_to_hub_uploads_an_adapter_that_loads_bit_exact(tmp_path, monkeypatch, method):
+    """``push_to_hub`` (transformers' ``PushToHubMixin``) saves through our ``save_pretrained`` into a temporary
+    folder and uploads it; the Hub is replaced by a local folder that receives the upload."""
+    import shutil
+    import types
+
+    import transformers.utils.hub as hub
+
+    hub_folder = tmp_path / "hub" / "user" / "adapter"
+    uploads = []
+
+    def upload(self, working_dir, repo_id, **kwargs):
+        uploads.append(repo_id)
+        shutil.copytree(working_dir, hub_folder, dirs_exist_ok=True)
+
+    card = types.SimpleNamespace(save=lambda path: Path(path).write_text("model card"))
+    api = types.SimpleNamespace(create_repo=lambda repo_id, **_: types.SimpleNamespace(repo_id=repo_id))
+    monkeypatch.setattr(hub, "hf_api", lambda: api)
+    monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: card)
+    monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
+
+    model = make_method(method, "llama", "CAUSAL_LM")
+    model.push_to_hub("user/adapter")
+    assert uploads == ["user/adapter"]
+    assert sorted(p.name for p in hub_folder.iterdir()) == sorted([ADAPTER_FILE, CONFIG_FILE, "README.md"])
+    loaded = PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM"), hub_folder)
+    assert torch.equal(logits_of(loaded, "CAUSAL_LM", "llama"), logits_of(model, "CAUSAL_LM", "llama"))
+
+
 def test_every_patch_of_peft_is_listed_and_installed():
     """``_peft_compat.PATCHES`` is the one list of what this package replaces in peft."""
     from peft_superpos import _peft_compat
