@@ -640,7 +640,8 @@ def read_rows_plain(path: Path) -> list[dict[str, Any]]:
 
 def constant_prediction_floor(task_name: str, golds: Sequence[int | float]) -> float:
     """Best task score of predicting one label (STS-B: one score) for every example."""
-    from peft_superpos.data import compute_metrics, get_task
+    from peft_superpos.data import get_task
+    from peft_superpos.metrics import compute_metrics
 
     task = get_task(task_name)
     constants = {task.parse_prediction(choice) for choice in task.choices}

@@ -10,11 +10,12 @@ import random
 import pytest
 from tiny_models import FIXTURE_DATA, harness_config, read_jsonl
 
-from peft_superpos.data import compute_metrics, get_task, load_task_split
+from peft_superpos.data import get_task, load_task_split
 from peft_superpos.harness import build_model, run_experiment
 from peft_superpos.harness.evaluation import constant_prediction_floor, evaluate
 from peft_superpos.harness.features import TextToTextFeatures
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
+from peft_superpos.metrics import compute_metrics
 
 _config = harness_config
 

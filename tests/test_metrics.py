@@ -15,8 +15,8 @@ from tiny_models import word_level_tokenizer
 from transformers import EvalPrediction
 
 import peft_superpos.metrics
-from peft_superpos.data import TASK_NAMES, TASKS, compute_metrics
-from peft_superpos.metrics import METRIC_PATH, trainer_compute_metrics
+from peft_superpos.data import TASK_NAMES, TASKS
+from peft_superpos.metrics import METRIC_PATH, compute_metrics, trainer_compute_metrics
 
 
 def test_keys_per_task() -> None:

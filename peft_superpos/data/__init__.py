@@ -1,7 +1,7 @@
-"""GLUE / SuperGLUE tasks of the SuperPos-Prompt paper as text-to-text tasks: registry, loaders, metrics."""
+"""GLUE / SuperGLUE tasks of the SuperPos-Prompt paper as text-to-text tasks: registry and loaders (their metrics:
+``peft_superpos.metrics``)."""
 
 from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows
-from .metrics import compute_metrics, fill_invalid
 from .tasks import STSB_TARGETS, TASK_NAMES, TASKS, Task, TaskFiles, get_task
 
 __all__ = [
@@ -11,8 +11,6 @@ __all__ = [
     "TASK_NAMES",
     "Task",
     "TaskFiles",
-    "compute_metrics",
-    "fill_invalid",
     "find_split_file",
     "first_examples",
     "get_task",

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..data import compute_metrics
+from ..metrics import compute_metrics
 from .config import EVAL_MODES
 from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextCollator, TextToTextFeatures, label_logits
 

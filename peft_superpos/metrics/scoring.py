@@ -1,5 +1,5 @@
 """Task metrics as reported in the SuperPos-Prompt paper, as percentages (0..100): the one implementation, used
-by the harness (``peft_superpos.data.compute_metrics``), the ``evaluate`` module ``superpos_glue`` and
+by the harness (``peft_superpos.metrics.compute_metrics``), the ``evaluate`` module ``superpos_glue`` and
 ``trainer_compute_metrics``.
 
 * QQP, MRPC: ``f1`` (positive class 1) and ``accuracy``; CB: ``macro_f1`` and ``accuracy``;
