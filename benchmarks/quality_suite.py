@@ -742,6 +742,7 @@ def build_report(grid: Sequence[RunSpec], results_dir: Path) -> dict[str, Any]:
     lr_check_section(results, report)
     ablation_section(results, report)
     minilm_section(results, report)
+    head_to_head_section(results, report)
     return report
 
 
@@ -916,6 +917,61 @@ def minilm_section(results: ResultSet, report: dict[str, Any]) -> None:
     report["tables"]["minilm"] = md_table(["task", "majority floor", *(f"{v} best" for v in variants)], rows)
 
 
+TIE = 0.05  # best scores closer than this (they print the same) count as a tie
+
+
+def compare(label: str, first: Mapping[str, Mapping[str, Any]], second: Mapping[str, Mapping[str, Any]]) -> dict:
+    """Head to head over the tasks where both sides have a best score: wins / ties / losses of ``first``, mean
+    best of each, and mean steps to 90 % of each (where both have it). ``first[task]`` / ``second[task]`` are
+    :func:`series_summary` dicts (a floor is ``{"best": value}``)."""
+    tasks = [t for t in first if first[t].get("best") is not None and (second.get(t) or {}).get("best") is not None]
+    diffs = [first[t]["best"] - second[t]["best"] for t in tasks]
+    speed = [t for t in tasks if first[t].get("steps_to_90") is not None and second[t].get("steps_to_90") is not None]
+    return {
+        "label": label,
+        "tasks": tasks,
+        "wins": sum(d >= TIE for d in diffs),
+        "ties": sum(abs(d) < TIE for d in diffs),
+        "losses": sum(d <= -TIE for d in diffs),
+        "first_best": mean_or_none(first[t]["best"] for t in tasks) if tasks else None,
+        "second_best": mean_or_none(second[t]["best"] for t in tasks) if tasks else None,
+        "first_steps_to_90": mean_or_none(first[t]["steps_to_90"] for t in speed) if speed else None,
+        "second_steps_to_90": mean_or_none(second[t]["steps_to_90"] for t in speed) if speed else None,
+    }
+
+
+def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
+    """The questions of issue 7 as generated comparisons: on each model of the main stage, the first method
+    (SuperPos) against every other method, and every method against the majority floor (best score, seeds
+    merged; steps to 90 %); on MiniLM, dropout off against on for each method."""
+    rows = []
+    for model in ordered(s.model for s in results.stage(MAIN)):
+        series = report["series"][model]
+        by_method = {m: {t: series[t].get(m) or {} for t in series} for m in ordered(
+            s.series for s in results.stage(MAIN) if s.model == model)}  # fmt: skip
+        floor = {t: {"best": f["majority"]} for t, f in report["floors"][model].items()}
+        first, *others = by_method
+        rows += [compare(f"{model}: {first} vs {other}", by_method[first], by_method[other]) for other in others]
+        rows += [compare(f"{model}: {method} vs majority floor", curves, floor) for method, curves in by_method.items()]
+    for model, method in ordered((s.model, s.method) for s in results.stage(MINILM)):
+        series = report["series"][model]
+        off, on = ({t: series[t].get(f"{method}, dropout {state}") or {} for t in series} for state in ("off", "on"))
+        rows.append(compare(f"{model}: {method}, dropout off vs on", off, on))
+    report["head_to_head"] = rows
+    table_rows = [
+        [r["label"], str(len(r["tasks"])), f"{r['wins']} / {r['ties']} / {r['losses']}", fmt(r["first_best"]),
+         fmt(r["second_best"]), fmt(None if r["first_best"] is None else r["first_best"] - r["second_best"]),
+         f"{fmt(r['first_steps_to_90'], 0)} / {fmt(r['second_steps_to_90'], 0)}"]
+        for r in rows
+    ]  # fmt: skip
+    report["tables"]["head-to-head"] = md_table(
+        ["comparison (first vs second)", "tasks", "first better / tie / worse", "mean best, first",
+         "mean best, second", "difference", "steps to 90 %, first / second"],
+        table_rows,
+        align="---|" + "---:|" * 6,
+    )  # fmt: skip
+
+
 def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
     """One PNG of learning curves per (model, task) with results (every series of ``report["series"]``, mean
     over seeds; floors dashed), plus an overview of all of them."""
@@ -987,6 +1043,7 @@ TABLE_TITLES = {
     "lr-check": "Learning-rate check (best score; the chosen lr has the highest mean, ties go to the paper's 1e-2)",
     "ablation": "SuperPos ablations: m and softmax (best / final score)",
     "minilm": "MiniLM (SEQ_CLS): backbone dropout off vs on (best score)",
+    "head-to-head": "Head to head: best score per task (seeds merged) over the tasks both sides have finished",
 }
 
 

@@ -383,6 +383,33 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert minilm["superpos, dropout off"]["steps_to_90"] == 100  # best 0 (e.g. MCC of a collapse): reached at once
     assert minilm["superpos, dropout on"]["steps_to_90"] is None  # 90 % of a negative best means nothing
 
+    # head to head over the tasks both sides finished (rte: neither), a difference under 0.05 is a tie
+    head = {row["label"]: row for row in report["head_to_head"]}
+    versus_pt = head["smollm2: superpos vs prompt_tuning"]
+    assert versus_pt["tasks"] == ["sst2", "cb"] and (versus_pt["wins"], versus_pt["ties"], versus_pt["losses"]) == (
+        1,
+        1,
+        0,
+    )
+    assert (versus_pt["first_best"], versus_pt["second_best"]) == (65.0, 55.0)
+    assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (125.0, 100.0)
+    versus_residual = head["smollm2: superpos vs residual"]
+    assert (versus_residual["wins"], versus_residual["ties"], versus_residual["losses"]) == (1, 0, 1)
+    versus_floor = head["smollm2: superpos vs majority floor"]
+    assert (versus_floor["wins"], versus_floor["first_best"], versus_floor["second_best"]) == (2, 65.0, 46.75)
+    assert versus_floor["second_steps_to_90"] is None
+    dropout = head["minilm: superpos, dropout off vs on"]
+    assert (dropout["tasks"], dropout["wins"], dropout["first_best"], dropout["second_best"]) == (
+        ["sst2"],
+        1,
+        0.0,
+        -1.0,
+    )
+    assert (
+        "| smollm2: superpos vs residual | 2 | 1 / 0 / 1 | 65.0 | 75.0 | -10.0 | 125 / 100 |"
+        in (report["tables"]["head-to-head"])
+    )
+
     qs.write_report(grid, results)
     assert (results / "report.md").read_text().startswith("# Quality suite report")
     assert json.loads((results / "report.json").read_text())["stability"]["smollm2"]["tasks"] == ["sst2", "cb"]
