@@ -13,6 +13,8 @@ for path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().paren
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
 
+from tiny_models import tiny_model_dir  # noqa: E402  (tests/ is on the path now)
+
 torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and the machine is shared
 
 
@@ -23,29 +25,14 @@ def _seeded():
     yield
 
 
-@pytest.fixture(scope="session")
-def llama(tmp_path_factory):
-    from tiny_models import tiny_model_dir
+def _tiny_model_fixture(family: str):
+    """A session fixture: the folder of a tiny random ``family`` model with its tokenizer (saved once)."""
 
-    return tiny_model_dir(tmp_path_factory, "llama")
+    @pytest.fixture(scope="session", name=family)
+    def fixture(tmp_path_factory):
+        return tiny_model_dir(tmp_path_factory, family)
 
-
-@pytest.fixture(scope="session")
-def gpt2(tmp_path_factory):
-    from tiny_models import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory, "gpt2")
+    return fixture
 
 
-@pytest.fixture(scope="session")
-def t5(tmp_path_factory):
-    from tiny_models import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory, "t5")
-
-
-@pytest.fixture(scope="session")
-def bert(tmp_path_factory):
-    from tiny_models import tiny_model_dir
-
-    return tiny_model_dir(tmp_path_factory, "bert")
+llama, gpt2, t5, bert = (_tiny_model_fixture(family) for family in ("llama", "gpt2", "t5", "bert"))

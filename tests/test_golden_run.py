@@ -9,9 +9,9 @@ change is *meant* to alter training, regenerate the numbers and say so in the co
 from __future__ import annotations
 
 import pytest
-from tiny_models import FIXTURE_DATA, read_jsonl, tiny_model_dir
+from tiny_models import harness_config, read_jsonl
 
-from peft_superpos.harness import MethodSettings, RunConfig, run_experiment
+from peft_superpos.harness import run_experiment
 
 # (step, train loss, eval score) per evaluation.
 GOLDEN = {
@@ -24,22 +24,8 @@ GOLDEN = {
 
 
 @pytest.mark.parametrize("method", sorted(GOLDEN))
-def test_seeded_run_matches_the_golden_numbers(method, tmp_path_factory, tmp_path):
-    config = RunConfig(
-        task="cb",
-        output_dir=str(tmp_path),
-        data_dir=str(FIXTURE_DATA),
-        model=str(tiny_model_dir(tmp_path_factory, "llama")),
-        method=method,
-        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2),
-        max_steps=6,
-        eval_steps=3,
-        batch_size=2,
-        eval_batch_size=8,
-        eval_mode="rank",
-        seed=42,
-        disable_tqdm=True,
-    )
+def test_seeded_run_matches_the_golden_numbers(method, llama, tmp_path):
+    config = harness_config(llama, tmp_path, method, max_steps=6, eval_steps=3, eval_mode="rank", seed=42)
     run_experiment(config)
     rows = [(r["step"], r["train_loss"], r["eval_score"]) for r in read_jsonl(tmp_path / "metrics.jsonl")]
     assert [r[0] for r in rows] == [g[0] for g in GOLDEN[method]]

@@ -171,12 +171,17 @@ def git(repo: Path, *args: str) -> str:
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
 
-def test_commit_commits_only_the_result_paths(tmp_path):
-    repo = tmp_path / "repo"
+def new_repo(repo: Path) -> Path:
+    """An empty git repository with a committer identity."""
     repo.mkdir()
     git(repo, "init", "-q")
     git(repo, "config", "user.email", "suite@example.com")
     git(repo, "config", "user.name", "suite")
+    return repo
+
+
+def test_commit_commits_only_the_result_paths(tmp_path):
+    repo = new_repo(tmp_path / "repo")
     (repo / "tracked.txt").write_text("v1\n")
     git(repo, "add", "tracked.txt")
     git(repo, "commit", "-q", "-m", "init")
@@ -239,11 +244,7 @@ def test_paths_whose_commit_failed_are_committed_with_the_next(monkeypatch):
 
 
 def test_commit_waits_for_another_process_holding_the_index_lock(tmp_path):
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    git(repo, "config", "user.email", "suite@example.com")
-    git(repo, "config", "user.name", "suite")
+    repo = new_repo(tmp_path / "repo")
     (repo / "a.json").write_text("{}")
     lock = repo / ".git" / "index.lock"
     lock.write_text("")

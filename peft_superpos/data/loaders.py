@@ -63,6 +63,10 @@ _NLI2 = ("entailment", "not_entailment")
 _CB = ("entailment", "contradiction", "neutral")
 
 
+def _nli(premise: str, hypothesis: str, label: int) -> _Row:
+    return {"premise": premise, "hypothesis": hypothesis, "label": label}
+
+
 def _multirc_rows(raw: _Row) -> Iterator[_Row]:
     passage = raw["passage"]
     for question in passage["questions"]:
@@ -90,29 +94,13 @@ _CONVERTERS: MappingProxyType[tuple[str, str], _Converter] = MappingProxyType(
         ("stsb", "tsv"): lambda r: [
             {"sentence1": r["sentence1"], "sentence2": r["sentence2"], "label": _score(r["score"])}
         ],
-        ("mnli", "tsv"): lambda r: [
-            {
-                "premise": r["sentence1"],
-                "hypothesis": r["sentence2"],
-                "label": _label_index(r["gold_label"], _NLI3),
-            }
-        ],
+        ("mnli", "tsv"): lambda r: [_nli(r["sentence1"], r["sentence2"], _label_index(r["gold_label"], _NLI3))],
         ("qnli", "tsv"): lambda r: [
             {"question": r["question"], "sentence": r["sentence"], "label": _label_index(r["label"], _NLI2)}
         ],
-        ("rte", "tsv"): lambda r: [
-            {
-                "premise": r["sentence1"],
-                "hypothesis": r["sentence2"],
-                "label": _label_index(r["label"], _NLI2),
-            }
-        ],
-        ("rte", "jsonl"): lambda r: [
-            {"premise": r["premise"], "hypothesis": r["hypothesis"], "label": _label_index(r["label"], _NLI2)}
-        ],
-        ("cb", "jsonl"): lambda r: [
-            {"premise": r["premise"], "hypothesis": r["hypothesis"], "label": _label_index(r["label"], _CB)}
-        ],
+        ("rte", "tsv"): lambda r: [_nli(r["sentence1"], r["sentence2"], _label_index(r["label"], _NLI2))],
+        ("rte", "jsonl"): lambda r: [_nli(r["premise"], r["hypothesis"], _label_index(r["label"], _NLI2))],
+        ("cb", "jsonl"): lambda r: [_nli(r["premise"], r["hypothesis"], _label_index(r["label"], _CB))],
         ("copa", "jsonl"): lambda r: [
             {
                 "premise": r["premise"],
