@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -405,6 +406,23 @@ def test_save_interrupted_midway_leaves_the_saved_adapter_intact(tmp_path, monke
     for key, value in model.prompt_encoder[adapter_name].state_dict().items():
         assert torch.equal(loaded.prompt_encoder[adapter_name].state_dict()[key], value), key
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_staging_folder_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    abandoned = tmp_path / f".adapter.saving-{host}-{int(dead.stdout)}-x1"  # its process is gone
+    live = tmp_path / f".adapter.saving-{host}-{os.getpid()}-x2"  # a save in progress in a live process
+    other_host = tmp_path / f".adapter.saving-elsewhere-{int(dead.stdout)}-x3"  # a pid of another machine
+    for folder in (abandoned, live, other_host):
+        folder.mkdir()
+        (folder / ADAPTER_FILE).write_bytes(b"partial")
+    make_method("superpos", "llama", "CAUSAL_LM").save_pretrained(tmp_path / "adapter")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["adapter", live.name, other_host.name])
 
 
 @pytest.mark.parametrize("method", METHODS)

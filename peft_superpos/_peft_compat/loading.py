@@ -5,10 +5,12 @@ an adapter of ours; a damaged or incomplete adapter folder gets an error that na
 from __future__ import annotations
 
 import functools
+import glob
 import inspect
 import json
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -133,7 +135,8 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
     if not ours or not arguments.get("is_main_process", True) or target.is_file():
         return _original_save_pretrained(*bound.args, **bound.kwargs)  # peft's own checks and behaviour
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.saving-", dir=target.parent))
+    _remove_abandoned_staging(target)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target)}{os.getpid()}-", dir=target.parent))
     try:
         if (target / "README.md").is_file():  # peft updates an existing model card rather than replacing it
             shutil.copy2(target / "README.md", staging / "README.md")
@@ -142,6 +145,29 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
         _move_into(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _staging_prefix(target: Path) -> str:
+    return f".{target.name}.saving-{socket.gethostname()}-"
+
+
+def _remove_abandoned_staging(target: Path) -> None:
+    """Delete staging folders of saves into ``target`` whose process (on this host) is gone, e.g. killed -9."""
+    prefix = _staging_prefix(target)
+    for folder in target.parent.glob(f"{glob.escape(prefix)}*"):
+        pid = folder.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
 
 
 def _move_into(staging: Path, target: Path) -> None:
