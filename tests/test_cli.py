@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from tiny_models import FIXTURE_DATA, cli_args, read_jsonl, run_cli, tiny_model_dir
+from tiny_models import FIXTURE_DATA, cli_args, finish_python, read_jsonl, run_cli, start_python, tiny_model_dir
 
 from peft_superpos.harness import DataError, MethodSettings, RunSettings, read_rows
 
@@ -207,3 +207,44 @@ def test_config_files_and_run_config_json_reproduce_the_run(capsys, tmp_path_fac
     assert "unknown settings learning_rate" in _error_of(capsys, [str(tmp_path / "bad.json")])
     (tmp_path / "bad.json").write_text(json.dumps({**settings, "max_steps": "ten"}))
     assert "max_steps = 'ten' is not a int" in _error_of(capsys, [str(tmp_path / "bad.json")])
+
+
+def test_a_new_method_is_one_registration_and_one_method_entry(llama, tmp_path):
+    """README "Adding a method": a config class, an encoder and their registration (what a tuners/<method>/ folder
+    holds), plus one ``MethodSpec``; the command line then trains it, lists it in ``--help``, and the adapter it
+    saves reloads through stock ``PeftModel.from_pretrained``. In a fresh process: registration is permanent."""
+    out = tmp_path / "run"
+    script = f"""
+        import contextlib, io, json
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM
+        from peft_superpos import SuperPosPromptConfig, SuperPosPromptEmbedding
+        from peft_superpos._peft_compat import register_prompt_method
+        from peft_superpos.harness.methods import METHODS, MethodSpec
+        from peft_superpos.train import main
+
+        class ToyPromptConfig(SuperPosPromptConfig):
+            def __post_init__(self):
+                super().__post_init__()
+                self.peft_type = TOY_PROMPT
+
+        class ToyPromptEmbedding(SuperPosPromptEmbedding):
+            pass
+
+        TOY_PROMPT = register_prompt_method("toy_prompt", ToyPromptConfig, ToyPromptEmbedding)
+        METHODS["toy"] = MethodSpec("toy", "a toy prompt method", ToyPromptConfig, lr=1e-2, weight_decay=0.0,
+                                    settings={{"num_virtual_tokens": "num_virtual_tokens", "m": "m"}})
+
+        help_text = io.StringIO()
+        with contextlib.redirect_stdout(help_text), contextlib.suppress(SystemExit):
+            main(["--help"])
+        assert "toy: a toy prompt method" in help_text.getvalue(), help_text.getvalue()
+        assert main({cli_args(llama, out, "cb", "--method", "toy", "--max-steps", "2", "--eval-steps", "2")!r}) == 0
+        saved = {str(out / "checkpoint-2")!r}
+        assert json.load(open(saved + "/adapter_config.json"))["peft_type"] == "TOY_PROMPT"
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({str(llama)!r}), saved)
+        assert type(model.prompt_encoder["default"]).__name__ == "ToyPromptEmbedding"
+        assert json.load(open({str(out / "final.json")!r}))["config"]["method"] == "toy"
+        print("ok")
+    """
+    assert finish_python(start_python(script, tmp_path, "new_method"), timeout=240).strip().endswith("ok")
