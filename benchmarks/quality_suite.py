@@ -575,6 +575,11 @@ class RunResult:
         return self.best_row.get("eval_invalid_rate") if self.best_row else None
 
     @property
+    def top_class_at_best(self) -> float | None:
+        """Share (%) of the most frequent prediction at the best evaluation: 100 means one class for all."""
+        return self.best_row.get("eval_majority_pred_share") if self.best_row else None
+
+    @property
     def steps_to_90(self) -> int | None:
         """First evaluated step whose score reaches 90 % of the run's best (undefined for a negative best)."""
         best = self.best
@@ -667,6 +672,7 @@ def series_summary(results: Sequence[RunResult]) -> dict[str, Any] | None:
         "final": mean_or_none(r.last for r in results),
         "steps_to_90": mean_or_none(r.steps_to_90 for r in results),
         "invalid_at_best": mean_or_none(r.invalid_at_best for r in results),
+        "top_class_at_best": mean_or_none(r.top_class_at_best for r in results),
         "seconds_per_step": mean_or_none(r.seconds_per_step for r in results),
         "curve": {"steps": steps, "scores": [float(np.mean([c[s] for c in curves])) for s in steps]},
     }
@@ -794,7 +800,7 @@ def floors(results: ResultSet) -> dict[str, dict[str, dict[str, float | None]]]:
     return table
 
 
-SUMMARY_KEYS = ("best", "final", "steps_to_90", "invalid_at_best", "seconds_per_step")
+SUMMARY_KEYS = ("best", "final", "steps_to_90", "invalid_at_best", "top_class_at_best", "seconds_per_step")
 
 
 def main_comparison(results: ResultSet, model: str, report: dict[str, Any]) -> None:
@@ -828,15 +834,15 @@ def main_comparison(results: ResultSet, model: str, report: dict[str, Any]) -> N
     detail = [
         [t, m, str(len(cell[t][m].get("seeds", []))), fmt(cell[t][m].get("best")), fmt(cell[t][m].get("final")),
          fmt(cell[t][m].get("steps_to_90"), 0), fmt(cell[t][m].get("invalid_at_best")),
-         fmt(floor[t]["majority"]), fmt(floor[t]["zero_shot"])]
+         fmt(cell[t][m].get("top_class_at_best")), fmt(floor[t]["majority"]), fmt(floor[t]["zero_shot"])]
         for t in tasks
         for m in methods
     ]  # fmt: skip
     tables[f"{model}-detail"] = md_table(
-        ["task", "method", "seeds", "best", "final", "steps to 90 % of best", "invalid % at best", "majority floor",
-         "zero-shot"],
+        ["task", "method", "seeds", "best", "final", "steps to 90 % of best", "invalid % at best",
+         "top class % at best", "majority floor", "zero-shot"],
         detail,
-        align="---|---|" + "---:|" * 7,
+        align="---|---|" + "---:|" * 8,
     )  # fmt: skip
     seed_specs = [s for s in results.stage(SEED) if s.model == model]
     if seed_specs:

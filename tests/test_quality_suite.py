@@ -19,10 +19,19 @@ import quality_suite as qs  # noqa: E402
 from quality_suite import ABLATION, LR_CHECK, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec  # noqa: E402
 
 
-def write_run(folder: Path, scores: dict[int, float], invalid: float = 0.0, final_extra: dict | None = None) -> None:
+def write_run(
+    folder: Path,
+    scores: dict[int, float],
+    invalid: float = 0.0,
+    top_class: float = 50.0,
+    final_extra: dict | None = None,
+) -> None:
     """A finished run as the harness leaves it: metrics.jsonl rows and final.json at the last step."""
     folder.mkdir(parents=True, exist_ok=True)
-    rows = [{"step": step, "eval_score": score, "eval_invalid_rate": invalid} for step, score in scores.items()]
+    rows = [
+        {"step": step, "eval_score": score, "eval_invalid_rate": invalid, "eval_majority_pred_share": top_class}
+        for step, score in scores.items()
+    ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     final = {"global_step": max(scores), "timings": {"train_steps_per_second": 0.5}, **(final_extra or {})}
     (folder / "final.json").write_text(json.dumps(final))
@@ -329,7 +338,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
 
     put("smollm2/sst2/zero-shot", {0: 30.0}, final_extra={"floors": {"majority": 51.0}})
     put("smollm2/sst2/superpos-s42", {100: 66.0, 200: 75.0, 300: 80.0, 400: 78.0}, invalid=2.0)
-    put("smollm2/sst2/superpos-s7", {100: 72.0, 200: 80.0, 300: 80.0, 400: 80.0})
+    put("smollm2/sst2/superpos-s7", {100: 72.0, 200: 80.0, 300: 80.0, 400: 80.0}, top_class=100.0)
     put("smollm2/sst2/prompt_tuning-s42", {100: 60.0, 400: 55.0})
     put("smollm2/sst2/residual-s42", {100: 70.0, 400: 70.0})
     cb = put("smollm2/cb/superpos-s42", {100: 50.0, 400: 50.0})
@@ -360,6 +369,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert superpos["best"] == 80.0 and superpos["final"] == 79.0
     assert superpos["steps_to_90"] == 150.0  # 90 % of 80 = 72: step 200 (seed 42: 66 < 72) and step 100 (seed 7: 72)
     assert superpos["invalid_at_best"] == 1.0
+    assert superpos["top_class_at_best"] == 75.0  # seed 42: 50 %, seed 7: one class for all
     assert superpos["curve"] == {"steps": [100, 200, 300, 400], "scores": [69.0, 77.5, 80.0, 79.0]}
     assert report["series"]["smollm2"]["rte"]["superpos"] is None
 
@@ -374,7 +384,8 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert "| sst2 | 51.0 | 30.0 | 80.0 | 60.0 | 70.0 |" in best_table
     assert "| cb | 42.5 | — | 50.0 | 50.0 | 80.0 |" in best_table
     assert "| rte | — | — | — | — | — |" in best_table
-    assert "| sst2 | superpos | 2 | 80.0 | 79.0 | 150 | 1.0 | 51.0 | 30.0 |" in report["tables"]["smollm2-detail"]
+    detail = report["tables"]["smollm2-detail"]
+    assert "| sst2 | superpos | 2 | 80.0 | 79.0 | 150 | 1.0 | 75.0 | 51.0 | 30.0 |" in detail
     assert "| sst2 | superpos | 80.0 | 80.0 |" in report["tables"]["smollm2-seeds"]
     assert report["ablation"]["superpos m=128 (main run)"]["best"] == {"sst2": 80.0}  # seed 42 only
     assert report["ablation"]["superpos m=16"]["final"] == {"sst2": 60.0}
