@@ -580,6 +580,12 @@ class RunResult:
         return self.best_row.get("eval_majority_pred_share") if self.best_row else None
 
     @property
+    def early_train_loss(self) -> float | None:
+        """Mean training loss over steps 1-EVAL_STEPS (the first logged window): how fast the loss falls."""
+        row = next((r for r in self.rows if int(r["step"]) == EVAL_STEPS), None)
+        return row.get("train_loss") if row and not row.get("train_loss_partial") else None
+
+    @property
     def steps_to_90(self) -> int | None:
         """First evaluated step whose score reaches 90 % of the run's best (undefined for a negative best)."""
         best = self.best
@@ -673,6 +679,7 @@ def series_summary(results: Sequence[RunResult]) -> dict[str, Any] | None:
         "steps_to_90": mean_or_none(r.steps_to_90 for r in results),
         "invalid_at_best": mean_or_none(r.invalid_at_best for r in results),
         "top_class_at_best": mean_or_none(r.top_class_at_best for r in results),
+        "early_train_loss": mean_or_none(r.early_train_loss for r in results),
         "seconds_per_step": mean_or_none(r.seconds_per_step for r in results),
         "curve": {"steps": steps, "scores": [float(np.mean([c[s] for c in curves])) for s in steps]},
     }
@@ -800,7 +807,15 @@ def floors(results: ResultSet) -> dict[str, dict[str, dict[str, float | None]]]:
     return table
 
 
-SUMMARY_KEYS = ("best", "final", "steps_to_90", "invalid_at_best", "top_class_at_best", "seconds_per_step")
+SUMMARY_KEYS = (
+    "best",
+    "final",
+    "steps_to_90",
+    "invalid_at_best",
+    "top_class_at_best",
+    "early_train_loss",
+    "seconds_per_step",
+)
 
 
 def main_comparison(results: ResultSet, model: str, report: dict[str, Any]) -> None:
@@ -825,24 +840,27 @@ def main_comparison(results: ResultSet, model: str, report: dict[str, Any]) -> N
                  *(fmt(average[m]["best"]) for m in methods)])  # fmt: skip
     tables[f"{model}-best"] = md_table(["task", "majority floor", "zero-shot", *methods], rows)
     tables[f"{model}-average"] = md_table(
-        ["method", "best", "final", "steps to 90 % of best", "invalid % at best", "std of z-scores", "s/step"],
+        ["method", "best", "final", "steps to 90 % of best", f"train loss, steps 1-{EVAL_STEPS}", "invalid % at best",
+         "std of z-scores", "s/step"],
         [[m, fmt(average[m]["best"]), fmt(average[m]["final"]), fmt(average[m]["steps_to_90"], 0),
-          fmt(average[m]["invalid_at_best"]), fmt(stab["std_of_z"][m], 2), fmt(average[m]["seconds_per_step"], 2)]
+          fmt(average[m]["early_train_loss"], 3), fmt(average[m]["invalid_at_best"]), fmt(stab["std_of_z"][m], 2),
+          fmt(average[m]["seconds_per_step"], 2)]
          for m in methods],
     )  # fmt: skip
 
     detail = [
         [t, m, str(len(cell[t][m].get("seeds", []))), fmt(cell[t][m].get("best")), fmt(cell[t][m].get("final")),
-         fmt(cell[t][m].get("steps_to_90"), 0), fmt(cell[t][m].get("invalid_at_best")),
-         fmt(cell[t][m].get("top_class_at_best")), fmt(floor[t]["majority"]), fmt(floor[t]["zero_shot"])]
+         fmt(cell[t][m].get("steps_to_90"), 0), fmt(cell[t][m].get("early_train_loss"), 3),
+         fmt(cell[t][m].get("invalid_at_best")), fmt(cell[t][m].get("top_class_at_best")),
+         fmt(floor[t]["majority"]), fmt(floor[t]["zero_shot"])]
         for t in tasks
         for m in methods
     ]  # fmt: skip
     tables[f"{model}-detail"] = md_table(
-        ["task", "method", "seeds", "best", "final", "steps to 90 % of best", "invalid % at best",
-         "top class % at best", "majority floor", "zero-shot"],
+        ["task", "method", "seeds", "best", "final", "steps to 90 % of best", f"train loss, steps 1-{EVAL_STEPS}",
+         "invalid % at best", "top class % at best", "majority floor", "zero-shot"],
         detail,
-        align="---|---|" + "---:|" * 8,
+        align="---|---|" + "---:|" * 9,
     )  # fmt: skip
     seed_specs = [s for s in results.stage(SEED) if s.model == model]
     if seed_specs:
@@ -928,11 +946,17 @@ TIE = 0.05  # best scores closer than this (they print the same) count as a tie
 
 def compare(label: str, first: Mapping[str, Mapping[str, Any]], second: Mapping[str, Mapping[str, Any]]) -> dict:
     """Head to head over the tasks where both sides have a best score: wins / ties / losses of ``first``, mean
-    best of each, and mean steps to 90 % of each (where both have it). ``first[task]`` / ``second[task]`` are
-    :func:`series_summary` dicts (a floor is ``{"best": value}``)."""
+    best of each, and the mean steps to 90 % and early train loss of each (where both have them). ``first[task]``
+    / ``second[task]`` are :func:`series_summary` dicts (a floor is ``{"best": value}``)."""
     tasks = [t for t in first if first[t].get("best") is not None and (second.get(t) or {}).get("best") is not None]
     diffs = [first[t]["best"] - second[t]["best"] for t in tasks]
-    speed = [t for t in tasks if first[t].get("steps_to_90") is not None and second[t].get("steps_to_90") is not None]
+
+    def both(key: str) -> tuple[float | None, float | None]:
+        """Mean of ``key`` on each side over the compared tasks where both sides have it."""
+        common = [t for t in tasks if first[t].get(key) is not None and second[t].get(key) is not None]
+        return mean_or_none(first[t][key] for t in common), mean_or_none(second[t][key] for t in common)
+
+    (first_steps, second_steps), (first_loss, second_loss) = both("steps_to_90"), both("early_train_loss")
     return {
         "label": label,
         "tasks": tasks,
@@ -941,8 +965,10 @@ def compare(label: str, first: Mapping[str, Mapping[str, Any]], second: Mapping[
         "losses": sum(d <= -TIE for d in diffs),
         "first_best": mean_or_none(first[t]["best"] for t in tasks) if tasks else None,
         "second_best": mean_or_none(second[t]["best"] for t in tasks) if tasks else None,
-        "first_steps_to_90": mean_or_none(first[t]["steps_to_90"] for t in speed) if speed else None,
-        "second_steps_to_90": mean_or_none(second[t]["steps_to_90"] for t in speed) if speed else None,
+        "first_steps_to_90": first_steps,
+        "second_steps_to_90": second_steps,
+        "first_early_train_loss": first_loss,
+        "second_early_train_loss": second_loss,
     }
 
 
@@ -967,14 +993,16 @@ def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
     table_rows = [
         [r["label"], str(len(r["tasks"])), f"{r['wins']} / {r['ties']} / {r['losses']}", fmt(r["first_best"]),
          fmt(r["second_best"]), fmt(None if r["first_best"] is None else r["first_best"] - r["second_best"]),
-         f"{fmt(r['first_steps_to_90'], 0)} / {fmt(r['second_steps_to_90'], 0)}"]
+         f"{fmt(r['first_steps_to_90'], 0)} / {fmt(r['second_steps_to_90'], 0)}",
+         f"{fmt(r['first_early_train_loss'], 3)} / {fmt(r['second_early_train_loss'], 3)}"]
         for r in rows
     ]  # fmt: skip
     report["tables"]["head-to-head"] = md_table(
         ["comparison (first vs second)", "tasks", "first better / tie / worse", "mean best, first",
-         "mean best, second", "difference", "steps to 90 %, first / second"],
+         "mean best, second", "difference", "steps to 90 %, first / second",
+         f"train loss, steps 1-{EVAL_STEPS}, first / second"],
         table_rows,
-        align="---|" + "---:|" * 6,
+        align="---|" + "---:|" * 7,
     )  # fmt: skip
 
 

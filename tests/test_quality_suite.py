@@ -24,12 +24,15 @@ def write_run(
     scores: dict[int, float],
     invalid: float = 0.0,
     top_class: float = 50.0,
+    losses: dict[int, float] | None = None,
     final_extra: dict | None = None,
 ) -> None:
-    """A finished run as the harness leaves it: metrics.jsonl rows and final.json at the last step."""
+    """A finished run as the harness leaves it: metrics.jsonl rows (train loss at the steps of ``losses``) and
+    final.json at the last step."""
     folder.mkdir(parents=True, exist_ok=True)
     rows = [
         {"step": step, "eval_score": score, "eval_invalid_rate": invalid, "eval_majority_pred_share": top_class}
+        | ({"train_loss": losses[step]} if step in (losses or {}) else {})
         for step, score in scores.items()
     ]
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
@@ -337,16 +340,16 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
         return results / run_id
 
     put("smollm2/sst2/zero-shot", {0: 30.0}, final_extra={"floors": {"majority": 51.0}})
-    put("smollm2/sst2/superpos-s42", {100: 66.0, 200: 75.0, 300: 80.0, 400: 78.0}, invalid=2.0)
-    put("smollm2/sst2/superpos-s7", {100: 72.0, 200: 80.0, 300: 80.0, 400: 80.0}, top_class=100.0)
-    put("smollm2/sst2/prompt_tuning-s42", {100: 60.0, 400: 55.0})
+    put("smollm2/sst2/superpos-s42", {100: 66.0, 200: 75.0, 300: 80.0, 400: 78.0}, invalid=2.0, losses={100: 0.6})
+    put("smollm2/sst2/superpos-s7", {100: 72.0, 200: 80.0, 300: 80.0, 400: 80.0}, top_class=100.0, losses={100: 0.4})
+    put("smollm2/sst2/prompt_tuning-s42", {100: 60.0, 400: 55.0}, losses={100: 0.9, 400: 0.1})
     put("smollm2/sst2/residual-s42", {100: 70.0, 400: 70.0})
     cb = put("smollm2/cb/superpos-s42", {100: 50.0, 400: 50.0})
     # gold labels of the CB eval examples: predicting class 0 everywhere gives accuracy 60, macro-F1 25 -> 42.5
     (cb / "predictions-step100.jsonl").write_text(
         "".join(json.dumps({"id": i, "gold": g, "prediction": 0}) + "\n" for i, g in enumerate([0, 0, 0, 1, 2]))
     )
-    put("smollm2/cb/prompt_tuning-s42", {100: 50.0, 400: 40.0})
+    put("smollm2/cb/prompt_tuning-s42", {100: 50.0, 400: 40.0}, losses={100: 1.5})  # superpos has none on cb
     put("smollm2/cb/residual-s42", {100: 80.0, 400: 80.0})
     put("smollm2/rte/superpos-s42", {100: 50.0, 200: 60.0})  # short of its 400 steps: not finished
     put("smollm2/sst2/superpos-m16-s42", {100: 40.0, 400: 60.0})
@@ -370,6 +373,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert superpos["steps_to_90"] == 150.0  # 90 % of 80 = 72: step 200 (seed 42: 66 < 72) and step 100 (seed 7: 72)
     assert superpos["invalid_at_best"] == 1.0
     assert superpos["top_class_at_best"] == 75.0  # seed 42: 50 %, seed 7: one class for all
+    assert superpos["early_train_loss"] == pytest.approx(0.5)  # mean train loss of steps 1-100, mean over seeds
     assert superpos["curve"] == {"steps": [100, 200, 300, 400], "scores": [69.0, 77.5, 80.0, 79.0]}
     assert report["series"]["smollm2"]["rte"]["superpos"] is None
 
@@ -385,7 +389,8 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert "| cb | 42.5 | — | 50.0 | 50.0 | 80.0 |" in best_table
     assert "| rte | — | — | — | — | — |" in best_table
     detail = report["tables"]["smollm2-detail"]
-    assert "| sst2 | superpos | 2 | 80.0 | 79.0 | 150 | 1.0 | 75.0 | 51.0 | 30.0 |" in detail
+    assert "| sst2 | superpos | 2 | 80.0 | 79.0 | 150 | 0.500 | 1.0 | 75.0 | 51.0 | 30.0 |" in detail
+    assert "| cb | superpos | 1 | 50.0 | 50.0 | 100 | — | 0.0 | 50.0 | 42.5 | — |" in detail
     assert "| sst2 | superpos | 80.0 | 80.0 |" in report["tables"]["smollm2-seeds"]
     assert report["ablation"]["superpos m=128 (main run)"]["best"] == {"sst2": 80.0}  # seed 42 only
     assert report["ablation"]["superpos m=16"]["final"] == {"sst2": 60.0}
@@ -405,6 +410,8 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     )
     assert (versus_pt["first_best"], versus_pt["second_best"]) == (65.0, 55.0)
     assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (125.0, 100.0)
+    # early train loss over the tasks where both sides have it: sst2 only (superpos logged none on cb)
+    assert (versus_pt["first_early_train_loss"], versus_pt["second_early_train_loss"]) == pytest.approx((0.5, 0.9))
     versus_residual = head["smollm2: superpos vs residual"]
     assert (versus_residual["wins"], versus_residual["ties"], versus_residual["losses"]) == (1, 0, 1)
     versus_floor = head["smollm2: superpos vs majority floor"]
@@ -418,7 +425,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
         -1.0,
     )
     assert (
-        "| smollm2: superpos vs residual | 2 | 1 / 0 / 1 | 65.0 | 75.0 | -10.0 | 125 / 100 |"
+        "| smollm2: superpos vs residual | 2 | 1 / 0 / 1 | 65.0 | 75.0 | -10.0 | 125 / 100 | — / — |"
         in (report["tables"]["head-to-head"])
     )
 
@@ -427,6 +434,18 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert json.loads((results / "report.json").read_text())["stability"]["smollm2"]["tasks"] == ["sst2", "cb"]
     pictures = sorted(p.name for p in (results / "curves").iterdir())
     assert pictures == ["minilm-sst2.png", "overview.png", "smollm2-cb.png", "smollm2-sst2.png"]
+
+
+def test_early_train_loss_is_the_first_full_window_only(tmp_path):
+    spec = RunSpec(MAIN, "smollm2", "sst2", "superpos", max_steps=400)
+
+    def result(rows: list[dict]) -> qs.RunResult:
+        return qs.RunResult(spec, {}, rows, tmp_path)
+
+    assert result([{"step": 100, "train_loss": 0.7}, {"step": 200, "train_loss": 0.2}]).early_train_loss == 0.7
+    # a row averaged over fewer steps (resumed from a checkpoint of an older version) is not the same measure
+    assert result([{"step": 100, "train_loss": 0.7, "train_loss_partial": True}]).early_train_loss is None
+    assert result([{"step": 50, "train_loss": 0.7}, {"step": 150, "train_loss": 0.2}]).early_train_loss is None
 
 
 def test_majority_floor_reads_gold_label_words():
