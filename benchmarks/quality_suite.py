@@ -39,6 +39,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -747,6 +748,7 @@ def build_report(grid: Sequence[RunSpec], results_dir: Path) -> dict[str, Any]:
     results = ResultSet(grid, results_dir)
     report: dict[str, Any] = {"planned": len(grid), "finished": len(results.found), "tables": {}}
     report["tables"]["status"] = status_line(results)
+    report["tables"]["environments"] = environments_table(results)
     report["tables"]["grid"] = grid_table(grid)
     report["floors"] = floors(results)
     report["series"] = {}
@@ -770,6 +772,17 @@ def status_line(results: ResultSet) -> str:
         f"{len(results.found)} of {len(results.grid)} planned runs finished ({', '.join(stages)}); "
         f"{len(failed)} unfinished runs have failed at least once (failures.jsonl)."
     )
+
+
+ENVIRONMENT_KEYS = ("device", "torch_threads", "torch", "transformers", "peft")
+
+
+def environments_table(results: ResultSet) -> str:
+    """Where the finished runs computed (``environment`` of final.json: the session that finished the run)."""
+    recorded = [r.final.get("environment") or {} for r in results.found]
+    counts = Counter(tuple(env.get(k, "not recorded") for k in ENVIRONMENT_KEYS) for env in recorded)
+    rows = [[*map(str, env), str(n)] for env, n in sorted(counts.items(), key=lambda item: -item[1])]
+    return md_table([*(k.replace("_", " ") for k in ENVIRONMENT_KEYS), "runs"], rows, align="---|" * 5 + "---:|")
 
 
 def grid_table(grid: Sequence[RunSpec]) -> str:
@@ -1070,6 +1083,7 @@ def save_figure(fig: Any, path: Path) -> Path:
 TABLE_TITLES = {
     "status": "Status",
     "grid": "The grid",
+    "environments": "Where the finished runs computed (final.json's `environment`; older runs: not recorded)",
     "best": "{model}: best score per task, beside the majority-class and zero-shot floors of the same eval examples",
     "average": "{model}: average over the tasks; stability (std across tasks of each method's per-task z-score)",
     "detail": "{model}: per task and method",

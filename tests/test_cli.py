@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_models import FIXTURE_DATA, cli_args, finish_python, read_jsonl, run_cli, start_python, tiny_model_dir
 
 from peft_superpos.harness import DataError, MethodSettings, RunSettings, read_rows
@@ -32,6 +33,9 @@ def test_cli_end_to_end(family, task, mode, tmp_path_factory, tmp_path):
     assert final["global_step"] == 3 and final["final"]["step"] == 3 and final["best"] is not None
     assert final["config"]["eval_mode"] == mode and final["timings"]["wall_s"] > 0
     assert final["model_class"] == ("T5ForConditionalGeneration" if family == "t5" else "LlamaForCausalLM")
+    environment = final["environment"]  # where the numbers were computed
+    assert environment["device"].startswith("cpu: ") and environment["torch"] == torch.__version__
+    assert environment["torch_threads"] == 1 and environment["peft"]  # run_cli sets OMP_NUM_THREADS=1
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "checkpoint-3" / "adapter_model.safetensors").is_file()
 

@@ -343,7 +343,8 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     put("smollm2/sst2/superpos-s42", {100: 66.0, 200: 75.0, 300: 80.0, 400: 78.0}, invalid=2.0, losses={100: 0.6})
     put("smollm2/sst2/superpos-s7", {100: 72.0, 200: 80.0, 300: 80.0, 400: 80.0}, top_class=100.0, losses={100: 0.4})
     put("smollm2/sst2/prompt_tuning-s42", {100: 60.0, 400: 55.0}, losses={100: 0.9, 400: 0.1})
-    put("smollm2/sst2/residual-s42", {100: 70.0, 400: 70.0})
+    environment = {"device": "cpu: X", "torch_threads": 2, "torch": "2.13", "transformers": "5.23", "peft": "0.21"}
+    put("smollm2/sst2/residual-s42", {100: 70.0, 400: 70.0}, final_extra={"environment": environment})
     cb = put("smollm2/cb/superpos-s42", {100: 50.0, 400: 50.0})
     # gold labels of the CB eval examples: predicting class 0 everywhere gives accuracy 60, macro-F1 25 -> 42.5
     (cb / "predictions-step100.jsonl").write_text(
@@ -359,6 +360,9 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     report = qs.build_report(grid, results)
     assert (report["finished"], report["planned"]) == (11, len(grid))
     assert report["tables"]["status"].startswith(f"11 of {len(grid)} planned runs finished")
+    environments = report["tables"]["environments"].splitlines()
+    assert environments[2:] == ["| not recorded | not recorded | not recorded | not recorded | not recorded | 10 |",
+                                "| cpu: X | 2 | 2.13 | 5.23 | 0.21 | 1 |"]  # fmt: skip
     assert (
         "| main | smollm2 | sst2, cb, rte | superpos; prompt_tuning; residual | 400 | 42 | 9 |"
         in (report["tables"]["grid"])

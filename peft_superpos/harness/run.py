@@ -15,12 +15,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import time
 import warnings
 from pathlib import Path
 from typing import Any
 
+import peft
 import torch
+import transformers
 from peft import get_peft_model
 from transformers import TrainerState, TrainingArguments, set_seed
 
@@ -366,6 +369,7 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
                 "eval_truncated": sum(features.truncated_source_ids(s)[1] for s in eval_raw["source"]),
             },
             "throughput": _throughput(trainer, train_metrics, session_rows),
+            "environment": environment(trainer.args.device),
             "timings": {
                 "model_load_s": load_time,
                 "train_runtime_s": train_metrics.get("train_runtime"),
@@ -424,6 +428,30 @@ def _floors(
         if is_main_process():
             atomic_write_text(path, json.dumps({"zero_shot": floors["zero_shot"], "eval_mode": eval_mode}))
     return floors
+
+
+def _processor_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Where this session of the run computed: device name, CPU threads and library versions (timings and
+    floating-point results depend on them)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _processor_name()
+    return {
+        "device": f"{device.type}: {name}",
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
 
 
 def _throughput(trainer: Any, train_metrics: dict[str, Any], session_rows: list[dict[str, Any]]) -> dict[str, Any]:
