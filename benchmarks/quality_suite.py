@@ -957,19 +957,31 @@ def minilm_section(results: ResultSet, report: dict[str, Any]) -> None:
 TIE = 0.05  # best scores closer than this (they print the same) count as a tie
 
 
-def compare(label: str, first: Mapping[str, Mapping[str, Any]], second: Mapping[str, Mapping[str, Any]]) -> dict:
+def compare(
+    label: str,
+    first: Mapping[str, Mapping[str, Any]],
+    second: Mapping[str, Mapping[str, Any]],
+    majority: Mapping[str, float | None],
+) -> dict:
     """Head to head over the tasks where both sides have a best score: wins / ties / losses of ``first``, mean
-    best of each, and the mean steps to 90 % and early train loss of each (where both have them). ``first[task]``
-    / ``second[task]`` are :func:`series_summary` dicts (a floor is ``{"best": value}``)."""
+    best of each, the mean early train loss of each (where both have it) and the mean steps to 90 % of each over
+    the tasks both sides learn (best above the ``majority[task]`` floor: at the floor, 90 % of the best is
+    reached by chance). ``first[task]`` / ``second[task]`` are :func:`series_summary` dicts (a floor is
+    ``{"best": value}``)."""
     tasks = [t for t in first if first[t].get("best") is not None and (second.get(t) or {}).get("best") is not None]
     diffs = [first[t]["best"] - second[t]["best"] for t in tasks]
 
-    def both(key: str) -> tuple[float | None, float | None]:
-        """Mean of ``key`` on each side over the compared tasks where both sides have it."""
-        common = [t for t in tasks if first[t].get(key) is not None and second[t].get(key) is not None]
+    def learned(task: str) -> bool:
+        floor = majority.get(task)
+        return floor is not None and min(first[task]["best"], second[task]["best"]) - floor >= TIE
+
+    def both(key: str, over: Sequence[str]) -> tuple[float | None, float | None]:
+        """Mean of ``key`` on each side over the tasks of ``over`` where both sides have it."""
+        common = [t for t in over if first[t].get(key) is not None and second[t].get(key) is not None]
         return mean_or_none(first[t][key] for t in common), mean_or_none(second[t][key] for t in common)
 
-    (first_steps, second_steps), (first_loss, second_loss) = both("steps_to_90"), both("early_train_loss")
+    first_steps, second_steps = both("steps_to_90", [t for t in tasks if learned(t)])
+    first_loss, second_loss = both("early_train_loss", tasks)
     return {
         "label": label,
         "tasks": tasks,
@@ -988,7 +1000,7 @@ def compare(label: str, first: Mapping[str, Mapping[str, Any]], second: Mapping[
 def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
     """The questions of issue 7 as generated comparisons: on each model of the main stage, the first method
     (SuperPos) against every other method, and every method against the majority floor (best score, seeds
-    merged; steps to 90 %); on MiniLM, dropout off against on for each method."""
+    merged; steps to 90 % on the tasks both sides learn); on MiniLM, dropout off against on for each method."""
     rows = []
     for model in ordered(s.model for s in results.stage(MAIN)):
         series = report["series"][model]
@@ -996,12 +1008,16 @@ def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
             s.series for s in results.stage(MAIN) if s.model == model)}  # fmt: skip
         floor = {t: {"best": f["majority"]} for t, f in report["floors"][model].items()}
         first, *others = by_method
-        rows += [compare(f"{model}: {first} vs {other}", by_method[first], by_method[other]) for other in others]
-        rows += [compare(f"{model}: {method} vs majority floor", curves, floor) for method, curves in by_method.items()]
+        majority = {t: f["best"] for t, f in floor.items()}
+        rows += [compare(f"{model}: {first} vs {other}", by_method[first], by_method[other], majority)
+                 for other in others]  # fmt: skip
+        rows += [compare(f"{model}: {method} vs majority floor", curves, floor, majority)
+                 for method, curves in by_method.items()]  # fmt: skip
     for model, method in ordered((s.model, s.method) for s in results.stage(MINILM)):
         series = report["series"][model]
         off, on = ({t: series[t].get(f"{method}, dropout {state}") or {} for t in series} for state in ("off", "on"))
-        rows.append(compare(f"{model}: {method}, dropout off vs on", off, on))
+        majority = {t: f["majority"] for t, f in report["floors"][model].items()}
+        rows.append(compare(f"{model}: {method}, dropout off vs on", off, on, majority))
     report["head_to_head"] = rows
     table_rows = [
         [r["label"], str(len(r["tasks"])), f"{r['wins']} / {r['ties']} / {r['losses']}", fmt(r["first_best"]),
@@ -1012,7 +1028,7 @@ def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
     ]  # fmt: skip
     report["tables"]["head-to-head"] = md_table(
         ["comparison (first vs second)", "tasks", "first better / tie / worse", "mean best, first",
-         "mean best, second", "difference", "steps to 90 %, first / second",
+         "mean best, second", "difference", "steps to 90 %, first / second (tasks both learn)",
          f"train loss, steps 1-{EVAL_STEPS}, first / second"],
         table_rows,
         align="---|" + "---:|" * 7,

@@ -440,6 +440,17 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert pictures == ["minilm-sst2.png", "overview.png", "smollm2-cb.png", "smollm2-sst2.png"]
 
 
+def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
+    first = {"a": {"best": 80.0, "steps_to_90": 100}, "b": {"best": 50.0, "steps_to_90": 300},
+             "c": {"best": 90.0, "steps_to_90": 400}}  # fmt: skip
+    second = {"a": {"best": 70.0, "steps_to_90": 200}, "b": {"best": 60.0, "steps_to_90": 100},
+              "c": {"best": 90.0, "steps_to_90": 100}}  # fmt: skip
+    # b: first is at its majority floor (90 % of a floor-level best is reached by chance); c: floor unknown
+    row = qs.compare("x", first, second, {"a": 50.0, "b": 50.0, "c": None})
+    assert row["tasks"] == ["a", "b", "c"] and (row["wins"], row["ties"], row["losses"]) == (1, 1, 1)
+    assert (row["first_steps_to_90"], row["second_steps_to_90"]) == (100, 200)
+
+
 def test_early_train_loss_is_the_first_full_window_only(tmp_path):
     spec = RunSpec(MAIN, "smollm2", "sst2", "superpos", max_steps=400)
 
