@@ -440,6 +440,24 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert pictures == ["minilm-sst2.png", "overview.png", "smollm2-cb.png", "smollm2-sst2.png"]
 
 
+def test_ablation_at_two_seeds_sits_beside_the_main_run_of_each_seed(tmp_path):
+    results = tmp_path / "results"
+    grid = [
+        RunSpec(MAIN, "smollm2", "sst2", "superpos", max_steps=400),
+        RunSpec(SEED, "smollm2", "sst2", "superpos", seed=7, max_steps=400),
+        *(RunSpec(ABLATION, "smollm2", "sst2", "superpos", seed=seed, max_steps=400, m=16) for seed in (42, 7)),
+    ]
+    for spec, scores in zip(grid, ({100: 80.0, 400: 78.0}, {100: 84.0, 400: 84.0}, {100: 70.0, 400: 76.0},
+                                   {100: 72.0, 400: 70.0}), strict=True):  # fmt: skip
+        write_run(results / spec.run_id, scores)
+    report = qs.build_report(grid, results)
+    assert report["ablation"]["superpos m=16"]["best"] == {"sst2 seed 42": 76.0, "sst2 seed 7": 72.0}
+    table = report["tables"]["ablation"]
+    assert "| variant | sst2 seed 42 best / final | sst2 seed 7 best / final | mean best |" in table
+    assert "| superpos m=128 (main run) | 80.0 / 78.0 | 84.0 / 84.0 | 82.0 |" in table
+    assert "| superpos m=16 | 76.0 / 76.0 | 72.0 / 70.0 | 74.0 |" in table
+
+
 def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
     first = {"a": {"best": 80.0, "steps_to_90": 100}, "b": {"best": 50.0, "steps_to_90": 300},
              "c": {"best": 90.0, "steps_to_90": 400}}  # fmt: skip
