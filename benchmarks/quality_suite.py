@@ -996,8 +996,8 @@ def compare(
         "wins": sum(d >= TIE for d in diffs),
         "ties": sum(abs(d) < TIE for d in diffs),
         "losses": sum(d <= -TIE for d in diffs),
-        "first_best": mean_or_none(first[t]["best"] for t in tasks) if tasks else None,
-        "second_best": mean_or_none(second[t]["best"] for t in tasks) if tasks else None,
+        "first_best": mean_or_none(first[t]["best"] for t in tasks),
+        "second_best": mean_or_none(second[t]["best"] for t in tasks),
         "first_steps_to_90": first_steps,
         "second_steps_to_90": second_steps,
         "first_early_train_loss": first_loss,
@@ -1014,9 +1014,9 @@ def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
         series = report["series"][model]
         by_method = {m: {t: series[t].get(m) or {} for t in series} for m in ordered(
             s.series for s in results.stage(MAIN) if s.model == model)}  # fmt: skip
-        floor = {t: {"best": f["majority"]} for t, f in report["floors"][model].items()}
+        majority = {t: f["majority"] for t, f in report["floors"][model].items()}
+        floor = {t: {"best": value} for t, value in majority.items()}
         first, *others = by_method
-        majority = {t: f["best"] for t, f in floor.items()}
         rows += [compare(f"{model}: {first} vs {other}", by_method[first], by_method[other], majority)
                  for other in others]  # fmt: skip
         rows += [compare(f"{model}: {method} vs majority floor", curves, floor, majority)

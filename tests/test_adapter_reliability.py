@@ -8,6 +8,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -409,10 +412,6 @@ def test_save_interrupted_midway_leaves_the_saved_adapter_intact(tmp_path, monke
 
 
 def test_staging_folder_of_a_killed_save_is_removed_by_the_next_save(tmp_path):
-    import socket
-    import subprocess
-    import sys
-
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     host = socket.gethostname()
     abandoned = tmp_path / f".adapter.saving-{host}-{int(dead.stdout)}-x1"  # its process is gone
