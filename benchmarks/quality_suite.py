@@ -21,7 +21,9 @@ The suite runs niced, so it can work in the background for hours (many CPU-hours
 
 ``report`` reads the results folder alone (never the run folders) and writes ``report.md``, ``report.json``
 and the learning-curve PNGs there, then regenerates ``benchmarks/RESULTS.md`` (``make_results.py``). Runs that
-are not finished show as "—", so the report works on a partial grid.
+are not finished show as "—", so the report works on a partial grid. Its head to head tests each task's
+difference with a paired bootstrap over the per-example predictions of the best evaluations
+(``peft_superpos.metrics.bootstrap``), so a gap of one example on COPA's 100 does not count as a win.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import argparse
 import contextlib
 import fcntl
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -38,7 +41,6 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -52,7 +54,10 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from peft_superpos import SuperPosPromptConfig  # noqa: E402
-from peft_superpos.harness.callbacks import append_row, atomic_write_text, read_rows  # noqa: E402
+from peft_superpos.data import get_task  # noqa: E402
+from peft_superpos.harness.callbacks import append_row, atomic_write_text, predictions_path, read_rows  # noqa: E402
+from peft_superpos.harness.evaluation import best_constant_prediction, constant_prediction_floor  # noqa: E402
+from peft_superpos.metrics.bootstrap import BETTER, WITHIN_NOISE, WORSE, bootstrap_scores, paired_difference  # noqa: E402
 
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results" / "quality"
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "quality"
@@ -604,6 +609,11 @@ class RunResult:
         rate = (self.final.get("timings") or {}).get("train_steps_per_second")
         return 1.0 / rate if rate else None
 
+    @property
+    def best_predictions(self) -> Path | None:
+        """The per-example records of the best evaluation (the harness writes one file per evaluation)."""
+        return predictions_path(self.folder, int(self.best_row["step"])) if self.best_row else None
+
 
 def load_result(spec: RunSpec, results_dir: Path) -> RunResult | None:
     final = finished_final(spec, results_dir)
@@ -623,23 +633,32 @@ def majority_floor(results: Iterable[RunResult]) -> float | None:
             return float(floor["score"] if isinstance(floor, dict) else floor)
     for result in results:
         for path in prediction_files(result.folder):
-            golds = gold_labels(path, result.spec.task)
-            if golds:
-                return constant_prediction_floor(result.spec.task, golds)
+            saved = read_predictions(path, result.spec.task)
+            if saved is not None:
+                return constant_prediction_floor(get_task(result.spec.task), saved.golds)
     return None
 
 
-def gold_labels(path: Path, task_name: str) -> list[int | float]:
-    """Gold labels (ids; STS-B scores) of a predictions file, one JSON object a line with key ``gold``
-    (a label id, or the label word / score as text)."""
-    from peft_superpos.data import get_task
+@dataclass(frozen=True)
+class SavedPredictions:
+    """One evaluation's per-example records, parsed: example ids, gold labels and predictions as label ids
+    (STS-B: scores, the golds rounded to 0.2 as saved; ``None``: an invalid prediction)."""
 
+    ids: tuple[int, ...]
+    golds: tuple[int | float, ...]
+    preds: tuple[int | float | None, ...]
+
+
+def read_predictions(path: Path, task_name: str) -> SavedPredictions | None:
+    """A predictions file as the harness writes it (one JSON object a line: ``id``, and ``gold`` and ``pred`` as
+    label words); None if it is missing or empty, or a gold label does not parse."""
     task = get_task(task_name)
-    golds: list[int | float] = []
-    for row in read_rows_plain(path):
-        gold = row.get("gold")
-        golds.append(task.parse_prediction(gold) if isinstance(gold, str) else gold)
-    return [] if any(g is None for g in golds) else golds
+    rows = read_rows_plain(path)
+    golds = [task.parse_prediction(str(row.get("gold"))) for row in rows]
+    if not rows or any(g is None for g in golds):
+        return None
+    preds = tuple(task.parse_prediction(str(row.get("pred"))) for row in rows)
+    return SavedPredictions(tuple(int(row["id"]) for row in rows), tuple(golds), preds)  # type: ignore[arg-type]
 
 
 def read_rows_plain(path: Path) -> list[dict[str, Any]]:
@@ -653,18 +672,6 @@ def read_rows_plain(path: Path) -> list[dict[str, Any]]:
             if isinstance(value, dict):
                 rows.append(value)
     return rows
-
-
-def constant_prediction_floor(task_name: str, golds: Sequence[int | float]) -> float:
-    """Best task score of predicting one label (STS-B: one score) for every example."""
-    from peft_superpos.data import get_task
-    from peft_superpos.metrics import compute_metrics
-
-    task = get_task(task_name)
-    constants = {task.parse_prediction(choice) for choice in task.choices}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scikit-learn warns about one-class predictions: that is the point here
-        return max(compute_metrics(task, [c] * len(golds), golds)["score"] for c in constants)
 
 
 def mean_or_none(values: Iterable[float | None]) -> float | None:
@@ -736,16 +743,21 @@ class ResultSet:
     def stage(self, stage: str) -> list[RunSpec]:
         return [s for s in self.grid if s.stage == stage]
 
-    def summary(
+    def runs(
         self, model: str, task: str, series: str, stages: Sequence[str], seed: int | None = None
-    ) -> dict[str, Any] | None:
-        """:func:`series_summary` of the finished runs of one series (all seeds, or ``seed``)."""
-        runs = [
+    ) -> list[RunResult]:
+        """The finished runs of one series (all seeds, or ``seed``)."""
+        return [
             r for r in self.found
             if (r.spec.model, r.spec.task, r.spec.series) == (model, task, series) and r.spec.stage in stages
             and (seed is None or r.spec.seed == seed)
         ]  # fmt: skip
-        return series_summary(runs)
+
+    def summary(
+        self, model: str, task: str, series: str, stages: Sequence[str], seed: int | None = None
+    ) -> dict[str, Any] | None:
+        """:func:`series_summary` of the finished runs of one series (all seeds, or ``seed``)."""
+        return series_summary(self.runs(model, task, series, stages, seed))
 
 
 def build_report(grid: Sequence[RunSpec], results_dir: Path) -> dict[str, Any]:
@@ -962,40 +974,88 @@ def minilm_section(results: ResultSet, report: dict[str, Any]) -> None:
     report["tables"]["minilm"] = md_table(["task", "majority floor", *(f"{v} best" for v in variants)], rows)
 
 
-TIE = 0.05  # best scores closer than this (they print the same) count as a tie
+# ----------------------------------------------------------------------------------------------------------
+# Head to head: paired bootstrap over the saved per-example predictions
+# ----------------------------------------------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 1000  # paired resamples of the eval examples (seed 0), the same for every comparison
+
+#: A side of a comparison on one task: ((example ids, gold labels), its score on each resample).
+Side = tuple[tuple[tuple[int, ...], tuple[int | float, ...]], np.ndarray]
+
+
+@functools.cache
+def resampled_file(path: Path, version: tuple[int, int], task: str) -> Side | None:
+    """The examples of one predictions file and its score on each resample (cached per file ``version``: the
+    suite refreshes the report after every run, and only new files cost time)."""
+    saved = read_predictions(path, task)
+    if saved is None:
+        return None
+    return (saved.ids, saved.golds), bootstrap_scores(task, saved.preds, saved.golds, resamples=BOOTSTRAP_RESAMPLES)
+
+
+def resampled_runs(runs: Sequence[RunResult]) -> Side | None:
+    """The runs' predictions at their best evaluation, scored on the resamples and averaged over the runs (the
+    seeds of a series); None if a run has no predictions file or the runs' examples differ."""
+    sides = []
+    for run in runs:
+        path = run.best_predictions
+        if path is None or not path.is_file():
+            return None
+        stat = path.stat()
+        sides.append(resampled_file(path, (stat.st_mtime_ns, stat.st_size), run.spec.task))
+    if not sides or None in sides or len({examples for examples, _ in sides}) != 1:
+        return None
+    return sides[0][0], np.mean([scores for _, scores in sides], axis=0)
+
+
+@functools.cache
+def resampled_floor(task_name: str, golds: tuple[int | float, ...]) -> np.ndarray:
+    """The score on each resample of the constant prediction that gives the majority floor."""
+    constant = best_constant_prediction(get_task(task_name), golds)
+    return bootstrap_scores(task_name, [constant] * len(golds), golds, resamples=BOOTSTRAP_RESAMPLES)
+
+
+def paired(first: Side | None, second: Side | None, first_best: Any, second_best: Any) -> dict[str, Any] | None:
+    """The difference of the best scores with its 95 % paired-bootstrap interval and verdict; None when a side
+    has no predictions or the sides were evaluated on different examples."""
+    if first is None or second is None or first[0] != second[0] or first_best is None or second_best is None:
+        return None
+    result = paired_difference(first[1], second[1], first_best - second_best)
+    return {"difference": result.difference, "low": result.low, "high": result.high, "verdict": result.verdict}
 
 
 def compare(
     label: str,
     first: Mapping[str, Mapping[str, Any]],
     second: Mapping[str, Mapping[str, Any]],
-    majority: Mapping[str, float | None],
+    differences: Mapping[str, dict[str, Any] | None],
+    learned: Iterable[str],
 ) -> dict:
-    """Head to head over the tasks where both sides have a best score: wins / ties / losses of ``first``, mean
-    best of each, the mean early train loss of each (where both have it) and the mean steps to 90 % of each over
-    the tasks both sides learn (best above the ``majority[task]`` floor: at the floor, 90 % of the best is
+    """Head to head over the tasks where both sides have a best score: on how many tasks ``first`` is better,
+    within noise or worse (:func:`paired` ``differences[task]``; untested: no predictions to test with), the
+    mean best of each, the mean early train loss of each (where both have it) and the mean steps to 90 % of
+    each over the ``learned`` tasks (both sides above the majority floor: at the floor, 90 % of the best is
     reached by chance). ``first[task]`` / ``second[task]`` are :func:`series_summary` dicts (a floor is
     ``{"best": value}``)."""
     tasks = [t for t in first if first[t].get("best") is not None and (second.get(t) or {}).get("best") is not None]
-    diffs = [first[t]["best"] - second[t]["best"] for t in tasks]
-
-    def learned(task: str) -> bool:
-        floor = majority.get(task)
-        return floor is not None and min(first[task]["best"], second[task]["best"]) - floor >= TIE
+    verdicts = [(differences.get(t) or {}).get("verdict") for t in tasks]
 
     def both(key: str, over: Sequence[str]) -> tuple[float | None, float | None]:
         """Mean of ``key`` on each side over the tasks of ``over`` where both sides have it."""
         common = [t for t in over if first[t].get(key) is not None and second[t].get(key) is not None]
         return mean_or_none(first[t][key] for t in common), mean_or_none(second[t][key] for t in common)
 
-    first_steps, second_steps = both("steps_to_90", [t for t in tasks if learned(t)])
+    first_steps, second_steps = both("steps_to_90", [t for t in tasks if t in set(learned)])
     first_loss, second_loss = both("early_train_loss", tasks)
     return {
         "label": label,
         "tasks": tasks,
-        "wins": sum(d >= TIE for d in diffs),
-        "ties": sum(abs(d) < TIE for d in diffs),
-        "losses": sum(d <= -TIE for d in diffs),
+        "better": verdicts.count(BETTER),
+        "within_noise": verdicts.count(WITHIN_NOISE),
+        "worse": verdicts.count(WORSE),
+        "untested": verdicts.count(None),
+        "per_task": {t: differences.get(t) for t in tasks},
         "first_best": mean_or_none(first[t]["best"] for t in tasks),
         "second_best": mean_or_none(second[t]["best"] for t in tasks),
         "first_steps_to_90": first_steps,
@@ -1005,42 +1065,95 @@ def compare(
     }
 
 
-def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
-    """The questions of issue 7 as generated comparisons: on each model of the main stage, the first method
-    (SuperPos) against every other method, and every method against the majority floor (best score, seeds
-    merged; steps to 90 % on the tasks both sides learn); on MiniLM, dropout off against on for each method."""
-    rows = []
+#: What the head to head compares on one model: (model, stages, series, pairs as (label, first, second)).
+Plan = tuple[str, tuple[str, ...], list[str], list[tuple[str, str, str]]]
+
+
+def comparison_plans(results: ResultSet) -> list[Plan]:
+    """On each model of the main stage the first method (SuperPos) against every other; on MiniLM, dropout off
+    against on for each method."""
+    plans: list[Plan] = []
     for model in ordered(s.model for s in results.stage(MAIN)):
-        series = report["series"][model]
-        by_method = {m: {t: series[t].get(m) or {} for t in series} for m in ordered(
-            s.series for s in results.stage(MAIN) if s.model == model)}  # fmt: skip
-        majority = {t: f["majority"] for t, f in report["floors"][model].items()}
-        floor = {t: {"best": value} for t, value in majority.items()}
-        first, *others = by_method
-        rows += [compare(f"{model}: {first} vs {other}", by_method[first], by_method[other], majority)
-                 for other in others]  # fmt: skip
-        rows += [compare(f"{model}: {method} vs majority floor", curves, floor, majority)
-                 for method, curves in by_method.items()]  # fmt: skip
-    for model, method in ordered((s.model, s.method) for s in results.stage(MINILM)):
-        series = report["series"][model]
-        off, on = ({t: series[t].get(f"{method}, dropout {state}") or {} for t in series} for state in ("off", "on"))
-        majority = {t: f["majority"] for t, f in report["floors"][model].items()}
-        rows.append(compare(f"{model}: {method}, dropout off vs on", off, on, majority))
+        names = ordered(s.series for s in results.stage(MAIN) if s.model == model)
+        pairs = [(f"{names[0]} vs {other}", names[0], other) for other in names[1:]]
+        plans.append((model, (MAIN, SEED), names, pairs))
+    for model in ordered(s.model for s in results.stage(MINILM)):
+        specs = [s for s in results.stage(MINILM) if s.model == model]
+        methods = ordered(s.method for s in specs)
+        pairs = [(f"{m}, dropout off vs on", f"{m}, dropout off", f"{m}, dropout on") for m in methods]
+        plans.append((model, (MINILM,), ordered(s.series for s in specs), pairs))
+    return plans
+
+
+def plan_comparisons(results: ResultSet, report: Mapping[str, Any], plan: Plan) -> tuple[list[dict], list[dict]]:
+    """The :func:`compare` rows of one plan's pairs, and of each of its series against the majority floor."""
+    model, stages, names, pairs = plan
+    tasks = list(report["series"].get(model, {}))
+    summary = {n: {t: report["series"][model][t].get(n) or {} for t in tasks} for n in names}
+    side = {n: {t: resampled_runs(results.runs(model, t, n, stages)) for t in tasks} for n in names}
+    majority = {t: report["floors"][model][t]["majority"] for t in tasks}
+    floor_side: dict[str, Side | None] = {}
+    for t in tasks:
+        examples = next((side[n][t][0] for n in names if side[n][t] is not None), None)
+        floor_side[t] = None if examples is None else (examples, resampled_floor(t, examples[1]))
+
+    def differences(a: str, b: str) -> dict[str, dict[str, Any] | None]:
+        return {t: paired(side[a][t], side[b][t], summary[a][t].get("best"), summary[b][t].get("best")) for t in tasks}
+
+    above_floor = {n: {t: paired(side[n][t], floor_side[t], summary[n][t].get("best"), majority[t]) for t in tasks}
+                   for n in names}  # fmt: skip
+    learned = {n: {t for t, d in above_floor[n].items() if d and d["verdict"] == BETTER} for n in names}
+    floor = {t: {"best": majority[t]} for t in tasks}
+    pair_rows = [compare(f"{model}: {label}", summary[a], summary[b], differences(a, b), learned[a] & learned[b])
+                 for label, a, b in pairs]  # fmt: skip
+    floor_rows = [compare(f"{model}: {n} vs majority floor", summary[n], floor, above_floor[n], learned[n])
+                  for n in names]  # fmt: skip
+    return pair_rows, floor_rows
+
+
+def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
+    """The questions of issue 7 as generated comparisons (:func:`comparison_plans`, then every series against
+    the majority floor), best scores with seeds merged, each task's difference tested by a paired bootstrap over
+    the predictions of the best evaluations; per model, tables of the per-task differences."""
+    rows = []
+    for plan in comparison_plans(results):
+        model, tasks = plan[0], list(report["series"].get(plan[0], {}))
+        pair_rows, floor_rows = plan_comparisons(results, report, plan)
+        report["tables"][f"{model}-pairs"] = differences_table(tasks, pair_rows, f"{model}: ")
+        report["tables"][f"{model}-floor"] = differences_table(tasks, floor_rows, f"{model}: ", " vs majority floor")
+        rows += pair_rows + floor_rows
     report["head_to_head"] = rows
     table_rows = [
-        [r["label"], str(len(r["tasks"])), f"{r['wins']} / {r['ties']} / {r['losses']}", fmt(r["first_best"]),
-         fmt(r["second_best"]), fmt(None if r["first_best"] is None else r["first_best"] - r["second_best"]),
+        [r["label"], str(len(r["tasks"])),
+         f"{r['better']} / {r['within_noise']} / {r['worse']}" + (f" ({r['untested']} untested)" * bool(r["untested"])),
+         fmt(r["first_best"]), fmt(r["second_best"]),
+         fmt(None if r["first_best"] is None else r["first_best"] - r["second_best"]),
          f"{fmt(r['first_steps_to_90'], 0)} / {fmt(r['second_steps_to_90'], 0)}",
          f"{fmt(r['first_early_train_loss'], 3)} / {fmt(r['second_early_train_loss'], 3)}"]
         for r in rows
     ]  # fmt: skip
     report["tables"]["head-to-head"] = md_table(
-        ["comparison (first vs second)", "tasks", "first better / tie / worse", "mean best, first",
+        ["comparison (first vs second)", "tasks", "first better / within noise / worse", "mean best, first",
          "mean best, second", "difference", "steps to 90 %, first / second (tasks both learn)",
          f"train loss, steps 1-{EVAL_STEPS}, first / second"],
         table_rows,
         align="---|" + "---:|" * 7,
     )  # fmt: skip
+
+
+def differences_table(tasks: Sequence[str], rows: Sequence[Mapping[str, Any]], prefix: str, suffix: str = "") -> str:
+    """Tasks down, comparisons across: each task's difference of best scores and its 95 % interval, in bold
+    where the interval excludes 0."""
+
+    def cell(entry: Mapping[str, Any] | None) -> str:
+        if entry is None:
+            return "—"
+        text = f"{entry['difference']:+.1f}"
+        text = text if entry["verdict"] == WITHIN_NOISE else f"**{text}**"
+        return f"{text} ({entry['low']:+.1f} to {entry['high']:+.1f})"
+
+    header = ["task", *(r["label"].removeprefix(prefix).removesuffix(suffix) for r in rows)]
+    return md_table(header, [[t, *(cell(r["per_task"].get(t)) for r in rows)] for t in tasks])
 
 
 def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
@@ -1115,7 +1228,11 @@ TABLE_TITLES = {
     "lr-check": "Learning-rate check (best score; the chosen lr has the highest mean, ties go to the paper's 1e-2)",
     "ablation": "SuperPos ablations: m and softmax (best / final score)",
     "minilm": "MiniLM (SEQ_CLS): backbone dropout off vs on (best score)",
-    "head-to-head": "Head to head: best score per task (seeds merged) over the tasks both sides have finished",
+    "head-to-head": "Head to head: best score per task (seeds merged) over the tasks both sides have finished; "
+    "better / worse: the 95 % paired-bootstrap interval of the task's difference excludes 0",
+    "pairs": "{model}: difference of best scores per task (95 % paired-bootstrap interval; bold: it excludes 0)",
+    "floor": "{model}: each method above the majority floor per task (95 % paired-bootstrap interval; bold: it "
+    "excludes 0)",
 }
 
 

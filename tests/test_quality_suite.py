@@ -14,6 +14,10 @@ from pathlib import Path
 import pytest
 from tiny_models import FIXTURE_DATA, REPO_ROOT, tiny_model_dir
 
+from peft_superpos.data import get_task
+from peft_superpos.harness import callbacks
+from peft_superpos.metrics import compute_metrics
+
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import quality_suite as qs  # noqa: E402
 from quality_suite import ABLATION, LR_CHECK, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec  # noqa: E402
@@ -38,6 +42,19 @@ def write_run(
     (folder / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     final = {"global_step": max(scores), "timings": {"train_steps_per_second": 0.5}, **(final_extra or {})}
     (folder / "final.json").write_text(json.dumps(final))
+
+
+def write_predictions(
+    folder: Path, step: int, task: str, golds: list[int | float], preds: list[int | float | None]
+) -> None:
+    """The per-example records of one evaluation as the harness writes them (label words; invalid: raw text)."""
+    words = get_task(task).target_for
+    records = [
+        {"id": i, "gold": words(g), "pred": "invalid", "raw": ""} if p is None
+        else {"id": i, "gold": words(g), "pred": words(p)}
+        for i, (g, p) in enumerate(zip(golds, preds, strict=True))
+    ]  # fmt: skip
+    callbacks.write_predictions(folder, step, records)
 
 
 def option(command: list[str], flag: str) -> str | None:
@@ -347,9 +364,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     put("smollm2/sst2/residual-s42", {100: 70.0, 400: 70.0}, final_extra={"environment": environment})
     cb = put("smollm2/cb/superpos-s42", {100: 50.0, 400: 50.0})
     # gold labels of the CB eval examples: predicting class 0 everywhere gives accuracy 60, macro-F1 25 -> 42.5
-    (cb / "predictions-step100.jsonl").write_text(
-        "".join(json.dumps({"id": i, "gold": g, "prediction": 0}) + "\n" for i, g in enumerate([0, 0, 0, 1, 2]))
-    )
+    write_predictions(cb, 100, "cb", [0, 0, 0, 1, 2], [0, 0, 0, 0, 0])
     put("smollm2/cb/prompt_tuning-s42", {100: 50.0, 400: 40.0}, losses={100: 1.5})  # superpos has none on cb
     put("smollm2/cb/residual-s42", {100: 80.0, 400: 80.0})
     put("smollm2/rte/superpos-s42", {100: 50.0, 200: 60.0})  # short of its 400 steps: not finished
@@ -404,34 +419,28 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert minilm["superpos, dropout off"]["steps_to_90"] == 100  # best 0 (e.g. MCC of a collapse): reached at once
     assert minilm["superpos, dropout on"]["steps_to_90"] is None  # 90 % of a negative best means nothing
 
-    # head to head over the tasks both sides finished (rte: neither), a difference under 0.05 is a tie
+    # head to head over the tasks both sides finished (rte: neither); with no predictions to test a task's
+    # difference on (only superpos on cb saved any) every task is untested and none counts as learned
     head = {row["label"]: row for row in report["head_to_head"]}
     versus_pt = head["smollm2: superpos vs prompt_tuning"]
-    assert versus_pt["tasks"] == ["sst2", "cb"] and (versus_pt["wins"], versus_pt["ties"], versus_pt["losses"]) == (
-        1,
-        1,
-        0,
-    )
+    assert versus_pt["tasks"] == ["sst2", "cb"]
+    assert [versus_pt[k] for k in ("better", "within_noise", "worse", "untested")] == [0, 0, 0, 2]
+    assert versus_pt["per_task"] == {"sst2": None, "cb": None}
     assert (versus_pt["first_best"], versus_pt["second_best"]) == (65.0, 55.0)
-    assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (125.0, 100.0)
+    assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (None, None)
     # early train loss over the tasks where both sides have it: sst2 only (superpos logged none on cb)
     assert (versus_pt["first_early_train_loss"], versus_pt["second_early_train_loss"]) == pytest.approx((0.5, 0.9))
-    versus_residual = head["smollm2: superpos vs residual"]
-    assert (versus_residual["wins"], versus_residual["ties"], versus_residual["losses"]) == (1, 0, 1)
     versus_floor = head["smollm2: superpos vs majority floor"]
-    assert (versus_floor["wins"], versus_floor["first_best"], versus_floor["second_best"]) == (2, 65.0, 46.75)
-    assert versus_floor["second_steps_to_90"] is None
+    assert (versus_floor["first_best"], versus_floor["second_best"]) == (65.0, 46.75)
+    # cb: the saved predictions are the constant of the floor itself, so the difference is exactly 0
+    assert versus_floor["per_task"]["cb"] == {"difference": 7.5, "low": 0.0, "high": 0.0, "verdict": "within noise"}
     dropout = head["minilm: superpos, dropout off vs on"]
-    assert (dropout["tasks"], dropout["wins"], dropout["first_best"], dropout["second_best"]) == (
-        ["sst2"],
-        1,
-        0.0,
-        -1.0,
-    )
+    assert (dropout["tasks"], dropout["first_best"], dropout["second_best"]) == (["sst2"], 0.0, -1.0)
     assert (
-        "| smollm2: superpos vs residual | 2 | 1 / 0 / 1 | 65.0 | 75.0 | -10.0 | 125 / 100 | — / — |"
+        "| smollm2: superpos vs residual | 2 | 0 / 0 / 0 (2 untested) | 65.0 | 75.0 | -10.0 | — / — | — / — |"
         in (report["tables"]["head-to-head"])
     )
+    assert "| cb | +7.5 (+0.0 to +0.0) | — | — |" in report["tables"]["smollm2-floor"]
 
     qs.write_report(grid, results)
     assert (results / "report.md").read_text().startswith("# Quality suite report")
@@ -463,10 +472,60 @@ def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
              "c": {"best": 90.0, "steps_to_90": 400}}  # fmt: skip
     second = {"a": {"best": 70.0, "steps_to_90": 200}, "b": {"best": 60.0, "steps_to_90": 100},
               "c": {"best": 90.0, "steps_to_90": 100}}  # fmt: skip
-    # b: first is at its majority floor (90 % of a floor-level best is reached by chance); c: floor unknown
-    row = qs.compare("x", first, second, {"a": 50.0, "b": 50.0, "c": None})
-    assert row["tasks"] == ["a", "b", "c"] and (row["wins"], row["ties"], row["losses"]) == (1, 1, 1)
+    verdicts = {"a": "better", "b": "worse", "c": "within noise"}
+    differences = {t: {"difference": 0.0, "low": 0.0, "high": 0.0, "verdict": v} for t, v in verdicts.items()}
+    # only a is learned by both sides (b: first is at its majority floor, where 90 % of the best is reached by
+    # chance; c: not above the floor either)
+    row = qs.compare("x", first, second, differences, {"a"})
+    assert row["tasks"] == ["a", "b", "c"]
+    assert [row[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 1, 0]
     assert (row["first_steps_to_90"], row["second_steps_to_90"]) == (100, 200)
+
+
+def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
+    """SST-2: SuperPos (two seeds) right on about 90 % against prompt tuning on 65 %: better, both above the
+    floor. COPA: one example more than the floor (56 against 55 on 100): within noise, not learned."""
+    results = tmp_path / "results"
+    grid = [RunSpec(MAIN, "smollm2", task, method, max_steps=200) for task in ("sst2", "copa")
+            for method in ("superpos", "prompt_tuning")]  # fmt: skip
+    grid.append(RunSpec(SEED, "smollm2", "sst2", "superpos", seed=7, max_steps=200))
+    sst2_golds = [i % 2 for i in range(200)]
+    copa_golds = [0] * 55 + [1] * 45
+
+    def put(spec: RunSpec, task: str, golds: list[int], right: int, steps_to_best: int) -> None:
+        """A run whose best evaluation (step ``steps_to_best``) gets the first ``right`` examples right."""
+        preds = [g if i < right else 1 - g for i, g in enumerate(golds)]
+        best = compute_metrics(task, preds, golds)["score"]
+        write_run(results / spec.run_id, {100: best if steps_to_best == 100 else best - 20, 200: best})
+        write_predictions(results / spec.run_id, steps_to_best, task, golds, preds)
+
+    superpos, prompt_tuning, copa_superpos, copa_prompt_tuning, superpos_7 = grid
+    put(superpos, "sst2", sst2_golds, 180, 100)
+    put(superpos_7, "sst2", sst2_golds, 176, 100)
+    put(prompt_tuning, "sst2", sst2_golds, 130, 200)
+    put(copa_superpos, "copa", copa_golds, 56, 200)
+    put(copa_prompt_tuning, "copa", copa_golds, 55, 200)
+    report = qs.build_report(grid, results)
+    head = {row["label"]: row for row in report["head_to_head"]}
+    versus_pt = head["smollm2: superpos vs prompt_tuning"]
+    assert [versus_pt[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 0, 0]
+    sst2 = versus_pt["per_task"]["sst2"]
+    assert sst2["difference"] == pytest.approx(89.0 - 65.0) and sst2["low"] > 15 and sst2["verdict"] == "better"
+    copa = versus_pt["per_task"]["copa"]
+    # the sides differ on one example only: a resample without it differs by 0, so 0 is in the interval
+    assert copa["difference"] == pytest.approx(1.0) and copa["low"] == 0.0 < copa["high"]
+    assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (100, 200)  # sst2 only
+    floor = head["smollm2: superpos vs majority floor"]
+    assert [floor[k] for k in ("better", "within_noise", "worse")] == [1, 1, 0]
+    assert head["smollm2: prompt_tuning vs majority floor"]["per_task"]["copa"]["high"] == 0.0  # the floor itself
+    assert f"| sst2 | **+24.0** ({sst2['low']:+.1f} to {sst2['high']:+.1f}) |" in report["tables"]["smollm2-pairs"]
+    assert "| copa | +1.0 (" in report["tables"]["smollm2-pairs"]
+
+    # a run without its predictions file, or evaluated on other examples, leaves the task untested
+    (results / copa_prompt_tuning.run_id / "predictions" / "step-000200.jsonl").unlink()
+    write_predictions(results / superpos_7.run_id, 100, "sst2", sst2_golds[:100], sst2_golds[:100])
+    head = {row["label"]: row for row in qs.build_report(grid, results)["head_to_head"]}
+    assert head["smollm2: superpos vs prompt_tuning"]["untested"] == 2
 
 
 def test_early_train_loss_is_the_first_full_window_only(tmp_path):
@@ -481,9 +540,14 @@ def test_early_train_loss_is_the_first_full_window_only(tmp_path):
     assert result([{"step": 50, "train_loss": 0.7}, {"step": 150, "train_loss": 0.2}]).early_train_loss is None
 
 
-def test_majority_floor_reads_gold_label_words():
-    assert qs.constant_prediction_floor("sst2", [1, 1, 0]) == pytest.approx(200 / 3)
-    assert qs.constant_prediction_floor("stsb", [1.0, 2.0, 4.4]) == 0.0  # a constant has no correlation
+def test_predictions_files_parse_label_words_and_invalid_outputs(tmp_path):
+    write_predictions(tmp_path, 100, "sst2", [1, 1, 0], [1, None, 0])
+    saved = qs.read_predictions(tmp_path / "predictions" / "step-000100.jsonl", "sst2")
+    assert saved == qs.SavedPredictions(ids=(0, 1, 2), golds=(1, 1, 0), preds=(1, None, 0))
+    write_predictions(tmp_path, 200, "stsb", [3.4, 0.0], [2.0, None])
+    saved = qs.read_predictions(tmp_path / "predictions" / "step-000200.jsonl", "stsb")
+    assert (saved.golds, saved.preds) == ((3.4, 0.0), (2.0, None))
+    assert qs.read_predictions(tmp_path / "predictions" / "step-000300.jsonl", "sst2") is None  # missing
 
 
 def test_report_lr_check_table_marks_the_chosen_lr(tmp_path):

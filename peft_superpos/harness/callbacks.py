@@ -43,6 +43,7 @@ __all__ = [
     "json_safe",
     "latest_rows",
     "plot_learning_curve",
+    "predictions_path",
     "read_rows",
     "repair_metrics_file",
     "write_predictions",
@@ -144,11 +145,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
+def predictions_path(output_dir: str | os.PathLike, step: int) -> Path:
+    """Where the per-example records of the evaluation at ``step`` go: ``predictions/step-<step>.jsonl``."""
+    return Path(output_dir) / PREDICTIONS_DIR / f"step-{step:06d}.jsonl"
+
+
 def write_predictions(output_dir: str | os.PathLike, step: int, records: list[dict[str, Any]]) -> Path:
-    """Write one evaluation's per-example records to ``predictions/step-<step>.jsonl`` (atomically)."""
-    folder = Path(output_dir) / PREDICTIONS_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"step-{step:06d}.jsonl"
+    """Write one evaluation's per-example records to :func:`predictions_path` (atomically)."""
+    path = predictions_path(output_dir, step)
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records))
     return path
 

@@ -33,6 +33,7 @@ from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextCollator, 
 __all__ = [
     "EVAL_MODES",
     "EvalResult",
+    "best_constant_prediction",
     "classify_predictions",
     "constant_prediction_floor",
     "evaluate",
@@ -197,11 +198,22 @@ def prediction_counts(task: Any, predictions: Sequence[int | float | None]) -> d
     return {"pred_counts": ordered, "majority_pred_share": share}
 
 
+def best_constant_prediction(
+    task: Any, labels: Sequence[int | float], groups: Sequence[Any] | None = None
+) -> int | float:
+    """The label id whose prediction for every example scores best on these examples (the majority class, or
+    the class that maximises the task's metric); STS-B: 2.5 (a constant has no correlation)."""
+    if task.is_regression:
+        return 2.5
+    return max(
+        range(len(task.choices)), key=lambda c: compute_metrics(task, [c] * len(labels), labels, groups)["score"]
+    )
+
+
 def constant_prediction_floor(task: Any, labels: Sequence[int | float], groups: Sequence[Any] | None = None) -> float:
-    """The best score any constant prediction reaches on these examples (the majority-class floor; STS-B: 0,
-    as a constant has no correlation)."""
-    candidates: Sequence[int | float] = [2.5] if task.is_regression else range(len(task.choices))
-    return max(compute_metrics(task, [c] * len(labels), labels, groups)["score"] for c in candidates)
+    """The best score any constant prediction reaches on these examples (the majority-class floor; STS-B: 0)."""
+    constant = best_constant_prediction(task, labels, groups)
+    return compute_metrics(task, [constant] * len(labels), labels, groups)["score"]
 
 
 def evaluate(

@@ -8,14 +8,25 @@
 
 ``trainer_compute_metrics(task, tokenizer)`` is a ready ``transformers.Trainer(compute_metrics=...)`` for
 generated label tokens. Both compute what the harness reports (``peft_superpos.metrics.scoring``).
+``paired_bootstrap(task, predictions_a, predictions_b, references)`` says whether a score difference on the
+same eval examples is real or within noise (``peft_superpos.metrics.bootstrap``).
 """
 
 from pathlib import Path
 
+from .bootstrap import PairedDifference, bootstrap_scores, paired_bootstrap
 from .scoring import compute_metrics, fill_invalid
 from .trainer import trainer_compute_metrics
 
 #: Folder of the ``evaluate`` metric module ``superpos_glue``: ``evaluate.load(METRIC_PATH, task_name)``.
 METRIC_PATH: str = str(Path(__file__).resolve().parent / "superpos_glue")
 
-__all__ = ["METRIC_PATH", "compute_metrics", "fill_invalid", "trainer_compute_metrics"]
+__all__ = [
+    "METRIC_PATH",
+    "PairedDifference",
+    "bootstrap_scores",
+    "compute_metrics",
+    "fill_invalid",
+    "paired_bootstrap",
+    "trainer_compute_metrics",
+]
