@@ -1,6 +1,6 @@
-"""The quality suite (benchmarks/quality_suite.py): grid, skip/resume/failure logic of the runner, committing,
-the lr taken from the lr check, and the report's numbers on hand-made results. Fake runners stand in for the
-harness except in one tiny end-to-end run through the real CLI."""
+"""The quality suite (benchmarks/quality_grid.py, quality_suite.py, quality_report.py): the grid, the runner's
+skip/resume/failure logic, committing, the lr taken from the lr check, and the report's numbers on hand-made
+results. Fake runners stand in for the harness except in one tiny end-to-end run through the real CLI."""
 
 from __future__ import annotations
 
@@ -19,8 +19,10 @@ from peft_superpos.harness import callbacks
 from peft_superpos.metrics import compute_metrics
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+import quality_grid as qg  # noqa: E402
+import quality_report as qr  # noqa: E402
 import quality_suite as qs  # noqa: E402
-from quality_suite import ABLATION, LR_CHECK, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec  # noqa: E402
+from quality_grid import ABLATION, LR_CHECK, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec  # noqa: E402
 
 
 def write_run(
@@ -93,20 +95,20 @@ def suite(tmp_path: Path, grid, runner, **kwargs) -> list[str]:
 
 
 def test_grid_v1_order_and_contents():
-    grid = qs.GRID_V1
+    grid = qg.GRID_V1
     stages = [s.stage for s in grid]
-    assert stages == sorted(stages, key=qs.STAGES.index)  # zero-shot, MiniLM, lr check, main, seed, ablation
-    assert {stage: stages.count(stage) for stage in qs.STAGES} == {
+    assert stages == sorted(stages, key=qg.STAGES.index)  # zero-shot, MiniLM, lr check, main, seed, ablation
+    assert {stage: stages.count(stage) for stage in qg.STAGES} == {
         ZERO_SHOT: 7, LR_CHECK: 12, MAIN: 28, SEED: 8, ABLATION: 8, MINILM: 16
     }  # fmt: skip
     assert [s.task for s in grid if s.stage == MAIN][::4] == ["sst2", "cola", "copa", "stsb", "mrpc", "rte", "cb"]
     assert all(s.eval_only and s.model == "smollm2" for s in grid if s.stage == ZERO_SHOT)
-    tuned = [s for s in grid if s.stage in (MAIN, SEED, ABLATION) and s.method in qs.TUNED_METHODS]
-    assert tuned and all(s.lr == qs.FROM_LR_CHECK for s in tuned)
+    tuned = [s for s in grid if s.stage in (MAIN, SEED, ABLATION) and s.method in qg.TUNED_METHODS]
+    assert tuned and all(s.lr == qg.FROM_LR_CHECK for s in tuned)
     assert all(s.lr is None for s in grid if s.method in ("residual", "lora"))
     assert len({s.run_id for s in grid}) == len(grid)
     with pytest.raises(ValueError, match="share the id"):
-        qs.check_grid([grid[0], grid[0]])
+        qg.check_grid([grid[0], grid[0]])
 
 
 def test_harness_command_has_the_run_settings():
@@ -288,7 +290,7 @@ def lr_check_grid(model: str = "smollm2") -> list[RunSpec]:
     return [
         RunSpec(LR_CHECK, model, task, "superpos", max_steps=300, lr=lr)
         for task in ("sst2", "cola")
-        for lr in qs.LR_CHECK_VALUES
+        for lr in qg.LR_CHECK_VALUES
     ]
 
 
@@ -299,39 +301,39 @@ def write_lr_check(results: Path, best: dict[tuple[str, float], float]) -> None:
 
 def test_lr_comes_from_the_lr_check(tmp_path):
     results = tmp_path / "results"
-    main = RunSpec(MAIN, "smollm2", "rte", "superpos", max_steps=100, lr=qs.FROM_LR_CHECK)
+    main = RunSpec(MAIN, "smollm2", "rte", "superpos", max_steps=100, lr=qg.FROM_LR_CHECK)
     grid = [*lr_check_grid(), main]
     # mean over the two tasks: 3e-3 -> 50, 1e-2 -> 55, 3e-2 -> 60 (the best on neither task alone wins)
     write_lr_check(results, {("sst2", 3e-3): 70, ("cola", 3e-3): 30, ("sst2", 1e-2): 80, ("cola", 1e-2): 30,
                              ("sst2", 3e-2): 75, ("cola", 3e-2): 45})  # fmt: skip
-    assert qs.lr_check_means("smollm2", "superpos", grid, results) == {3e-3: 50.0, 1e-2: 55.0, 3e-2: 60.0}
-    assert qs.resolve_lr(main, grid, results) == 3e-2
+    assert qg.lr_check_means("smollm2", "superpos", grid, results) == {3e-3: 50.0, 1e-2: 55.0, 3e-2: 60.0}
+    assert qg.resolve_lr(main, grid, results) == 3e-2
     harness = FakeHarness()
     qs.run_suite(grid, tmp_path / "runs", results, "data", only=[main.run_id], runner=harness)
     assert option(harness.commands[0], "--lr") == "0.03"
 
     write_lr_check(results, {("sst2", 3e-3): 60, ("cola", 3e-3): 50, ("sst2", 1e-2): 50, ("cola", 1e-2): 60,
                              ("sst2", 3e-2): 40, ("cola", 3e-2): 70})  # fmt: skip
-    assert qs.resolve_lr(main, grid, results) == qs.PAPER_LR  # a tie goes to the paper's lr
+    assert qg.resolve_lr(main, grid, results) == qg.PAPER_LR  # a tie goes to the paper's lr
 
 
 def test_lr_check_missing_fails_loudly_and_the_grid_goes_on(tmp_path):
     results = tmp_path / "results"
-    tuned = RunSpec(MAIN, "smollm2", "rte", "superpos", max_steps=100, lr=qs.FROM_LR_CHECK)
+    tuned = RunSpec(MAIN, "smollm2", "rte", "superpos", max_steps=100, lr=qg.FROM_LR_CHECK)
     other = RunSpec(MAIN, "smollm2", "rte", "lora", max_steps=100)
     grid = [*lr_check_grid(), tuned, other]
     for spec in lr_check_grid()[:5]:  # one lr-check run missing
         write_run(results / spec.run_id, {300: 50.0})
-    with pytest.raises(qs.LrCheckError, match="smollm2/cola/lrcheck-superpos-lr0.03-s42"):
-        qs.resolve_lr(tuned, grid, results)
+    with pytest.raises(qg.LrCheckError, match="smollm2/cola/lrcheck-superpos-lr0.03-s42"):
+        qg.resolve_lr(tuned, grid, results)
     harness = FakeHarness()
     failed = qs.run_suite(grid, tmp_path / "runs", results, "data", only=["*/rte/*"], runner=harness)
     assert failed == [tuned.run_id]
     assert [option(c, "--method") for c in harness.commands] == ["lora"]
     failure = json.loads((results / "failures.jsonl").read_text())
     assert "lr check" in failure["reason"] and "missing" in failure["reason"]
-    with pytest.raises(qs.LrCheckError, match="no lr-check runs"):
-        qs.resolve_lr(tuned, [tuned], results)
+    with pytest.raises(qg.LrCheckError, match="no lr-check runs"):
+        qg.resolve_lr(tuned, [tuned], results)
 
 
 def report_grid() -> list[RunSpec]:
@@ -372,7 +374,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     put("minilm/sst2/superpos-dropout-s42", {100: -5.0, 400: -1.0})
     put("minilm/sst2/superpos-s42", {100: 0.0, 400: -3.0})
 
-    report = qs.build_report(grid, results)
+    report = qr.build_report(grid, results)
     assert (report["finished"], report["planned"]) == (11, len(grid))
     assert report["tables"]["status"].startswith(f"11 of {len(grid)} planned runs finished")
     environments = report["tables"]["environments"].splitlines()
@@ -442,7 +444,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     )
     assert "| cb | +7.5 (+0.0 to +0.0) | — | — |" in report["tables"]["smollm2-floor"]
 
-    qs.write_report(grid, results)
+    qr.write_report(grid, results)
     assert (results / "report.md").read_text().startswith("# Quality suite report")
     assert json.loads((results / "report.json").read_text())["stability"]["smollm2"]["tasks"] == ["sst2", "cb"]
     pictures = sorted(p.name for p in (results / "curves").iterdir())
@@ -459,7 +461,7 @@ def test_ablation_at_two_seeds_sits_beside_the_main_run_of_each_seed(tmp_path):
     for spec, scores in zip(grid, ({100: 80.0, 400: 78.0}, {100: 84.0, 400: 84.0}, {100: 70.0, 400: 76.0},
                                    {100: 72.0, 400: 70.0}), strict=True):  # fmt: skip
         write_run(results / spec.run_id, scores)
-    report = qs.build_report(grid, results)
+    report = qr.build_report(grid, results)
     assert report["ablation"]["superpos m=16"]["best"] == {"sst2 seed 42": 76.0, "sst2 seed 7": 72.0}
     table = report["tables"]["ablation"]
     assert "| variant | sst2 seed 42 best / final | sst2 seed 7 best / final | mean best |" in table
@@ -476,7 +478,7 @@ def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
     differences = {t: {"difference": 0.0, "low": 0.0, "high": 0.0, "verdict": v} for t, v in verdicts.items()}
     # only a is learned by both sides (b: first is at its majority floor, where 90 % of the best is reached by
     # chance; c: not above the floor either)
-    row = qs.compare("x", first, second, differences, {"a"})
+    row = qr.compare("x", first, second, differences, {"a"})
     assert row["tasks"] == ["a", "b", "c"]
     assert [row[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 1, 0]
     assert (row["first_steps_to_90"], row["second_steps_to_90"]) == (100, 200)
@@ -505,7 +507,7 @@ def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
     put(prompt_tuning, "sst2", sst2_golds, 130, 200)
     put(copa_superpos, "copa", copa_golds, 56, 200)
     put(copa_prompt_tuning, "copa", copa_golds, 55, 200)
-    report = qs.build_report(grid, results)
+    report = qr.build_report(grid, results)
     head = {row["label"]: row for row in report["head_to_head"]}
     versus_pt = head["smollm2: superpos vs prompt_tuning"]
     assert [versus_pt[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 0, 0]
@@ -524,15 +526,15 @@ def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
     # a run without its predictions file, or evaluated on other examples, leaves the task untested
     (results / copa_prompt_tuning.run_id / "predictions" / "step-000200.jsonl").unlink()
     write_predictions(results / superpos_7.run_id, 100, "sst2", sst2_golds[:100], sst2_golds[:100])
-    head = {row["label"]: row for row in qs.build_report(grid, results)["head_to_head"]}
+    head = {row["label"]: row for row in qr.build_report(grid, results)["head_to_head"]}
     assert head["smollm2: superpos vs prompt_tuning"]["untested"] == 2
 
 
 def test_early_train_loss_is_the_first_full_window_only(tmp_path):
     spec = RunSpec(MAIN, "smollm2", "sst2", "superpos", max_steps=400)
 
-    def result(rows: list[dict]) -> qs.RunResult:
-        return qs.RunResult(spec, {}, rows, tmp_path)
+    def result(rows: list[dict]) -> qg.RunResult:
+        return qg.RunResult(spec, {}, rows, tmp_path)
 
     assert result([{"step": 100, "train_loss": 0.7}, {"step": 200, "train_loss": 0.2}]).early_train_loss == 0.7
     # a row averaged over fewer steps (resumed from a checkpoint of an older version) is not the same measure
@@ -542,19 +544,19 @@ def test_early_train_loss_is_the_first_full_window_only(tmp_path):
 
 def test_predictions_files_parse_label_words_and_invalid_outputs(tmp_path):
     write_predictions(tmp_path, 100, "sst2", [1, 1, 0], [1, None, 0])
-    saved = qs.read_predictions(tmp_path / "predictions" / "step-000100.jsonl", "sst2")
-    assert saved == qs.SavedPredictions(ids=(0, 1, 2), golds=(1, 1, 0), preds=(1, None, 0))
+    saved = qr.read_predictions(tmp_path / "predictions" / "step-000100.jsonl", "sst2")
+    assert saved == qr.SavedPredictions(ids=(0, 1, 2), golds=(1, 1, 0), preds=(1, None, 0))
     write_predictions(tmp_path, 200, "stsb", [3.4, 0.0], [2.0, None])
-    saved = qs.read_predictions(tmp_path / "predictions" / "step-000200.jsonl", "stsb")
+    saved = qr.read_predictions(tmp_path / "predictions" / "step-000200.jsonl", "stsb")
     assert (saved.golds, saved.preds) == ((3.4, 0.0), (2.0, None))
-    assert qs.read_predictions(tmp_path / "predictions" / "step-000300.jsonl", "sst2") is None  # missing
+    assert qr.read_predictions(tmp_path / "predictions" / "step-000300.jsonl", "sst2") is None  # missing
 
 
 def test_report_lr_check_table_marks_the_chosen_lr(tmp_path):
     results = tmp_path / "results"
     write_lr_check(results, {("sst2", 3e-3): 70, ("cola", 3e-3): 30, ("sst2", 1e-2): 80, ("cola", 1e-2): 30,
                              ("sst2", 3e-2): 75, ("cola", 3e-2): 45})  # fmt: skip
-    report = qs.build_report(lr_check_grid(), results)
+    report = qr.build_report(lr_check_grid(), results)
     assert report["lr_check"]["smollm2/superpos"]["chosen"] == 3e-2
     assert "| smollm2 superpos | 0.03 (chosen) | 75.0 | 45.0 | 60.0 |" in report["tables"]["lr-check"]
 

@@ -1,0 +1,335 @@
+"""The quality suite's grid and its results on disk: what runs (:data:`GRID_V1`, one :class:`RunSpec` per run,
+in order), where a finished run's small results are (``benchmarks/results/quality/<model>/<task>/<run>/``:
+``final.json``, ``metrics.jsonl``, ``predictions/``) and which learning rate the lr check chose. Shared by the
+runner (``quality_suite.py``) and the report (``quality_report.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from peft_superpos.harness.callbacks import predictions_path, read_rows  # noqa: E402
+
+DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results" / "quality"
+FAILURES_FILE = "failures.jsonl"
+PREDICTION_PATTERNS = ("predictions*", "predictions/*")
+
+# ----------------------------------------------------------------------------------------------------------
+# The grid: data. Order matters: the runner goes through it in order.
+# ----------------------------------------------------------------------------------------------------------
+
+#: Suite model name -> the harness's ``--model``.
+MODELS: Mapping[str, str] = {"smollm2": "smollm2-135m-instruct", "minilm": "minilm"}
+#: Settings every run shares (the paper's protocol: generation eval on the first <= 300 validation examples).
+MAX_EVAL_SAMPLES = 300
+BATCH_SIZE = 8
+EVAL_STEPS = 100
+#: ``lr`` of a spec that takes the best learning rate of the lr check (resolved when the runner reaches it).
+FROM_LR_CHECK = "from_lr_check"
+#: The paper's learning rate for SuperPos and prompt tuning; it wins ties in the lr check.
+PAPER_LR = 1e-2
+
+ZERO_SHOT, LR_CHECK, MAIN, SEED, ABLATION, MINILM = "zero-shot", "lr-check", "main", "seed", "ablation", "minilm"
+#: Run order. MiniLM runs are cheap (a 22M-parameter encoder): they go early and answer the dropout question.
+STAGES = (ZERO_SHOT, MINILM, LR_CHECK, MAIN, SEED, ABLATION)
+
+SHORT_TASKS = ("sst2", "cola", "copa", "stsb")
+MAIN_TASKS = (*SHORT_TASKS, "mrpc", "rte", "cb")  # short tasks first
+MAIN_METHODS = ("superpos", "prompt_tuning", "residual", "lora")
+TUNED_METHODS = ("superpos", "prompt_tuning")  # their lr comes from the lr check
+LR_CHECK_TASKS = ("sst2", "cola")
+LR_CHECK_VALUES = (3e-3, 1e-2, 3e-2)
+#: SST-2 at two seeds rather than two tasks: on CoLA, COPA and STS-B every method of the main stage (LoRA too)
+#: stayed at the majority floor within 400 steps, where no variant of m could show a difference.
+ABLATION_TASKS = ("sst2",)
+ABLATION_SEEDS = (42, 7)
+ABLATION_M = (16, 64, 256)  # m=128 is the main run
+MINILM_TASKS = ("sst2", "mrpc", "rte", "cola")
+
+#: Step budgets (optimizer steps of batch 8); one budget for every method of a task. Sized from step times
+#: measured on the 2-core CPU (benchmarks/results/padding-smollm2.md, grouped batches: SST-2 ~1.5 s/step,
+#: CB/RTE ~3.1-3.3 s/step; a 300-example generation eval ~35 s on short tasks): short tasks ~12 min a run,
+#: long tasks ~17 min, the whole grid ~12 CPU-hours. See RESULTS.template.md for the reasoning.
+LR_CHECK_STEPS = 200
+MAIN_STEPS: Mapping[str, int] = {"sst2": 400, "cola": 400, "copa": 400, "stsb": 400, "mrpc": 300, "rte": 300, "cb": 300}
+MINILM_STEPS: Mapping[str, int] = {"sst2": 500, "mrpc": 500, "rte": 500, "cola": 500}
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the grid. ``lr``: a number, None (the method's harness default) or :data:`FROM_LR_CHECK`."""
+
+    stage: str
+    model: str
+    task: str
+    method: str
+    seed: int = 42
+    max_steps: int | None = None  # None only for eval-only runs
+    eval_steps: int = EVAL_STEPS
+    lr: float | str | None = None
+    m: int | None = None
+    softmax: bool = False
+    keep_dropout: bool = False
+    eval_only: bool = False
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; expected one of {STAGES}")
+        if self.eval_only == (self.max_steps is not None):
+            raise ValueError(f"{self.task}/{self.method}: give max_steps to a training run, and none to eval-only")
+        if isinstance(self.lr, str) and self.lr != FROM_LR_CHECK:
+            raise ValueError(f"lr must be a number, None or {FROM_LR_CHECK!r}, got {self.lr!r}")
+
+    @property
+    def run_name(self) -> str:
+        """Folder name, unique within (model, task): e.g. ``superpos-m16-s42``, ``lrcheck-superpos-lr0.01-s42``."""
+        if self.eval_only:
+            return "zero-shot"
+        parts = ["lrcheck"] if self.stage == LR_CHECK else []
+        parts.append(self.method)
+        if self.stage == LR_CHECK:
+            parts.append(f"lr{self.lr:g}")
+        if self.m is not None:
+            parts.append(f"m{self.m}")
+        if self.softmax:
+            parts.append("softmax")
+        if self.keep_dropout:
+            parts.append("dropout")
+        return "-".join([*parts, f"s{self.seed}"])
+
+    @property
+    def run_id(self) -> str:
+        return f"{self.model}/{self.task}/{self.run_name}"
+
+    @property
+    def series(self) -> str:
+        """What the report calls this setting; the runs of one series differ only by seed."""
+        if self.eval_only:
+            return "zero-shot"
+        label = self.method
+        if self.stage == LR_CHECK:
+            label += f" lr={self.lr:g}"
+        if self.m is not None:
+            label += f" m={self.m}"
+        if self.softmax:
+            label += " softmax"
+        if self.stage == MINILM:
+            label += ", dropout on" if self.keep_dropout else ", dropout off"
+        return label
+
+
+def grid_v1() -> tuple[RunSpec, ...]:
+    """Grid v1 of issue 7, in the order it runs."""
+    zero_shot = [RunSpec(ZERO_SHOT, "smollm2", task, "full", eval_only=True) for task in MAIN_TASKS]
+    lr_check = [
+        RunSpec(LR_CHECK, "smollm2", task, method, max_steps=LR_CHECK_STEPS, lr=lr)
+        for task in LR_CHECK_TASKS
+        for method in TUNED_METHODS
+        for lr in LR_CHECK_VALUES
+    ]
+    main = [
+        RunSpec(MAIN, "smollm2", task, method, max_steps=MAIN_STEPS[task],
+                lr=FROM_LR_CHECK if method in TUNED_METHODS else None)
+        for task in MAIN_TASKS
+        for method in MAIN_METHODS
+    ]  # fmt: skip
+    second_seed = [
+        RunSpec(SEED, "smollm2", task, method, seed=7, max_steps=MAIN_STEPS[task], lr=FROM_LR_CHECK)
+        for task in SHORT_TASKS
+        for method in TUNED_METHODS
+    ]
+    ablations = [
+        RunSpec(ABLATION, "smollm2", task, "superpos", seed=seed, max_steps=MAIN_STEPS[task], lr=FROM_LR_CHECK,
+                **variant)
+        for seed in ABLATION_SEEDS
+        for task in ABLATION_TASKS
+        for variant in [*({"m": m} for m in ABLATION_M), {"softmax": True}]
+    ]  # fmt: skip
+    minilm = [
+        RunSpec(MINILM, "minilm", task, method, max_steps=MINILM_STEPS[task], keep_dropout=keep)
+        for task in MINILM_TASKS
+        for method in TUNED_METHODS
+        for keep in (False, True)
+    ]
+    return check_grid([*zero_shot, *minilm, *lr_check, *main, *second_seed, *ablations])
+
+
+def check_grid(specs: Sequence[RunSpec]) -> tuple[RunSpec, ...]:
+    seen: set[str] = set()
+    for spec in specs:
+        if spec.run_id in seen:
+            raise ValueError(f"two runs of the grid share the id {spec.run_id}")
+        seen.add(spec.run_id)
+    return tuple(specs)
+
+
+GRID_V1 = grid_v1()
+
+# ----------------------------------------------------------------------------------------------------------
+# Results on disk
+# ----------------------------------------------------------------------------------------------------------
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_complete(spec: RunSpec, final: Mapping[str, Any]) -> bool:
+    """Whether ``final.json`` shows the run at its step budget (eval-only: present)."""
+    return spec.eval_only or int(final.get("global_step") or 0) >= spec.max_steps
+
+
+def finished_final(spec: RunSpec, results_dir: Path) -> dict[str, Any] | None:
+    """The run's ``final.json`` from the results folder when the run is finished there, else None."""
+    final = read_json(results_dir / spec.run_id / "final.json")
+    return final if final is not None and is_complete(spec, final) else None
+
+
+def prediction_files(folder: Path) -> list[Path]:
+    return sorted({p for pattern in PREDICTION_PATTERNS for p in folder.glob(pattern) if p.is_file()})
+
+
+def failure_counts(results_dir: Path) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for row in read_rows_plain(results_dir / FAILURES_FILE):
+        counts[row["run_id"]] = counts.get(row["run_id"], 0) + 1
+    return counts
+
+
+@dataclass
+class RunResult:
+    """One finished run as the results folder holds it."""
+
+    spec: RunSpec
+    final: dict[str, Any]
+    rows: list[dict[str, Any]]
+    folder: Path
+
+    @property
+    def scored(self) -> list[dict[str, Any]]:
+        return [r for r in self.rows if r.get("eval_score") is not None]
+
+    @property
+    def best_row(self) -> dict[str, Any] | None:
+        return max(self.scored, key=lambda r: r["eval_score"], default=None)
+
+    @property
+    def best(self) -> float | None:
+        return self.best_row["eval_score"] if self.best_row else None
+
+    @property
+    def last(self) -> float | None:
+        return self.scored[-1]["eval_score"] if self.scored else None
+
+    @property
+    def invalid_at_best(self) -> float | None:
+        return self.best_row.get("eval_invalid_rate") if self.best_row else None
+
+    @property
+    def top_class_at_best(self) -> float | None:
+        """Share (%) of the most frequent prediction at the best evaluation: 100 means one class for all."""
+        return self.best_row.get("eval_majority_pred_share") if self.best_row else None
+
+    @property
+    def early_train_loss(self) -> float | None:
+        """Mean training loss over steps 1-EVAL_STEPS (the first logged window): how fast the loss falls."""
+        row = next((r for r in self.rows if int(r["step"]) == EVAL_STEPS), None)
+        return row.get("train_loss") if row and not row.get("train_loss_partial") else None
+
+    @property
+    def steps_to_90(self) -> int | None:
+        """First evaluated step whose score reaches 90 % of the run's best (undefined for a negative best)."""
+        best = self.best
+        if best is None or best < 0:
+            return None
+        return next(int(r["step"]) for r in self.scored if r["eval_score"] >= 0.9 * best)
+
+    @property
+    def seconds_per_step(self) -> float | None:
+        rate = (self.final.get("timings") or {}).get("train_steps_per_second")
+        return 1.0 / rate if rate else None
+
+    @property
+    def best_predictions(self) -> Path | None:
+        """The per-example records of the best evaluation (the harness writes one file per evaluation)."""
+        return predictions_path(self.folder, int(self.best_row["step"])) if self.best_row else None
+
+
+def load_result(spec: RunSpec, results_dir: Path) -> RunResult | None:
+    final = finished_final(spec, results_dir)
+    if final is None:
+        return None
+    folder = results_dir / spec.run_id
+    return RunResult(spec, final, read_rows(folder / "metrics.jsonl"), folder)
+
+
+def read_rows_plain(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (none if it is missing; torn lines skipped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(ValueError):
+            value = json.loads(line)
+            if isinstance(value, dict):
+                rows.append(value)
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Learning rate from the lr check
+# ----------------------------------------------------------------------------------------------------------
+
+
+class LrCheckError(RuntimeError):
+    """A run takes its lr from the lr check, and the lr check's results are not all there."""
+
+
+def lr_check_means(model: str, method: str, grid: Sequence[RunSpec], results_dir: Path) -> dict[float, float]:
+    """lr -> mean over the check tasks of each run's best score; raises :class:`LrCheckError` if any is missing."""
+    checks = [s for s in grid if s.stage == LR_CHECK and s.model == model and s.method == method]
+    if not checks:
+        raise LrCheckError(f"the grid has no lr-check runs for {model}/{method}")
+    scores: dict[float, list[float]] = {}
+    missing = []
+    for spec in checks:
+        result = load_result(spec, results_dir)
+        if result is None or result.best is None:
+            missing.append(spec.run_id)
+        else:
+            scores.setdefault(spec.lr, []).append(result.best)
+    if missing:
+        raise LrCheckError(
+            f"the lr check of {model}/{method} is not finished in {results_dir} (missing: {', '.join(missing)}); "
+            f"run it first: python benchmarks/quality_suite.py run --only '{model}/*/lrcheck-{method}-*'"
+        )
+    return {lr: float(np.mean(values)) for lr, values in scores.items()}
+
+
+def lr_from_check(model: str, method: str, grid: Sequence[RunSpec], results_dir: Path) -> float:
+    """The lr with the highest mean best score in the lr check; ties go to the paper's :data:`PAPER_LR`."""
+    means = lr_check_means(model, method, grid, results_dir)
+    top = max(means.values())
+    winners = [lr for lr, mean in means.items() if math.isclose(mean, top, rel_tol=0, abs_tol=1e-9)]
+    return PAPER_LR if PAPER_LR in winners else winners[0]
+
+
+def resolve_lr(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> float | None:
+    if spec.lr == FROM_LR_CHECK:
+        return lr_from_check(spec.model, spec.method, grid, results_dir)
+    return spec.lr
