@@ -264,10 +264,15 @@ class RunResult:
         rate = (self.final.get("timings") or {}).get("train_steps_per_second")
         return 1.0 / rate if rate else None
 
-    @property
-    def best_predictions(self) -> Path | None:
-        """The per-example records of the best evaluation (the harness writes one file per evaluation)."""
-        return predictions_path(self.folder, int(self.best_row["step"])) if self.best_row else None
+    def score_at(self, step: int) -> float | None:
+        return next((r["eval_score"] for r in self.scored if int(r["step"]) == step), None)
+
+    def predictions_at(self, step: int | None = None) -> Path | None:
+        """The per-example records of the evaluation at ``step`` (None: the best one); the harness writes one
+        file per evaluation."""
+        if step is None:
+            step = int(self.best_row["step"]) if self.best_row else None
+        return None if step is None else predictions_path(self.folder, step)
 
 
 def load_result(spec: RunSpec, results_dir: Path) -> RunResult | None:

@@ -114,6 +114,7 @@ def series_summary(results: Sequence[RunResult]) -> dict[str, Any] | None:
         "invalid_at_best": mean_or_none(r.invalid_at_best for r in results),
         "top_class_at_best": mean_or_none(r.top_class_at_best for r in results),
         "early_train_loss": mean_or_none(r.early_train_loss for r in results),
+        "first_eval": mean_or_none(r.score_at(EVAL_STEPS) for r in results),
         "seconds_per_step": mean_or_none(r.seconds_per_step for r in results),
         "curve": {"steps": steps, "scores": [float(np.mean([c[s] for c in curves])) for s in steps]},
     }
@@ -415,12 +416,13 @@ def resampled_file(path: Path, version: tuple[int, int], task: str) -> Side | No
     return (saved.ids, saved.golds), bootstrap_scores(task, saved.preds, saved.golds, resamples=BOOTSTRAP_RESAMPLES)
 
 
-def resampled_runs(runs: Sequence[RunResult]) -> Side | None:
-    """The runs' predictions at their best evaluation, scored on the resamples and averaged over the runs (the
-    seeds of a series); None if a run has no predictions file or the runs' examples differ."""
+def resampled_runs(runs: Sequence[RunResult], step: int | None = None) -> Side | None:
+    """The runs' predictions at ``step`` (None: each run's best evaluation), scored on the resamples and averaged
+    over the runs (the seeds of a series); None if a run has no such predictions file or the runs' examples
+    differ."""
     sides = []
     for run in runs:
-        path = run.best_predictions
+        path = run.predictions_at(step)
         if path is None or not path.is_file():
             return None
         stat = path.stat()
@@ -437,13 +439,22 @@ def resampled_floor(task_name: str, golds: tuple[int | float, ...]) -> np.ndarra
     return bootstrap_scores(task_name, [constant] * len(golds), golds, resamples=BOOTSTRAP_RESAMPLES)
 
 
-def paired(first: Side | None, second: Side | None, first_best: Any, second_best: Any) -> dict[str, Any] | None:
-    """The difference of the best scores with its 95 % paired-bootstrap interval and verdict; None when a side
-    has no predictions or the sides were evaluated on different examples."""
-    if first is None or second is None or first[0] != second[0] or first_best is None or second_best is None:
+def paired(first: Side | None, second: Side | None, first_score: Any, second_score: Any) -> dict[str, Any] | None:
+    """The difference of two scores with its 95 % paired-bootstrap interval and verdict; None when a side has no
+    predictions or the sides were evaluated on different examples."""
+    if first is None or second is None or first[0] != second[0] or first_score is None or second_score is None:
         return None
-    result = paired_difference(first[1], second[1], first_best - second_best)
+    result = paired_difference(first[1], second[1], first_score - second_score)
     return {"difference": result.difference, "low": result.low, "high": result.high, "verdict": result.verdict}
+
+
+def tested(differences: Mapping[str, Mapping[str, Any] | None], tasks: Sequence[str]) -> dict[str, Any]:
+    """The :func:`paired` results of ``tasks`` (``per_task``) and how many are better / within noise / worse,
+    and untested (None)."""
+    per_task = {t: differences.get(t) for t in tasks}
+    verdicts = [(d or {}).get("verdict") for d in per_task.values()]
+    return {"better": verdicts.count(BETTER), "within_noise": verdicts.count(WITHIN_NOISE),
+            "worse": verdicts.count(WORSE), "untested": verdicts.count(None), "per_task": per_task}  # fmt: skip
 
 
 def compare(
@@ -452,15 +463,15 @@ def compare(
     second: Mapping[str, Mapping[str, Any]],
     differences: Mapping[str, dict[str, Any] | None],
     learned: Iterable[str],
+    first_eval_differences: Mapping[str, dict[str, Any] | None] | None = None,
 ) -> dict:
     """Head to head over the tasks where both sides have a best score: on how many tasks ``first`` is better,
-    within noise or worse (:func:`paired` ``differences[task]``; untested: no predictions to test with), the
-    mean best of each, the mean early train loss of each (where both have it) and the mean steps to 90 % of
-    each over the ``learned`` tasks (both sides above the majority floor: at the floor, 90 % of the best is
-    reached by chance). ``first[task]`` / ``second[task]`` are :func:`series_summary` dicts (a floor is
-    ``{"best": value}``)."""
+    within noise or worse (:func:`tested`: the :func:`paired` ``differences[task]`` of the best scores; under
+    ``first_eval`` the same for the scores at the first evaluation, when given), the mean best of each, the mean
+    early train loss of each (where both have it) and the mean steps to 90 % of each over the ``learned`` tasks
+    (both sides above the majority floor: at the floor, 90 % of the best is reached by chance). ``first[task]``
+    / ``second[task]`` are :func:`series_summary` dicts (a floor is ``{"best": value}``)."""
     tasks = [t for t in first if first[t].get("best") is not None and (second.get(t) or {}).get("best") is not None]
-    verdicts = [(differences.get(t) or {}).get("verdict") for t in tasks]
 
     def both(key: str, over: Sequence[str]) -> tuple[float | None, float | None]:
         """Mean of ``key`` on each side over the tasks of ``over`` where both sides have it."""
@@ -472,11 +483,8 @@ def compare(
     return {
         "label": label,
         "tasks": tasks,
-        "better": verdicts.count(BETTER),
-        "within_noise": verdicts.count(WITHIN_NOISE),
-        "worse": verdicts.count(WORSE),
-        "untested": verdicts.count(None),
-        "per_task": {t: differences.get(t) for t in tasks},
+        **tested(differences, tasks),
+        "first_eval": None if first_eval_differences is None else tested(first_eval_differences, tasks),
         "first_best": mean_or_none(first[t]["best"] for t in tasks),
         "second_best": mean_or_none(second[t]["best"] for t in tasks),
         "first_steps_to_90": first_steps,
@@ -511,21 +519,24 @@ def plan_comparisons(results: ResultSet, report: Mapping[str, Any], plan: Plan) 
     model, stages, names, pairs = plan
     tasks = list(report["series"].get(model, {}))
     summary = {n: {t: report["series"][model][t].get(n) or {} for t in tasks} for n in names}
-    side = {n: {t: resampled_runs(results.runs(model, t, n, stages)) for t in tasks} for n in names}
+    runs = {n: {t: results.runs(model, t, n, stages) for t in tasks} for n in names}
+    side = {n: {t: resampled_runs(runs[n][t]) for t in tasks} for n in names}
+    first_eval = {n: {t: resampled_runs(runs[n][t], EVAL_STEPS) for t in tasks} for n in names}
     majority = {t: report["floors"][model][t]["majority"] for t in tasks}
     floor_side: dict[str, Side | None] = {}
     for t in tasks:
         examples = next((side[n][t][0] for n in names if side[n][t] is not None), None)
         floor_side[t] = None if examples is None else (examples, resampled_floor(t, examples[1]))
 
-    def differences(a: str, b: str) -> dict[str, dict[str, Any] | None]:
-        return {t: paired(side[a][t], side[b][t], summary[a][t].get("best"), summary[b][t].get("best")) for t in tasks}
+    def differences(a: str, b: str, sides: Mapping[str, Mapping[str, Side | None]], key: str) -> dict[str, Any]:
+        return {t: paired(sides[a][t], sides[b][t], summary[a][t].get(key), summary[b][t].get(key)) for t in tasks}
 
     above_floor = {n: {t: paired(side[n][t], floor_side[t], summary[n][t].get("best"), majority[t]) for t in tasks}
                    for n in names}  # fmt: skip
     learned = {n: {t for t, d in above_floor[n].items() if d and d["verdict"] == BETTER} for n in names}
     floor = {t: {"best": majority[t]} for t in tasks}
-    pair_rows = [compare(f"{model}: {label}", summary[a], summary[b], differences(a, b), learned[a] & learned[b])
+    pair_rows = [compare(f"{model}: {label}", summary[a], summary[b], differences(a, b, side, "best"),
+                         learned[a] & learned[b], differences(a, b, first_eval, "first_eval"))
                  for label, a, b in pairs]  # fmt: skip
     floor_rows = [compare(f"{model}: {n} vs majority floor", summary[n], floor, above_floor[n], learned[n])
                   for n in names]  # fmt: skip
@@ -541,12 +552,14 @@ def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
         model, tasks = plan[0], list(report["series"].get(plan[0], {}))
         pair_rows, floor_rows = plan_comparisons(results, report, plan)
         report["tables"][f"{model}-pairs"] = differences_table(tasks, pair_rows, f"{model}: ")
+        early = [{**row, "per_task": row["first_eval"]["per_task"]} for row in pair_rows]
+        report["tables"][f"{model}-pairs-first-eval"] = differences_table(tasks, early, f"{model}: ")
         report["tables"][f"{model}-floor"] = differences_table(tasks, floor_rows, f"{model}: ", " vs majority floor")
         rows += pair_rows + floor_rows
     report["head_to_head"] = rows
     table_rows = [
         [r["label"], str(len(r["tasks"])),
-         f"{r['better']} / {r['within_noise']} / {r['worse']}" + (f" ({r['untested']} untested)" * bool(r["untested"])),
+         counts_cell(r), counts_cell(r["first_eval"]) if r["first_eval"] else "—",
          fmt(r["first_best"]), fmt(r["second_best"]),
          fmt(None if r["first_best"] is None else r["first_best"] - r["second_best"]),
          f"{fmt(r['first_steps_to_90'], 0)} / {fmt(r['second_steps_to_90'], 0)}",
@@ -554,17 +567,23 @@ def head_to_head_section(results: ResultSet, report: dict[str, Any]) -> None:
         for r in rows
     ]  # fmt: skip
     report["tables"]["head-to-head"] = md_table(
-        ["comparison (first vs second)", "tasks", "first better / within noise / worse", "mean best, first",
+        ["comparison (first vs second)", "tasks", "first better / within noise / worse",
+         f"at step {EVAL_STEPS}: better / within noise / worse", "mean best, first",
          "mean best, second", "difference", "steps to 90 %, first / second (tasks both learn)",
          f"train loss, steps 1-{EVAL_STEPS}, first / second"],
         table_rows,
-        align="---|" + "---:|" * 7,
+        align="---|" + "---:|" * 8,
     )  # fmt: skip
 
 
+def counts_cell(counts: Mapping[str, int]) -> str:
+    untested = f" ({counts['untested']} untested)" if counts["untested"] else ""
+    return f"{counts['better']} / {counts['within_noise']} / {counts['worse']}{untested}"
+
+
 def differences_table(tasks: Sequence[str], rows: Sequence[Mapping[str, Any]], prefix: str, suffix: str = "") -> str:
-    """Tasks down, comparisons across: each task's difference of best scores and its 95 % interval, in bold
-    where the interval excludes 0."""
+    """Tasks down, comparisons across: each task's difference (``rows[i]["per_task"][task]``) and its 95 %
+    interval, in bold where the interval excludes 0."""
 
     def cell(entry: Mapping[str, Any] | None) -> str:
         if entry is None:
@@ -652,6 +671,8 @@ TABLE_TITLES = {
     "head-to-head": "Head to head: best score per task (seeds merged) over the tasks both sides have finished; "
     "better / worse: the 95 % paired-bootstrap interval of the task's difference excludes 0",
     "pairs": "{model}: difference of best scores per task (95 % paired-bootstrap interval; bold: it excludes 0)",
+    "pairs-first-eval": "{model}: difference of the scores at the first evaluation per task (step 100; 95 % "
+    "paired-bootstrap interval; bold: it excludes 0)",
     "floor": "{model}: each method above the majority floor per task (95 % paired-bootstrap interval; bold: it "
     "excludes 0)",
 }

@@ -395,6 +395,7 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert superpos["invalid_at_best"] == 1.0
     assert superpos["top_class_at_best"] == 75.0  # seed 42: 50 %, seed 7: one class for all
     assert superpos["early_train_loss"] == pytest.approx(0.5)  # mean train loss of steps 1-100, mean over seeds
+    assert superpos["first_eval"] == 69.0  # the score at step 100, mean over seeds
     assert superpos["curve"] == {"steps": [100, 200, 300, 400], "scores": [69.0, 77.5, 80.0, 79.0]}
     assert report["series"]["smollm2"]["rte"]["superpos"] is None
 
@@ -439,8 +440,8 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     dropout = head["minilm: superpos, dropout off vs on"]
     assert (dropout["tasks"], dropout["first_best"], dropout["second_best"]) == (["sst2"], 0.0, -1.0)
     assert (
-        "| smollm2: superpos vs residual | 2 | 0 / 0 / 0 (2 untested) | 65.0 | 75.0 | -10.0 | — / — | — / — |"
-        in (report["tables"]["head-to-head"])
+        "| smollm2: superpos vs residual | 2 | 0 / 0 / 0 (2 untested) | 0 / 0 / 0 (2 untested) | 65.0 | 75.0 | -10.0 "
+        "| — / — | — / — |" in (report["tables"]["head-to-head"])
     )
     assert "| cb | +7.5 (+0.0 to +0.0) | — | — |" in report["tables"]["smollm2-floor"]
 
@@ -485,28 +486,30 @@ def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
 
 
 def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
-    """SST-2: SuperPos (two seeds) right on about 90 % against prompt tuning on 65 %: better, both above the
-    floor. COPA: one example more than the floor (56 against 55 on 100): within noise, not learned."""
+    """SST-2: SuperPos (two seeds) right on about 90 % at step 100 against prompt tuning's 55 % (65 % at its best,
+    step 200): better at both, both above the floor. COPA: one example more than the floor (56 against 55 on 100):
+    within noise, not learned."""
     results = tmp_path / "results"
     grid = [RunSpec(MAIN, "smollm2", task, method, max_steps=200) for task in ("sst2", "copa")
             for method in ("superpos", "prompt_tuning")]  # fmt: skip
     grid.append(RunSpec(SEED, "smollm2", "sst2", "superpos", seed=7, max_steps=200))
-    sst2_golds = [i % 2 for i in range(200)]
-    copa_golds = [0] * 55 + [1] * 45
+    golds = {"sst2": [i % 2 for i in range(200)], "copa": [0] * 55 + [1] * 45}
 
-    def put(spec: RunSpec, task: str, golds: list[int], right: int, steps_to_best: int) -> None:
-        """A run whose best evaluation (step ``steps_to_best``) gets the first ``right`` examples right."""
-        preds = [g if i < right else 1 - g for i, g in enumerate(golds)]
-        best = compute_metrics(task, preds, golds)["score"]
-        write_run(results / spec.run_id, {100: best if steps_to_best == 100 else best - 20, 200: best})
-        write_predictions(results / spec.run_id, steps_to_best, task, golds, preds)
+    def put(spec: RunSpec, right: dict[int, int]) -> None:
+        """A run whose evaluation at step s gets the first ``right[s]`` examples right (predictions saved)."""
+        scores = {}
+        for step, count in right.items():
+            preds = [g if i < count else 1 - g for i, g in enumerate(golds[spec.task])]
+            scores[step] = compute_metrics(spec.task, preds, golds[spec.task])["score"]
+            write_predictions(results / spec.run_id, step, spec.task, golds[spec.task], preds)
+        write_run(results / spec.run_id, scores)
 
     superpos, prompt_tuning, copa_superpos, copa_prompt_tuning, superpos_7 = grid
-    put(superpos, "sst2", sst2_golds, 180, 100)
-    put(superpos_7, "sst2", sst2_golds, 176, 100)
-    put(prompt_tuning, "sst2", sst2_golds, 130, 200)
-    put(copa_superpos, "copa", copa_golds, 56, 200)
-    put(copa_prompt_tuning, "copa", copa_golds, 55, 200)
+    put(superpos, {100: 180, 200: 178})
+    put(superpos_7, {100: 176, 200: 170})
+    put(prompt_tuning, {100: 110, 200: 130})
+    put(copa_superpos, {100: 55, 200: 56})
+    put(copa_prompt_tuning, {100: 55, 200: 55})
     report = qr.build_report(grid, results)
     head = {row["label"]: row for row in report["head_to_head"]}
     versus_pt = head["smollm2: superpos vs prompt_tuning"]
@@ -517,17 +520,28 @@ def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
     # the sides differ on one example only: a resample without it differs by 0, so 0 is in the interval
     assert copa["difference"] == pytest.approx(1.0) and copa["low"] == 0.0 < copa["high"]
     assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (100, 200)  # sst2 only
+    # at the first evaluation: 89 against 55 on SST-2; the same predictions on COPA
+    first_eval = versus_pt["first_eval"]
+    assert [first_eval[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 0, 0]
+    assert first_eval["per_task"]["sst2"]["difference"] == pytest.approx(89.0 - 55.0)
+    assert first_eval["per_task"]["copa"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "verdict": "within noise"}
     floor = head["smollm2: superpos vs majority floor"]
-    assert [floor[k] for k in ("better", "within_noise", "worse")] == [1, 1, 0]
+    assert [floor[k] for k in ("better", "within_noise", "worse")] == [1, 1, 0] and floor["first_eval"] is None
     assert head["smollm2: prompt_tuning vs majority floor"]["per_task"]["copa"]["high"] == 0.0  # the floor itself
     assert f"| sst2 | **+24.0** ({sst2['low']:+.1f} to {sst2['high']:+.1f}) |" in report["tables"]["smollm2-pairs"]
     assert "| copa | +1.0 (" in report["tables"]["smollm2-pairs"]
+    assert "| copa | +0.0 (+0.0 to +0.0) |" in report["tables"]["smollm2-pairs-first-eval"]
+    assert (
+        "| smollm2: superpos vs prompt_tuning | 2 | 1 / 1 / 0 | 1 / 1 / 0 | 72.5 | 60.0 |"
+        in (report["tables"]["head-to-head"])
+    )
 
     # a run without its predictions file, or evaluated on other examples, leaves the task untested
-    (results / copa_prompt_tuning.run_id / "predictions" / "step-000200.jsonl").unlink()
-    write_predictions(results / superpos_7.run_id, 100, "sst2", sst2_golds[:100], sst2_golds[:100])
+    (results / copa_prompt_tuning.run_id / "predictions" / "step-000100.jsonl").unlink()  # its best (the first)
+    write_predictions(results / superpos_7.run_id, 100, "sst2", golds["sst2"][:100], golds["sst2"][:100])
     head = {row["label"]: row for row in qr.build_report(grid, results)["head_to_head"]}
     assert head["smollm2: superpos vs prompt_tuning"]["untested"] == 2
+    assert head["smollm2: superpos vs prompt_tuning"]["first_eval"]["untested"] == 2
 
 
 def test_early_train_loss_is_the_first_full_window_only(tmp_path):
