@@ -45,7 +45,7 @@ from peft_superpos import SuperPosPromptConfig
 from peft_superpos.data import get_task
 from peft_superpos.harness.callbacks import atomic_write_text
 from peft_superpos.harness.evaluation import best_constant_prediction, constant_prediction_floor
-from peft_superpos.metrics.bootstrap import BETTER, WITHIN_NOISE, WORSE, bootstrap_scores, paired_difference
+from peft_superpos.metrics.bootstrap import Verdict, bootstrap_scores, paired_difference
 
 REPORT_FILES = ("report.md", "report.json")
 CURVES_DIR = "curves"
@@ -445,7 +445,7 @@ def paired(first: Side | None, second: Side | None, first_score: Any, second_sco
     if first is None or second is None or first[0] != second[0] or first_score is None or second_score is None:
         return None
     result = paired_difference(first[1], second[1], first_score - second_score)
-    return {"difference": result.difference, "low": result.low, "high": result.high, "verdict": result.verdict}
+    return {"difference": result.difference, "low": result.low, "high": result.high, "verdict": result.verdict.value}
 
 
 def tested(differences: Mapping[str, Mapping[str, Any] | None], tasks: Sequence[str]) -> dict[str, Any]:
@@ -453,8 +453,8 @@ def tested(differences: Mapping[str, Mapping[str, Any] | None], tasks: Sequence[
     and untested (None)."""
     per_task = {t: differences.get(t) for t in tasks}
     verdicts = [(d or {}).get("verdict") for d in per_task.values()]
-    return {"better": verdicts.count(BETTER), "within_noise": verdicts.count(WITHIN_NOISE),
-            "worse": verdicts.count(WORSE), "untested": verdicts.count(None), "per_task": per_task}  # fmt: skip
+    return {"better": verdicts.count(Verdict.BETTER), "within_noise": verdicts.count(Verdict.WITHIN_NOISE),
+            "worse": verdicts.count(Verdict.WORSE), "untested": verdicts.count(None), "per_task": per_task}  # fmt: skip
 
 
 def compare(
@@ -533,7 +533,7 @@ def plan_comparisons(results: ResultSet, report: Mapping[str, Any], plan: Plan) 
 
     above_floor = {n: {t: paired(side[n][t], floor_side[t], summary[n][t].get("best"), majority[t]) for t in tasks}
                    for n in names}  # fmt: skip
-    learned = {n: {t for t, d in above_floor[n].items() if d and d["verdict"] == BETTER} for n in names}
+    learned = {n: {t for t, d in above_floor[n].items() if d and d["verdict"] == Verdict.BETTER} for n in names}
     floor = {t: {"best": majority[t]} for t in tasks}
     pair_rows = [compare(f"{model}: {label}", summary[a], summary[b], differences(a, b, side, "best"),
                          learned[a] & learned[b], differences(a, b, first_eval, "first_eval"))
@@ -589,7 +589,7 @@ def differences_table(tasks: Sequence[str], rows: Sequence[Mapping[str, Any]], p
         if entry is None:
             return "—"
         text = f"{entry['difference']:+.1f}"
-        text = text if entry["verdict"] == WITHIN_NOISE else f"**{text}**"
+        text = text if entry["verdict"] == Verdict.WITHIN_NOISE else f"**{text}**"
         return f"{text} ({entry['low']:+.1f} to {entry['high']:+.1f})"
 
     header = ["task", *(r["label"].removeprefix(prefix).removesuffix(suffix) for r in rows)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from peft_superpos.metrics import bootstrap_scores, compute_metrics, paired_bootstrap
+from peft_superpos.metrics import Verdict, bootstrap_scores, compute_metrics, paired_bootstrap
 from peft_superpos.metrics.bootstrap import paired_difference, resample_indices
 
 
@@ -31,9 +31,9 @@ def test_a_clear_difference_is_better_one_way_and_worse_the_other() -> None:
     behind = paired_bootstrap("sst2", poor, good, GOLDS, resamples=300)
     observed = compute_metrics("sst2", good, GOLDS)["score"] - compute_metrics("sst2", poor, GOLDS)["score"]
     assert ahead.difference == pytest.approx(observed) and observed > 20
-    assert ahead.low < observed < ahead.high and ahead.verdict == "better"
+    assert ahead.low < observed < ahead.high and ahead.verdict is Verdict.BETTER and ahead.verdict == "better"
     assert (behind.difference, behind.low, behind.high) == pytest.approx((-observed, -ahead.high, -ahead.low))
-    assert behind.verdict == "worse"
+    assert behind.verdict is Verdict.WORSE
 
 
 def test_one_point_on_100_examples_is_within_noise() -> None:

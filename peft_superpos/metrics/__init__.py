@@ -14,7 +14,7 @@ same eval examples is real or within noise (``peft_superpos.metrics.bootstrap``)
 
 from pathlib import Path
 
-from .bootstrap import PairedDifference, bootstrap_scores, paired_bootstrap
+from .bootstrap import PairedDifference, Verdict, bootstrap_scores, paired_bootstrap
 from .scoring import compute_metrics, fill_invalid
 from .trainer import trainer_compute_metrics
 
@@ -24,6 +24,7 @@ METRIC_PATH: str = str(Path(__file__).resolve().parent / "superpos_glue")
 __all__ = [
     "METRIC_PATH",
     "PairedDifference",
+    "Verdict",
     "bootstrap_scores",
     "compute_metrics",
     "fill_invalid",

@@ -9,7 +9,7 @@ not::
     from peft_superpos.metrics import paired_bootstrap
 
     result = paired_bootstrap("sst2", predictions_a, predictions_b, references)
-    result.verdict          # "better", "worse" or "within noise" (for a against b)
+    result.verdict          # Verdict.BETTER, WORSE or WITHIN_NOISE (for a against b; str: "better", ...)
     result.low, result.high  # 95 % interval of score(a) - score(b), in score points
 
 MultiRC resamples whole questions (``groups``), so exact match keeps its meaning. The resamples depend only on
@@ -20,6 +20,7 @@ averaged over seeds first, as the quality suite does).
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 
@@ -28,10 +29,17 @@ import numpy as np
 from ..data.tasks import Task, get_task
 from .scoring import compute_metrics
 
-__all__ = ["BETTER", "WITHIN_NOISE", "WORSE", "PairedDifference", "bootstrap_scores", "paired_bootstrap"]
+__all__ = ["PairedDifference", "Verdict", "bootstrap_scores", "paired_bootstrap"]
 
-BETTER, WITHIN_NOISE, WORSE = "better", "within noise", "worse"
 DEFAULT_RESAMPLES = 1000
+
+
+class Verdict(str, enum.Enum):
+    """What the interval of ``first - second`` says (a str enum: JSON and comparisons see the plain string)."""
+
+    BETTER = "better"
+    WITHIN_NOISE = "within noise"
+    WORSE = "worse"
 
 
 def resample_indices(
@@ -90,8 +98,8 @@ class PairedDifference:
     confidence: float
 
     @property
-    def verdict(self) -> str:
-        return BETTER if self.low > 0 else WORSE if self.high < 0 else WITHIN_NOISE
+    def verdict(self) -> Verdict:
+        return Verdict.BETTER if self.low > 0 else Verdict.WORSE if self.high < 0 else Verdict.WITHIN_NOISE
 
 
 def paired_difference(
