@@ -363,19 +363,27 @@ def ablation_section(results: ResultSet, report: dict[str, Any]) -> None:
     main_m = SuperPosPromptConfig.__dataclass_fields__["m"].default if method == "superpos" else None
     named = [(f"{method}{f' m={main_m}' if main_m else ''} (main run)", method, (MAIN, SEED))]
     named += [(series, series, (ABLATION,)) for series in ordered(s.series for s in specs)]
-    rows = []
+    rows, tests = [], []
+    main_best: list[float | None] = []
+    main_sides: list[Side | None] = []
     for label, series, stages in named:
         cells = [results.summary(model, t, series, stages, seed) or {} for t, seed in cases]
         best, final = [c.get("best") for c in cells], [c.get("final") for c in cells]
-        report["ablation"][label] = {
-            "best": dict(zip(columns, best, strict=True)),
-            "final": dict(zip(columns, final, strict=True)),
-        }
+        sides = [resampled_runs(results.runs(model, t, series, stages, seed)) for t, seed in cases]
+        entry = {"best": dict(zip(columns, best, strict=True)), "final": dict(zip(columns, final, strict=True))}
+        if main_sides:  # a variant: its best against the main run's of the same seed, paired bootstrap
+            entry["versus_main"] = {c: paired(sides[i], main_sides[i], best[i], main_best[i])
+                                    for i, c in enumerate(columns)}  # fmt: skip
+            tests.append({"label": label, "per_task": entry["versus_main"]})
+        else:
+            main_best, main_sides = best, sides
+        report["ablation"][label] = entry
         rows.append(
             [label, *(f"{fmt(b)} / {fmt(f)}" for b, f in zip(best, final, strict=True)), fmt(mean_or_none(best))]
         )
     header = ["variant", *(f"{c} best / final" for c in columns), "mean best"]
     report["tables"]["ablation"] = md_table(header, rows)
+    report["tables"]["ablation-differences"] = differences_table(columns, tests, prefix="")
 
 
 def minilm_section(results: ResultSet, report: dict[str, Any]) -> None:
@@ -582,8 +590,8 @@ def counts_cell(counts: Mapping[str, int]) -> str:
 
 
 def differences_table(tasks: Sequence[str], rows: Sequence[Mapping[str, Any]], prefix: str, suffix: str = "") -> str:
-    """Tasks down, comparisons across: each task's difference (``rows[i]["per_task"][task]``) and its 95 %
-    interval, in bold where the interval excludes 0."""
+    """Tasks (or cases) down, comparisons across: each task's difference (``rows[i]["per_task"][task]``) and its
+    95 % interval, in bold where the interval excludes 0; column titles are the labels less prefix and suffix."""
 
     def cell(entry: Mapping[str, Any] | None) -> str:
         if entry is None:
@@ -667,6 +675,8 @@ TABLE_TITLES = {
     "seeds": "{model}: both seeds",
     "lr-check": "Learning-rate check (best score; the chosen lr has the highest mean, ties go to the paper's 1e-2)",
     "ablation": "SuperPos ablations: m and softmax (best / final score)",
+    "ablation-differences": "SuperPos ablations: each variant's best against the main run of the same seed (95 % "
+    "paired-bootstrap interval; bold: it excludes 0)",
     "minilm": "MiniLM (SEQ_CLS): backbone dropout off vs on (best score)",
     "head-to-head": "Head to head: best score per task (seeds merged) over the tasks both sides have finished; "
     "better / worse: the 95 % paired-bootstrap interval of the task's difference excludes 0",

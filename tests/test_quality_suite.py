@@ -467,12 +467,24 @@ def test_ablation_at_two_seeds_sits_beside_the_main_run_of_each_seed(tmp_path):
     for spec, scores in zip(grid, ({100: 80.0, 400: 78.0}, {100: 84.0, 400: 84.0}, {100: 70.0, 400: 76.0},
                                    {100: 72.0, 400: 70.0}), strict=True):  # fmt: skip
         write_run(results / spec.run_id, scores)
+    # predictions at the best evaluations of seed 42 (200 examples, the first 160 / 152 right); none for seed 7
+    golds = [i % 2 for i in range(200)]
+    for spec, (step, right) in zip(grid[::2], ((100, 160), (400, 152)), strict=True):
+        write_predictions(results / spec.run_id, step, "sst2", golds, [g if i < right else 1 - g
+                                                                      for i, g in enumerate(golds)])  # fmt: skip
     report = qr.build_report(grid, results)
     assert report["ablation"]["superpos m=16"]["best"] == {"sst2 seed 42": 76.0, "sst2 seed 7": 72.0}
     table = report["tables"]["ablation"]
     assert "| variant | sst2 seed 42 best / final | sst2 seed 7 best / final | mean best |" in table
     assert "| superpos m=128 (main run) | 80.0 / 78.0 | 84.0 / 84.0 | 82.0 |" in table
     assert "| superpos m=16 | 76.0 / 76.0 | 72.0 / 70.0 | 74.0 |" in table
+    # the variant against the main run of its seed: 8 examples fewer right at seed 42, untested at seed 7
+    versus_main = report["ablation"]["superpos m=16"]["versus_main"]
+    assert versus_main["sst2 seed 42"]["verdict"] == "worse" and versus_main["sst2 seed 42"]["difference"] == -4.0
+    assert versus_main["sst2 seed 7"] is None and "versus_main" not in report["ablation"]["superpos m=128 (main run)"]
+    differences = report["tables"]["ablation-differences"].splitlines()
+    assert differences[0] == "| task | superpos m=16 |" and differences[3] == "| sst2 seed 7 | — |"
+    assert differences[2].startswith("| sst2 seed 42 | **-4.0** (")
 
 
 def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
