@@ -193,6 +193,7 @@ def build_report(grid: Sequence[RunSpec], results_dir: Path) -> dict[str, Any]:
     report["series"] = {}
     for model in ordered(s.model for s in results.stage(MAIN)):
         main_comparison(results, model, report)
+        seed_section(results, report, model)
     lr_check_section(results, report)
     ablation_section(results, report)
     minilm_section(results, report)
@@ -271,7 +272,7 @@ SUMMARY_KEYS = (
 
 
 def main_comparison(results: ResultSet, model: str, report: dict[str, Any]) -> None:
-    """Per task and method (seeds of the second-seed stage merged), averages, stability, the seed table."""
+    """Per task and method (seeds of the second-seed stage merged), averages, stability."""
     specs = [s for s in results.stage(MAIN) if s.model == model]
     tasks, methods = ordered(s.task for s in specs), ordered(s.series for s in specs)
     summaries = {t: {m: results.summary(model, t, m, (MAIN, SEED)) for m in methods} for t in tasks}
@@ -314,15 +315,52 @@ def main_comparison(results: ResultSet, model: str, report: dict[str, Any]) -> N
         detail,
         align="---|---|" + "---:|" * 9,
     )  # fmt: skip
+
+
+def seed_section(results: ResultSet, report: dict[str, Any], model: str) -> None:
+    """The second-seed stage of one model: each series' best at every seed and each extra seed against the main
+    seed (``{model}-seeds``); the first series against the others at each seed separately, by the best score and
+    at the first evaluation (``{model}-seed-pairs``). Differences carry their paired-bootstrap interval over the
+    eval examples, so a seed-to-seed difference larger than that interval is noise of training, not of the eval
+    set."""
     seed_specs = [s for s in results.stage(SEED) if s.model == model]
-    if seed_specs:
-        seeds = sorted({s.seed for s in specs} | {s.seed for s in seed_specs})
-        rows = []
-        for task, series in ordered((s.task, s.series) for s in seed_specs):
-            per_seed = [results.summary(model, task, series, (MAIN, SEED), seed) or {} for seed in seeds]
-            rows.append([task, series, *(fmt(s.get("best")) for s in per_seed)])
-        header = ["task", "method", *(f"best, seed {s}" for s in seeds)]
-        tables[f"{model}-seeds"] = md_table(header, rows, align="---|---|" + "---:|" * len(seeds))
+    if not seed_specs:
+        return
+    stages = (MAIN, SEED)
+    main_seed = next(s.seed for s in results.stage(MAIN) if s.model == model)
+    seeds = [main_seed, *sorted({s.seed for s in seed_specs} - {main_seed})]
+    cases = ordered((s.task, s.series) for s in seed_specs)
+    keys = [(task, series, seed) for task, series in cases for seed in seeds]
+    runs = {key: results.runs(model, key[0], key[1], stages, key[2]) for key in keys}
+    summary = {key: series_summary(runs[key]) or {} for key in keys}
+    side = {key: resampled_runs(runs[key]) for key in keys}
+    first_eval = {key: resampled_runs(runs[key], EVAL_STEPS) for key in keys}
+
+    def versus(a: tuple, b: tuple, sides: Mapping[tuple, Side | None], key: str) -> dict[str, Any] | None:
+        return paired(sides[a], sides[b], summary[a].get(key), summary[b].get(key))
+
+    entries, rows = {}, []
+    for task, series in cases:
+        best = {seed: summary[task, series, seed].get("best") for seed in seeds}
+        spread = {seed: versus((task, series, seed), (task, series, main_seed), side, "best") for seed in seeds[1:]}
+        entries[f"{task}/{series}"] = {"best": best, "versus_main_seed": spread}
+        rows.append([task, series, *(fmt(best[seed]) for seed in seeds),
+                     *(difference_cell(spread[seed]) for seed in seeds[1:])])  # fmt: skip
+    header = ["task", "method", *(f"best, seed {s}" for s in seeds), *(f"seed {s} - seed {main_seed}"
+                                                                       for s in seeds[1:])]  # fmt: skip
+    tables = report["tables"]
+    tables[f"{model}-seeds"] = md_table(header, rows, align="---|---|" + "---:|" * (2 * len(seeds) - 1))
+
+    names = ordered(series for _, series in cases)
+    columns = {(task, seed): f"{task} seed {seed}" for task in ordered(t for t, _ in cases) for seed in seeds}
+    pairs = []
+    for other in names[1:]:
+        for sides, key, suffix in ((side, "best", ""), (first_eval, "first_eval", f", step {EVAL_STEPS}")):
+            per_case = {label: versus((t, names[0], seed), (t, other, seed), sides, key)
+                        for (t, seed), label in columns.items() if (t, other, seed) in summary}  # fmt: skip
+            pairs.append({"label": f"{names[0]} vs {other}{suffix}", "per_task": per_case})
+    report.setdefault("seeds", {})[model] = {"series": entries, "pairs": pairs}
+    tables[f"{model}-seed-pairs"] = differences_table(list(columns.values()), pairs, prefix="")
 
 
 def lr_check_section(results: ResultSet, report: dict[str, Any]) -> None:
@@ -593,15 +631,17 @@ def differences_table(tasks: Sequence[str], rows: Sequence[Mapping[str, Any]], p
     """Tasks (or cases) down, comparisons across: each task's difference (``rows[i]["per_task"][task]``) and its
     95 % interval, in bold where the interval excludes 0; column titles are the labels less prefix and suffix."""
 
-    def cell(entry: Mapping[str, Any] | None) -> str:
-        if entry is None:
-            return "—"
-        text = f"{entry['difference']:+.1f}"
-        text = text if entry["verdict"] == Verdict.WITHIN_NOISE else f"**{text}**"
-        return f"{text} ({entry['low']:+.1f} to {entry['high']:+.1f})"
-
     header = ["task", *(r["label"].removeprefix(prefix).removesuffix(suffix) for r in rows)]
-    return md_table(header, [[t, *(cell(r["per_task"].get(t)) for r in rows)] for t in tasks])
+    return md_table(header, [[t, *(difference_cell(r["per_task"].get(t)) for r in rows)] for t in tasks])
+
+
+def difference_cell(entry: Mapping[str, Any] | None) -> str:
+    """A :func:`paired` difference and its 95 % interval, in bold where the interval excludes 0; "—": untested."""
+    if entry is None:
+        return "—"
+    text = f"{entry['difference']:+.1f}"
+    text = text if entry["verdict"] == Verdict.WITHIN_NOISE else f"**{text}**"
+    return f"{text} ({entry['low']:+.1f} to {entry['high']:+.1f})"
 
 
 def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
@@ -672,7 +712,10 @@ TABLE_TITLES = {
     "best": "{model}: best score per task, beside the majority-class and zero-shot floors of the same eval examples",
     "average": "{model}: average over the tasks; stability (std across tasks of each method's per-task z-score)",
     "detail": "{model}: per task and method",
-    "seeds": "{model}: both seeds",
+    "seeds": "{model}: best score at each seed; each extra seed against the main seed (95 % paired-bootstrap "
+    "interval over the eval examples; bold: it excludes 0)",
+    "seed-pairs": "{model}: the first method against the others at each seed separately, by the best score and at "
+    "the first evaluation (95 % paired-bootstrap interval; bold: it excludes 0)",
     "lr-check": "Learning-rate check (best score; the chosen lr has the highest mean, ties go to the paper's 1e-2)",
     "ablation": "SuperPos ablations: m and softmax (best / final score)",
     "ablation-differences": "SuperPos ablations: each variant's best against the main run of the same seed (95 % "

@@ -561,6 +561,38 @@ def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
     assert head["smollm2: superpos vs prompt_tuning"]["first_eval"]["untested"] == 2
 
 
+def test_second_seed_against_the_main_seed_and_each_seed_head_to_head(tmp_path):
+    """SST-2, 200 examples: SuperPos right on 180 at seed 42 and 150 at seed 7 (a training-seed difference far
+    outside the eval-example interval), prompt tuning on 130 at seed 42; its seed-7 run is not finished."""
+    results = tmp_path / "results"
+    grid = [RunSpec(MAIN, "smollm2", "sst2", method, max_steps=200) for method in ("superpos", "prompt_tuning")]
+    grid += [
+        RunSpec(SEED, "smollm2", "sst2", method, seed=7, max_steps=200) for method in ("superpos", "prompt_tuning")
+    ]
+    golds = [i % 2 for i in range(200)]
+    for spec, right in zip(grid[:3], ({100: 170, 200: 180}, {100: 110, 200: 130}, {100: 150, 200: 140}), strict=True):
+        for step, count in right.items():
+            write_predictions(results / spec.run_id, step, "sst2", golds,
+                              [g if i < count else 1 - g for i, g in enumerate(golds)])  # fmt: skip
+        write_run(results / spec.run_id, {step: count / 2 for step, count in right.items()})
+    report = qr.build_report(grid, results)
+
+    seeds = report["seeds"]["smollm2"]["series"]
+    assert seeds["sst2/superpos"]["best"] == {42: 90.0, 7: 75.0}
+    spread = seeds["sst2/superpos"]["versus_main_seed"][7]
+    assert spread["difference"] == -15.0 and spread["verdict"] == "worse" and spread["high"] < -5
+    assert seeds["sst2/prompt_tuning"] == {"best": {42: 65.0, 7: None}, "versus_main_seed": {7: None}}
+    table = report["tables"]["smollm2-seeds"].splitlines()
+    assert table[0] == "| task | method | best, seed 42 | best, seed 7 | seed 7 - seed 42 |"
+    assert table[2].startswith("| sst2 | superpos | 90.0 | 75.0 | **-15.0** (")
+    assert table[3] == "| sst2 | prompt_tuning | 65.0 | — | — |"
+
+    pairs = report["tables"]["smollm2-seed-pairs"].splitlines()
+    assert pairs[0] == "| task | superpos vs prompt_tuning | superpos vs prompt_tuning, step 100 |"
+    assert pairs[2].startswith("| sst2 seed 42 | **+25.0** (") and "| **+30.0** (" in pairs[2]
+    assert pairs[3] == "| sst2 seed 7 | — | — |"
+
+
 def test_early_train_loss_is_the_first_full_window_only(tmp_path):
     spec = RunSpec(MAIN, "smollm2", "sst2", "superpos", max_steps=400)
 
