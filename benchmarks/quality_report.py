@@ -101,7 +101,8 @@ def mean_or_none(values: Iterable[float | None]) -> float | None:
 
 
 def series_summary(results: Sequence[RunResult]) -> dict[str, Any] | None:
-    """Mean over seeds of best, final, steps to 90 %, invalid rate at best, s/step; the mean curve."""
+    """Mean over seeds of best, final, steps to 90 %, invalid rate at best, s/step; the mean curve with the lowest
+    and highest seed's score at each step."""
     if not results:
         return None
     steps = sorted(set.intersection(*({int(r["step"]) for r in result.scored} for result in results)))
@@ -116,7 +117,12 @@ def series_summary(results: Sequence[RunResult]) -> dict[str, Any] | None:
         "early_train_loss": mean_or_none(r.early_train_loss for r in results),
         "first_eval": mean_or_none(r.score_at(EVAL_STEPS) for r in results),
         "seconds_per_step": mean_or_none(r.seconds_per_step for r in results),
-        "curve": {"steps": steps, "scores": [float(np.mean([c[s] for c in curves])) for s in steps]},
+        "curve": {
+            "steps": steps,
+            "scores": [float(np.mean([c[s] for c in curves])) for s in steps],
+            "low": [float(min(c[s] for c in curves)) for s in steps],
+            "high": [float(max(c[s] for c in curves)) for s in steps],
+        },
     }
 
 
@@ -646,7 +652,7 @@ def difference_cell(entry: Mapping[str, Any] | None) -> str:
 
 def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
     """One PNG of learning curves per (model, task) with results (every series of ``report["series"]``, mean
-    over seeds; floors dashed), plus an overview of all of them."""
+    over seeds, the range of the seeds shaded; floors dashed), plus an overview of all of them."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -656,7 +662,7 @@ def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
     for model, tasks in report["series"].items():
         for task, series in tasks.items():
             curves = {
-                label + (f" ({len(s['seeds'])} seeds)" if len(s["seeds"]) > 1 else ""): s["curve"]
+                label + (f" ({len(s['seeds'])} seeds, range shaded)" if len(s["seeds"]) > 1 else ""): s["curve"]
                 for label, s in series.items()
                 if s and s["curve"]["steps"]
             }
@@ -665,7 +671,9 @@ def write_plots(report: Mapping[str, Any], folder: Path) -> list[Path]:
 
     def draw(axis: Any, model: str, task: str, curves: Mapping[str, Any], floor: Mapping[str, Any]) -> None:
         for label, curve in curves.items():
-            axis.plot(curve["steps"], curve["scores"], marker="o", markersize=3, label=label)
+            (line,) = axis.plot(curve["steps"], curve["scores"], marker="o", markersize=3, label=label)
+            if curve["low"] != curve["high"]:  # two seeds or more: their range, shaded
+                axis.fill_between(curve["steps"], curve["low"], curve["high"], color=line.get_color(), alpha=0.15)
         for name, style in (("majority", "--"), ("zero_shot", ":")):
             if floor.get(name) is not None:
                 axis.axhline(floor[name], linestyle=style, color="grey", label=f"{name.replace('_', '-')} floor")

@@ -401,7 +401,12 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     assert superpos["top_class_at_best"] == 75.0  # seed 42: 50 %, seed 7: one class for all
     assert superpos["early_train_loss"] == pytest.approx(0.5)  # mean train loss of steps 1-100, mean over seeds
     assert superpos["first_eval"] == 69.0  # the score at step 100, mean over seeds
-    assert superpos["curve"] == {"steps": [100, 200, 300, 400], "scores": [69.0, 77.5, 80.0, 79.0]}
+    assert superpos["curve"] == {
+        "steps": [100, 200, 300, 400],
+        "scores": [69.0, 77.5, 80.0, 79.0],
+        "low": [66.0, 75.0, 80.0, 78.0],
+        "high": [72.0, 80.0, 80.0, 80.0],
+    }
     assert report["series"]["smollm2"]["rte"]["superpos"] is None
 
     # per task z-scores across methods: sst2 (80, 60, 70) -> (1.2247, -1.2247, 0); cb (50, 50, 80) -> (-0.7071,
