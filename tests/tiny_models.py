@@ -45,6 +45,8 @@ CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "opt")
 SEQ2SEQ_FAMILIES = ("t5", "bart")
 ENCODER_FAMILIES = ("bert", "roberta")
 ALL_FAMILIES = CAUSAL_FAMILIES + SEQ2SEQ_FAMILIES + ENCODER_FAMILIES
+# families whose embedding module multiplies its rows by sqrt(d) in its forward
+SCALED_EMBEDDING_FAMILIES = ("gemma", "gemma3", "mbart")
 
 _SPECIAL = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
 _DECODER_ONLY = {
@@ -61,8 +63,11 @@ _CONFIG_CLASSES = {
     "qwen2": "Qwen2Config",
     "mistral": "MistralConfig",
     "opt": "OPTConfig",
+    "gemma": "GemmaConfig",
+    "gemma3": "Gemma3TextConfig",
     "t5": "T5Config",
     "bart": "BartConfig",
+    "mbart": "MBartConfig",
     "bert": "BertConfig",
     "roberta": "RobertaConfig",
 }
@@ -75,7 +80,7 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
         return {"n_positions": 128, "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, **_SPECIAL}
     if family in ("llama", "qwen2"):
         return _DECODER_ONLY
-    if family == "mistral":
+    if family in ("mistral", "gemma", "gemma3"):
         return {**_DECODER_ONLY, "head_dim": hidden // heads}
     if family == "opt":
         return {
@@ -96,8 +101,9 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
             "eos_token_id": EOS,
             "decoder_start_token_id": PAD,
         }
-    if family == "bart":
+    if family in ("bart", "mbart"):
         return {
+            "scale_embedding": family == "mbart",
             "decoder_layers": LAYERS,
             "decoder_attention_heads": heads,
             "encoder_ffn_dim": FFN,
@@ -159,9 +165,9 @@ def task_name(family: str, task_type=None) -> str:
 
 
 def default_task(family: str) -> str:
-    if family in CAUSAL_FAMILIES:
+    if family in (*CAUSAL_FAMILIES, "gemma", "gemma3"):
         return "CAUSAL_LM"
-    if family in SEQ2SEQ_FAMILIES:
+    if family in (*SEQ2SEQ_FAMILIES, "mbart"):
         return "SEQ_2_SEQ_LM"
     return "SEQ_CLS"
 
