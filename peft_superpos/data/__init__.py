@@ -1,7 +1,7 @@
 """GLUE / SuperGLUE tasks of the SuperPos-Prompt paper as text-to-text tasks: registry and loaders (their metrics:
 ``peft_superpos.metrics``)."""
 
-from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows
+from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows, split_off_dev
 from .tasks import STSB_TARGETS, TASK_NAMES, TASKS, Task, TaskFiles, get_task
 
 __all__ = [
@@ -16,4 +16,5 @@ __all__ = [
     "get_task",
     "load_task_split",
     "read_split_rows",
+    "split_off_dev",
 ]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -24,7 +25,7 @@ from .tasks import Task, TaskFiles, get_task
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["DATA_DIR_ENV", "find_split_file", "load_task_split", "read_split_rows"]
+__all__ = ["DATA_DIR_ENV", "find_split_file", "load_task_split", "read_split_rows", "split_off_dev"]
 
 #: Environment variable naming the default data directory.
 DATA_DIR_ENV = "PEFT_SUPERPOS_DATA_DIR"
@@ -265,3 +266,26 @@ def first_examples(dataset: datasets.Dataset, count: int) -> datasets.Dataset:
         while end < len(groups) and groups[end] == groups[count - 1]:
             end += 1
     return dataset.select(range(end))
+
+
+def split_off_dev(train: datasets.Dataset, size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(rest of train, dev)``: a development split of ``size`` examples drawn from ``train`` with ``seed``, for
+    choosing settings without touching the validation examples that are reported. The two are disjoint; with a
+    ``group`` column whole groups go to one side (the dev split then ends with the group that reaches ``size``).
+    Rows keep their file order on both sides."""
+    import numpy as np
+
+    groups = train["group"] if "group" in train.column_names else list(range(len(train)))
+    sizes = Counter(groups)  # insertion-ordered: each group once, in file order
+    if size >= len(train):
+        raise ValueError(f"a development split of {size} leaves nothing to train on ({len(train)} training examples)")
+    order = list(sizes)
+    picked: set = set()
+    for index in np.random.default_rng(seed).permutation(len(order)):
+        picked.add(order[index])
+        size -= sizes[order[index]]
+        if size <= 0:
+            break
+    in_dev = [group in picked for group in groups]
+    rows = range(len(train))
+    return train.select([i for i in rows if not in_dev[i]]), train.select([i for i in rows if in_dev[i]])

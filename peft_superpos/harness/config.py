@@ -17,9 +17,11 @@ from typing import Any, Literal
 from ..data import DATA_DIR_ENV, get_task
 from .errors import RunConfigError
 
-__all__ = ["EVAL_MODES", "MethodSettings", "RunConfig", "RunSettings", "flatten_run_config"]
+__all__ = ["DEV_SPLIT", "EVAL_MODES", "MethodSettings", "RunConfig", "RunSettings", "flatten_run_config"]
 
 EVAL_MODES = ("generate", "rank", "classify")
+DEV_SPLIT = "dev"
+"""``--eval-split`` of the development split carved from the training file (``--dev-size``)."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -52,6 +54,13 @@ class MethodSettings:
     num_virtual_tokens: int | None = field(default=None, metadata=_help("prompt length (prompt methods)"))
     m: int | None = field(default=None, metadata=_help("SuperPos: number of superposed embeddings"))
     softmax: bool = field(default=False, metadata=_help("SuperPos: softmax over the weights (ablation)"))
+    weight_init: Literal["normal", "uniform", "one_hot"] | None = field(
+        default=None,
+        metadata=_help("SuperPos: init of the weights p' (normal, uniform, or one_hot: prompt i starts as token i)"),
+    )
+    weight_init_std: float | None = field(
+        default=None, metadata=_help("SuperPos: std of p' for the normal and uniform init (default 1/sqrt(m))")
+    )
     bottleneck: int | None = field(default=None, metadata=_help("Residual: MLP bottleneck width"))
     rank: int | None = field(default=None, metadata=_help("LoRA r / DePT r"))
     lr_lowrank: float | None = field(default=None, metadata=_help("DePT: learning rate of A and B"))
@@ -64,7 +73,16 @@ class MethodSettings:
     def __post_init__(self) -> None:
         _check_fields(
             self,
-            positive=("lr", "num_virtual_tokens", "m", "bottleneck", "rank", "lr_lowrank", "lora_alpha"),
+            positive=(
+                "lr",
+                "num_virtual_tokens",
+                "m",
+                "weight_init_std",
+                "bottleneck",
+                "rank",
+                "lr_lowrank",
+                "lora_alpha",
+            ),
             non_negative=("weight_decay",),
         )
         _check(self.lora_dropout is None or 0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")
@@ -110,7 +128,18 @@ class RunSettings:
             "classifiers)"
         ),
     )
-    eval_split: str = field(default="validation", metadata=_help("validation (MNLI: also _mismatched)"))
+    eval_split: str = field(
+        default="validation",
+        metadata=_help("validation (MNLI: also _mismatched), or dev: the development split of --dev-size"),
+    )
+    dev_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "carve this many examples from the training file as a development split (drawn with --dev-seed, never "
+            "trained on), for choosing settings without the validation examples that are reported"
+        ),
+    )
+    dev_seed: int = field(default=0, metadata=_help("seed of the development split (the same for every run)"))
     max_train_samples: int | None = field(default=None, metadata=_help("random subset of train"))
     max_eval_samples: int | None = field(default=None, metadata=_help("first N eval examples"))
     seed: int = field(default=42, metadata=_help("seed of the model init, the adapter init and the data order"))
@@ -152,8 +181,11 @@ class RunSettings:
                 "max_length",
                 "max_train_samples",
                 "max_eval_samples",
+                "dev_size",
             ),
         )
+        if self.eval_split == DEV_SPLIT and self.dev_size is None:
+            raise RunConfigError("--eval-split dev needs --dev-size: how many training examples to set aside")
         _check(self.eval_mode in (None, *EVAL_MODES), "eval_mode", self.eval_mode, f"one of {', '.join(EVAL_MODES)}")
 
 

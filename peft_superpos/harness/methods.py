@@ -136,7 +136,13 @@ METHODS: dict[str, MethodSpec] = {
             SuperPosPromptConfig,
             lr=1e-2,
             weight_decay=1e-5,
-            settings={**_PROMPT, "m": "m", "softmax": "use_softmax"},
+            settings={
+                **_PROMPT,
+                "m": "m",
+                "softmax": "use_softmax",
+                "weight_init": "weight_init",
+                "weight_init_std": "weight_init_std",
+            },
         ),
         MethodSpec(
             "prompt_tuning",

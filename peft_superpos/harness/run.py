@@ -28,9 +28,9 @@ from peft import get_peft_model
 from transformers import TrainerState, TrainingArguments, set_seed
 
 from .. import disable_dropout
-from ..data import find_split_file, first_examples, get_task, load_task_split
+from ..data import find_split_file, first_examples, get_task, load_task_split, split_off_dev
 from ..models import load_model_and_tokenizer
-from ..optim import make_param_groups
+from ..optim import make_param_groups, prompt_step_size
 from .callbacks import (
     CURVE_FILE,
     FINAL_FILE,
@@ -43,7 +43,7 @@ from .callbacks import (
     read_rows,
     repair_metrics_file,
 )
-from .config import RunConfig
+from .config import DEV_SPLIT, RunConfig
 from .errors import DataError, ModelLoadError, RunConfigError
 from .evaluation import constant_prediction_floor, evaluate
 from .features import ClassificationFeatures, TextToTextFeatures, install_padding_aware_positions
@@ -76,6 +76,8 @@ _IDENTITY_FIELDS = (
     "group_by_length",
     "data_dir",
     "eval_split",
+    "dev_size",
+    "dev_seed",
     "eval_mode",
     "max_eval_samples",
 )
@@ -86,9 +88,18 @@ def _world_size() -> int:
 
 
 def load_data(config: RunConfig, task: Any) -> tuple[Any, Any]:
-
+    """``(train, eval)`` datasets: the development split (``--dev-size``) is set aside from train first, and is
+    the eval set with ``--eval-split dev``."""
     train = _load_split(task, "train", config.data_dir)
-    evaluation = _load_split(task, config.eval_split, config.data_dir)
+    if config.dev_size is not None:
+        try:
+            train, dev = split_off_dev(train, config.dev_size, config.dev_seed)
+        except ValueError as error:
+            raise DataError(f"{task.display_name}: {error}") from None
+    if config.eval_split == DEV_SPLIT:
+        evaluation = dev
+    else:
+        evaluation = _load_split(task, config.eval_split, config.data_dir)
     if config.max_train_samples is not None and config.max_train_samples < len(train):
         train = train.shuffle(seed=config.seed).select(range(config.max_train_samples))
     if config.max_eval_samples is not None:
@@ -296,6 +307,7 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
 
     lr = spec.resolved_lr(config.method_settings)
     weight_decay = spec.resolved_weight_decay(config.method_settings)
+    step_size = prompt_step_size(model, lr)  # at init: built from the config, before a checkpoint is restored
     groups = make_param_groups(model, weight_decay, lr_by_name=lr_by_name)
     optimizer = torch.optim.AdamW(groups, lr=lr)
     args = _training_arguments(config, lr, spec.is_prompt_method)
@@ -348,6 +360,7 @@ def _run_in_folder(config: RunConfig, task: Any, spec: Any, output_dir: Path, wa
                 "scheduler": "constant",
                 "optimizer": "AdamW",
             },
+            "step_size": step_size,
             "peft_config": peft_config.to_dict() if peft_config is not None else None,
             "model_class": type(trainer.model.get_base_model() if peft_config is not None else trainer.model).__name__,
             "trainable_parameters": trainable,
