@@ -106,8 +106,8 @@ class RunSettings:
     model: str | None = field(
         default=None,
         metadata=_help(
-            "local path, Hub id, or an embedded model: smollm2 (the default, SmolLM2-135M-Instruct) or minilm "
-            "(all-MiniLM-L6-v2, trained as a sequence classifier)"
+            "local path, Hub id, or an embedded model: smollm2 (the default, SmolLM2-135M-Instruct), gemma3 (Gemma 3 "
+            "270M, a base model) or minilm (all-MiniLM-L6-v2, trained as a sequence classifier)"
         ),
     )
     method: str = field(default="superpos", metadata=_help("what to train (the methods are listed below)"))
