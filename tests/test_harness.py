@@ -8,14 +8,13 @@ import json
 
 import pytest
 import torch
-from tiny_models import FIXTURE_DATA, harness_config
+from tiny_models import FIXTURE_DATA, adapted, harness_config
 
 from peft_superpos.harness import (
     METHODS,
     MethodSettings,
     TextToTextCollator,
     TextToTextFeatures,
-    build_model,
     read_rows,
     run_experiment,
 )
@@ -27,7 +26,7 @@ _config = harness_config
 
 
 def test_decoder_features_mask_everything_but_the_target(llama):
-    model, tokenizer, _, _ = build_model(_config(llama, "unused", method="full"))
+    model, tokenizer = adapted(_config(llama, "unused", method="full"))
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=False, max_length=12)
     long = features.encode("cb hypothesis: " + "the train " * 20, "neutral")
     short = features.encode("cb hypothesis: x", "entailment")
@@ -43,7 +42,7 @@ def test_decoder_features_mask_everything_but_the_target(llama):
 
 
 def test_seq2seq_features(t5):
-    _, tokenizer, _, _ = build_model(_config(t5, "unused", method="full"))
+    _, tokenizer = adapted(_config(t5, "unused", method="full"))
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=True, max_length=6)
     long = features.encode("cb hypothesis: " + "the train " * 20, "neutral")
     assert len(long["input_ids"]) == 6 and long["labels"][-1] == tokenizer.eos_token_id
@@ -54,7 +53,7 @@ def test_seq2seq_features(t5):
 def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
     from transformers import TrainingArguments
 
-    model, tokenizer, _, _ = build_model(_config(llama, tmp_path, method="superpos"))
+    model, tokenizer = adapted(_config(llama, tmp_path, method="superpos"))
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
     batch = TextToTextCollator(features.pad_id, False)([features.encode(s, t) for s, t in rows])
@@ -76,7 +75,7 @@ def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
 @pytest.mark.parametrize("method", ["superpos", "lora"])
 def test_left_padding_does_not_change_scores(family, method, request, tmp_path):
     path = request.getfixturevalue(family)
-    model, tokenizer, _, _ = build_model(_config(path, tmp_path, method=method))
+    model, tokenizer = adapted(_config(path, tmp_path, method=method))
     model.eval()
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
     short = features.encode("cb hypothesis: x", "neutral")
@@ -166,7 +165,7 @@ def test_loss_and_rank_scores_come_from_the_same_label_logits(family, request, t
     from transformers import TrainingArguments
 
     is_encoder_decoder = family == "t5"
-    model, tokenizer, _, _ = build_model(_config(request.getfixturevalue(family), tmp_path, method="superpos"))
+    model, tokenizer = adapted(_config(request.getfixturevalue(family), tmp_path, method="superpos"))
     model.eval()
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=is_encoder_decoder)
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]

@@ -569,6 +569,14 @@ def harness_config(model: Path, output_dir: Path, method: str = "superpos", **ov
     return RunConfig(**values)
 
 
+def adapted(config: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``config``: its base model wrapped by its method's adapter, as a run builds it."""
+    from peft_superpos.harness import build_adapter, load_base_model
+
+    adapter = build_adapter(config, load_base_model(config))
+    return adapter.model, adapter.tokenizer
+
+
 def cli_args(model: Path, output_dir: Path, task: str = "cb", *extra: str) -> list[str]:
     """Arguments of a short ``peft_superpos.train`` run of ``task`` on the fixture data (n=3, m=8)."""
     return [

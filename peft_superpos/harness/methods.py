@@ -29,6 +29,7 @@ from .. import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig
 from .config import MethodSettings
 
 if TYPE_CHECKING:
+    from ..models import LoadedModel
     from .config import RunConfig
 
 __all__ = ["METHODS", "MethodSettings", "MethodSpec", "get_method"]
@@ -78,8 +79,8 @@ class MethodSpec:
             self.adjust(kwargs)
         return self.config_class(**kwargs)
 
-    def build(self, config: RunConfig, model: Any, tokenizer: Any) -> PeftConfig | None:
-        """The peft config of this method for ``config`` on ``model`` (None for full fine-tuning)."""
+    def build(self, config: RunConfig, base: LoadedModel) -> PeftConfig | None:
+        """The peft config of this method for ``config`` on ``base`` (None for full fine-tuning)."""
         if self.config_class is None:
             return None
         settings = config.method_settings
@@ -89,12 +90,12 @@ class MethodSpec:
         run_fields = {
             "seed": config.seed,
             "max_length": config.max_length,
-            "sample_vocab_size": _vocab_size(model, tokenizer),
+            "sample_vocab_size": _vocab_size(base.model, base.tokenizer),
             "disable_dropout": not settings.keep_dropout,
         }
         fields = {f.name for f in dataclasses.fields(self.config_class)}
         values.update({name: value for name, value in run_fields.items() if name in fields})
-        return self.peft_config(_task_type(model), **values)
+        return self.peft_config(_TASK_TYPES[base.kind], **values)
 
     def summary(self) -> str:
         """One line for ``--help``: description, lr, weight decay and the defaults of the mapped settings."""
@@ -108,10 +109,8 @@ class MethodSpec:
         )
 
 
-def _task_type(model: Any) -> str:
-    if getattr(model.config, "is_encoder_decoder", False):
-        return "SEQ_2_SEQ_LM"
-    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+_TASK_TYPES = MappingProxyType({"decoder": "CAUSAL_LM", "encoder_decoder": "SEQ_2_SEQ_LM", "classifier": "SEQ_CLS"})
+"""peft's task type of each :data:`peft_superpos.models.ModelKind`."""
 
 
 def _vocab_size(model: Any, tokenizer: Any) -> int | None:
