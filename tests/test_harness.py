@@ -213,6 +213,7 @@ def test_a_new_method_is_one_entry(llama, tmp_path, monkeypatch):
 
     from peft_superpos.harness import MethodSpec
     from peft_superpos.harness.methods import METHODS as TABLE
+    from peft_superpos.harness.methods import OPTIONS
     from peft_superpos.train import parse_run_config
 
     spec = MethodSpec(
@@ -221,7 +222,7 @@ def test_a_new_method_is_one_entry(llama, tmp_path, monkeypatch):
         PromptTuningConfig,
         lr=1e-2,
         weight_decay=0.0,
-        settings={"num_virtual_tokens": "num_virtual_tokens"},
+        options=(OPTIONS["num_virtual_tokens"],),
         defaults={"num_virtual_tokens": 2},
     )
     monkeypatch.setitem(TABLE, spec.name, spec)

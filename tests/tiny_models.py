@@ -558,7 +558,7 @@ def harness_config(model: Path, output_dir: Path, method: str = "superpos", **ov
         data_dir=str(FIXTURE_DATA),
         model=str(model),
         method=method,
-        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2),
+        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck_size=8, r=2),
         max_steps=2,
         eval_steps=2,
         batch_size=2,

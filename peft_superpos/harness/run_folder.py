@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from filelock import FileLock, Timeout
 
 from .errors import RunFolderError
+from .method_options import with_current_names
 from .run_record import (
     FINAL_FILE,
     METRICS_FILE,
@@ -142,7 +143,7 @@ def check_run_identity(current: dict[str, Any], output_dir: Path, identity_field
         changed = []
         for key in identity_fields:
             if key == "method_settings":
-                mine, theirs = current.get(key) or {}, saved.get(key) or {}
+                mine, theirs = current.get(key) or {}, with_current_names(saved.get(key) or {})
                 changed += [f"{key}.{k}" for k, v in mine.items() if k in theirs and theirs[k] != v]
             elif _normalised(key, saved.get(key)) != _normalised(key, current.get(key)):
                 changed.append(key)

@@ -85,7 +85,7 @@ def build_adapter(config: RunConfig, base: LoadedModel) -> Adapter:
     if not config.method_settings.keep_dropout:
         disable_dropout(model)
     set_seed(config.seed)  # prompt inits drawn from torch's RNG (stock prompt tuning) are repeatable
-    peft_config = spec.build(config, base)
+    peft_config = spec.build(config.method_settings, base, seed=config.seed, max_length=config.max_length)
     lr_by_name = None
     if peft_config is not None:
         model = get_peft_model(model, peft_config)
