@@ -3,7 +3,8 @@
 
 from .checks import check_data_file
 from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows, split_off_dev
-from .tasks import STSB_TARGETS, TASK_NAMES, TASKS, Task, TaskFiles, get_task
+from .task import STSB_TARGETS, Task, TaskFiles
+from .tasks import TASK_NAMES, TASKS, get_task
 
 __all__ = [
     "DATA_DIR_ENV",
