@@ -20,7 +20,7 @@ from peft_superpos.harness import (
 )
 from peft_superpos.harness.evaluation import sequence_logprobs
 from peft_superpos.harness.features import keep_for_labels
-from peft_superpos.harness.trainer import TextToTextTrainer
+from peft_superpos.harness.task_trainer import TaskTrainer
 
 _config = harness_config
 
@@ -60,7 +60,7 @@ def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
     seen = []
     handle = model.get_base_model().lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = TextToTextTrainer(model=model, args=args, task=None, features=features)
+    trainer = TaskTrainer(model=model, args=args, task=None, features=features)
     loss = trainer.compute_loss(model, batch)
     _, keep = keep_for_labels(batch["labels"])
     length = batch["input_ids"].shape[1] + 3  # 3 virtual tokens in front
@@ -171,7 +171,7 @@ def test_loss_and_rank_scores_come_from_the_same_label_logits(family, request, t
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
     batch = TextToTextCollator(features.pad_id, is_encoder_decoder)([features.encode(s, t) for s, t in rows])
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = TextToTextTrainer(model=model, args=args, task=None, features=features)
+    trainer = TaskTrainer(model=model, args=args, task=None, features=features)
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch)
         scores = sequence_logprobs(model, batch, is_encoder_decoder)

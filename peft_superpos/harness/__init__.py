@@ -4,7 +4,7 @@ model kind (decoder-only, encoder-decoder, sequence classifier), built on ``tran
 Layout, in the order of a run (:mod:`.run`): :mod:`.config` (run settings), :mod:`.run_folder` (lock, identity,
 checkpoints, where the run starts), :mod:`.run_data` (the examples), :mod:`.run_model` (base model, eval mode,
 features, the method's adapter; the method table is :mod:`.methods`), :mod:`.training` (optimizer and Trainer;
-the subclass is :mod:`.trainer`, its callback :mod:`.callbacks`), :mod:`.summary` (final.json), and
+the subclass is :mod:`.task_trainer`, its callback :mod:`.callbacks`), :mod:`.summary` (final.json), and
 :mod:`.run_record`, which owns every file of the run folder. :mod:`.features` (tokenisation, collator,
 positions), :mod:`.evaluation` (generation / rank classification), :mod:`.errors` (user errors). The CLI is
 :mod:`peft_superpos.train`.
@@ -19,7 +19,7 @@ from .run import build_model, run_experiment
 from .run_data import RunData, load_run_data
 from .run_model import Adapter, build_adapter, load_base_model
 from .run_record import RunRecord, read_rows
-from .trainer import TextToTextTrainer
+from .task_trainer import TaskTrainer
 
 __all__ = [
     "Adapter",
@@ -37,7 +37,7 @@ __all__ = [
     "RunSettings",
     "TextToTextCollator",
     "TextToTextFeatures",
-    "TextToTextTrainer",
+    "TaskTrainer",
     "UserInputError",
     "build_adapter",
     "build_model",

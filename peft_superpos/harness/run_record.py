@@ -23,7 +23,7 @@ start, +1 per restart) and readers take the **last row per step** (:func:`read_r
 equal to the replaced ones up to float noise.
 
 ``train_loss`` is the mean loss of the steps since the previous row, across restarts too: checkpoints keep the
-loss of the steps not yet logged (see :mod:`.trainer`). When a checkpoint lacks it, the first row after
+loss of the steps not yet logged (see :mod:`.task_trainer`). When a checkpoint lacks it, the first row after
 resuming from it covers fewer steps: it is marked ``"train_loss_partial": true`` and never replaces a complete
 row of the same step.
 """

@@ -23,7 +23,7 @@ from .methods import MethodSpec
 from .run_data import RunData
 from .run_folder import RunStart
 from .run_model import Adapter
-from .trainer import EndOfTrainingCallback, TextToTextTrainer
+from .task_trainer import EndOfTrainingCallback, TaskTrainer
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Training:
     when nothing was trained), and the optimizer settings: ``lr``, ``weight_decay`` and the prompt's
     ``step_size`` at init."""
 
-    trainer: TextToTextTrainer
+    trainer: TaskTrainer
     metrics: dict[str, Any]
     lr: float
     weight_decay: float
@@ -62,7 +62,7 @@ def train(
     groups = make_param_groups(adapter.model, weight_decay, lr_by_name=adapter.lr_by_name)
     optimizer = torch.optim.AdamW(groups, lr=lr)
     recorder = MetricsRecorder(start.output_dir, session=start.session, title=f"{task.display_name} / {spec.name}")
-    trainer = TextToTextTrainer(
+    trainer = TaskTrainer(
         model=adapter.model,
         args=_training_arguments(config, lr, spec.is_prompt_method),
         train_dataset=train_features,

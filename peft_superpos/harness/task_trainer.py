@@ -38,12 +38,15 @@ from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextFeatures, 
 from .run_record import atomic_write_text, write_predictions
 from .sampling import LengthGroupedSampler
 
-__all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TextToTextTrainer"]
+__all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TaskTrainer"]
 
 LOSS_WINDOW_FILE = "loss_window.json"
 
 
-class TextToTextTrainer(Trainer):
+class TaskTrainer(Trainer):
+    """``Trainer`` for one task: label-token loss (language models) or class loss (classifiers), length-grouped
+    batches, and evaluation with the task's metrics in ``eval_mode``."""
+
     def __init__(
         self,
         *args: Any,
