@@ -32,20 +32,22 @@ def measure(task_name: str, phase: str, args: argparse.Namespace) -> dict:
     from padding import _step
 
     from peft_superpos.data import first_examples, get_task
-    from peft_superpos.harness import MethodSettings, RunConfig, build_model
+    from peft_superpos.harness import MethodSettings, RunConfig
     from peft_superpos.harness.evaluation import evaluate
-    from peft_superpos.harness.features import TextToTextFeatures, install_padding_aware_positions
-    from peft_superpos.harness.run import load_data
+    from peft_superpos.harness.features import TextToTextFeatures
+    from peft_superpos.harness.run_data import load_run_data
+    from peft_superpos.harness.run_model import build_adapter, load_base_model
     from peft_superpos.harness.sampling import LengthGroupedSampler
 
     torch.manual_seed(args.seed)
     task = get_task(task_name)
     config = RunConfig(task=task_name, output_dir="unused", data_dir=args.data_dir, model=args.model,
                        method_settings=MethodSettings(), seed=args.seed)  # fmt: skip
-    train, validation = load_data(config, task)
-    model, tokenizer, _, _ = build_model(config)
-    install_padding_aware_positions(model.get_base_model())
-    features = TextToTextFeatures(tokenizer, False, config.max_length)
+    data = load_run_data(config, task)
+    train, validation = data.train, data.evaluation
+    adapter = build_adapter(config, load_base_model(config))
+    model = adapter.model
+    features = TextToTextFeatures(adapter.tokenizer, False, config.max_length)
     tokens, seconds = 0, 0.0
     if phase == "train":
         encoded = features.encode_dataset(train.select(range(min(len(train), 64 * args.batch_size))))
