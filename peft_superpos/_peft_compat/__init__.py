@@ -15,13 +15,19 @@ attribute of peft that this package replaces:
   peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``. ``disable_adapter()`` of a
   prompt-learning adapter on an encoder-only model (no ``prepare_inputs_for_generation``) crashes in peft 0.21,
   stock prompt tuning included; it is replaced for that case only (every other case is peft's own).
+  ``get_prompt`` takes the prompt of our adapters from a call of the encoder module, where DeepSpeed ZeRO-3 and
+  FSDP gather its parameters (stock peft first reads ``encoder.embedding.weight``, which for ours computes the
+  table outside that call).
 - ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
   training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
   ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
   ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file) and refuses
-  ``safe_serialization=False`` (our adapters are safetensors only).
+  ``safe_serialization=False`` (our adapters are safetensors only), and a ``state_dict`` argument without the
+  whole tensors of a prompt that ZeRO-3 or FSDP splits (saving would otherwise gather on one rank and hang).
 - ``input_embeds``: an encoder may adjust the embeddings of the input tokens before the prompt goes in front
   (``adjust_input_embeds``, used by DePT). Encoders without that method are unaffected.
+- ``fsdp``: ``peft.utils.other.fsdp_auto_wrap_policy`` (which the Trainer and accelerate apply to PEFT models)
+  also gives our encoders their own FSDP unit, as it does stock prompt tuning's.
 
 Saving and loading the tensors need no patch: they go through the ``BasePromptEncoder`` hooks that peft
 provides. Every patch checks the adapter's type first and leaves every other PEFT method untouched (except
@@ -49,9 +55,9 @@ from peft import (  # noqa: E402  (after the version check)
 )
 from peft.config import PromptLearningConfig  # noqa: E402
 from peft.tuners.tuners_utils import BasePromptEncoder  # noqa: E402
-from peft.utils import PeftType  # noqa: E402
+from peft.utils import PeftType, other  # noqa: E402
 
-from . import input_embeds, loading, registration, routing  # noqa: E402
+from . import fsdp, input_embeds, loading, registration, routing  # noqa: E402
 from .registration import is_ours, register_prompt_method  # noqa: E402
 
 __all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "register_prompt_method"]
@@ -69,9 +75,11 @@ PATCHES = (
     (PeftModelForSeq2SeqLM, "forward", routing.seq2seq_forward),
     (PeftModelForSeq2SeqLM, "generate", routing.seq2seq_generate),
     (PeftModel, "disable_adapter", routing.disable_adapter),
+    (PeftModel, "get_prompt", routing.get_prompt),
     *((cls, "forward", forward) for cls, forward in _FORWARDS.items()),
     (PeftModelForCausalLM, "generate", input_embeds.causal_generate),
     (PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs),
+    (other, "fsdp_auto_wrap_policy", fsdp.fsdp_auto_wrap_policy),
 )
 
 

@@ -1,6 +1,8 @@
 """Routing by task type: encoder-decoder forward and generate through the prompt-tuning path, the labels of
 token classification widened for the prompt positions, and ``disable_adapter()`` on models without
-``prepare_inputs_for_generation`` (encoder-only: sequence/token classification, feature extraction)."""
+``prepare_inputs_for_generation`` (encoder-only: sequence/token classification, feature extraction). The prompt
+itself always comes from a call of the encoder module (``get_prompt``), so that DeepSpeed ZeRO-3 and FSDP gather
+its parameters there as they do for any module."""
 
 from __future__ import annotations
 
@@ -36,6 +38,23 @@ def prepend_prompt(
         ones = attention_mask.new_ones(batch_size, prompts.shape[1])
         attention_mask = torch.cat((ones, attention_mask), dim=1)
     return torch.cat((prompts, inputs_embeds), dim=1), attention_mask
+
+
+_original_get_prompt = PeftModel.get_prompt
+
+
+@functools.wraps(_original_get_prompt)
+def get_prompt(self: PeftModel, batch_size: int, task_ids=None, max_cache_len=None) -> torch.Tensor:
+    """The prompt ``(batch_size, n, d)`` of the active adapter, from a call of its encoder module (stock peft
+    first reads ``encoder.embedding.weight`` for its device, and in inference mode uses it as the prompt: for our
+    encoders that computes the table outside the module call, where ZeRO-3 and FSDP have not gathered the
+    parameters)."""
+    config = self.active_peft_config
+    if not is_ours(config):
+        return _original_get_prompt(self, batch_size, task_ids=task_ids, max_cache_len=max_cache_len)
+    tokens = self.prompt_tokens[self.active_adapter][None]  # one row, then repeated, as stock peft does
+    prompts = self.prompt_encoder[self.active_adapter](tokens, inference=config.inference_mode)
+    return prompts.repeat(batch_size, 1, 1)
 
 
 def _refuse_task_ids(model: PeftModelForSeq2SeqLM, task_ids) -> None:
