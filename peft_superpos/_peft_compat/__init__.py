@@ -12,7 +12,9 @@ attribute of peft that this package replaces:
   prompt-learning paths build decoder prompts we do not have); ``generate`` is keyword-only as in stock peft
   and gives the base model's generation inside ``disable_adapter()``. Causal LM, sequence classification and
   feature extraction take a generic path that works unchanged; token classification does too, except that
-  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``. ``disable_adapter()`` of a
+  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``. A batch that packs several
+  sequences into one row (trl's padding-free and packed batches) is refused: peft drops ``position_ids`` for
+  prompt methods, so the sequences would silently attend to each other. ``disable_adapter()`` of a
   prompt-learning adapter on an encoder-only model (no ``prepare_inputs_for_generation``) crashes in peft 0.21,
   stock prompt tuning included; it is replaced for that case only (every other case is peft's own).
   ``get_prompt`` takes the prompt of our adapters from a call of the encoder module, where DeepSpeed ZeRO-3 and
@@ -62,9 +64,12 @@ from .registration import is_ours, register_prompt_method  # noqa: E402
 
 __all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "register_prompt_method"]
 
-# the stock forwards, adjusting input embeddings (DePT); token classification also widens its labels
+# the stock forwards, adjusting input embeddings (DePT); token classification also widens its labels; every one
+# (and the encoder-decoder one) refuses packed batches
 _FORWARDS = dict(input_embeds.ADJUSTED_FORWARDS)
 _FORWARDS[PeftModelForTokenClassification] = routing.widen_token_labels(_FORWARDS[PeftModelForTokenClassification])
+_FORWARDS = {cls: routing.refuse_packed_batches(forward) for cls, forward in _FORWARDS.items()}
+_FORWARDS[PeftModelForSeq2SeqLM] = routing.refuse_packed_batches(routing.seq2seq_forward)
 
 # (class, attribute, replacement): every attribute of peft this package replaces, installed once at import.
 PATCHES = (
@@ -72,7 +77,6 @@ PATCHES = (
     (PeftModel, "from_pretrained", classmethod(loading.from_pretrained)),
     (PeftModel, "load_adapter", loading.load_adapter),
     (PeftModel, "save_pretrained", loading.save_pretrained),
-    (PeftModelForSeq2SeqLM, "forward", routing.seq2seq_forward),
     (PeftModelForSeq2SeqLM, "generate", routing.seq2seq_generate),
     (PeftModel, "disable_adapter", routing.disable_adapter),
     (PeftModel, "get_prompt", routing.get_prompt),
