@@ -7,11 +7,13 @@ For every engine and method: the adapter created on the ranks starts exactly as 
 steps give the same table on both ranks and match a single-process run, and ``save_pretrained`` /
 ``export_prompt_tuning`` called on every rank write adapters that load bit-exact in a process without the engine.
 Under ZeRO-3 the ``transformers.Trainer`` saves too: a checkpoint and ``save_model`` neither hang nor write an
-empty table.
+empty table. The accelerate example (examples/accelerate/) trains on 2 CPU ranks with its ZeRO-3 config, and refuses
+its FSDP config there (accelerate would silently run DDP on CPU).
 """
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -20,7 +22,7 @@ import torch
 from distributed_worker import METHODS, STEPS, initial_state, method_config, reference_run
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
-from tiny_models import TESTS_DIR, batch_logits, make_tiny, perturb, subprocess_env
+from tiny_models import REPO_ROOT, TESTS_DIR, batch_logits, make_tiny, perturb, subprocess_env, tiny_model_dir
 from transformers import AutoModelForCausalLM
 
 import peft_superpos  # noqa: F401  (registers the methods)
@@ -121,3 +123,33 @@ def test_trainer_saves_under_zero3(inputs, tmp_path):
     assert not torch.allclose(checkpoint["prompt_embeddings"], start)
     assert not torch.allclose(checkpoint["prompt_embeddings"], final["prompt_embeddings"])
     assert (tmp_path / f"checkpoint-{STEPS}" / ADAPTER_FILE).is_file()
+
+
+def run_accelerate_example(config: str, model, output_dir) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of examples/accelerate/train_superpos.py with ``config`` on 2 CPU processes."""
+    with socket.socket() as probe:  # a free port: other runs on this machine may hold accelerate's default
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    examples = REPO_ROOT / "examples" / "accelerate"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(examples / config)]
+    command += ["--main_process_port", str(port), str(examples / "train_superpos.py"), "--model", str(model)]
+    command += ["--output-dir", str(output_dir), "--max-steps", "2", "--num-virtual-tokens", "3", "--m", "8"]
+    return subprocess.run(command, env=subprocess_env(), cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_accelerate_example_trains_with_zero3(tmp_path_factory, tmp_path):
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    process = run_accelerate_example("zero3.yaml", model, tmp_path)
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-8000:]
+    assert "DEEPSPEED on 2 processes" in process.stdout
+    adapter = tmp_path / "adapter"
+    loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(model), adapter)
+    table = load_file(adapter / ADAPTER_FILE)["prompt_embeddings"]
+    assert torch.equal(loaded.prompt_encoder["default"].final_table(), table)
+    start = get_peft_model(AutoModelForCausalLM.from_pretrained(model), loaded.peft_config["default"])
+    assert not torch.allclose(start.prompt_encoder["default"].final_table(), table)  # trained, not empty
+
+
+def test_accelerate_example_refuses_fsdp_on_cpu(tmp_path_factory, tmp_path):
+    process = run_accelerate_example("fsdp2.yaml", tiny_model_dir(tmp_path_factory, "llama"), tmp_path)
+    assert process.returncode != 0 and "accelerate runs FSDP on GPUs only" in process.stderr
