@@ -15,16 +15,16 @@ import sys
 
 import torch
 from peft import get_peft_model
-from transformers import Trainer, TrainingArguments
+from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
 from peft_superpos import SuperPosPromptConfig, disable_dropout, make_param_groups
 from peft_superpos.models import load_model_and_tokenizer
 
-EXAMPLES = [
-    ("sst2 sentence: a gorgeous, witty film", "positive"),
-    ("sst2 sentence: a tedious and lifeless mess", "negative"),
-    ("sst2 sentence: one of the best films of the year", "positive"),
-    ("sst2 sentence: the plot is dull and the jokes fall flat", "negative"),
+TEXTS = [  # language modelling on a few sentences: enough to see the prompt train and the adapter save
+    "Soft prompts steer a frozen language model with a few trained input vectors.",
+    "SuperPos-Prompt builds each prompt vector from frozen vocabulary embeddings.",
+    "DeepSpeed ZeRO-3 partitions every parameter across the processes.",
+    "FSDP shards the decoder layers and gathers them for each forward.",
 ]
 
 
@@ -56,30 +56,23 @@ def main() -> None:
     start_processes_on_cpu()
     training_args = TrainingArguments(  # before the model: under ZeRO-3 the model is then built partitioned
         output_dir=args.output_dir,
+        use_cpu=not torch.cuda.is_available(),
+        per_device_train_batch_size=2,
         max_steps=args.max_steps,
-        per_device_train_batch_size=1,
-        learning_rate=0.01,
-        lr_scheduler_type="constant",
-        logging_steps=1,
+        lr_scheduler_type="constant",  # the rate is the optimizer's (below)
         save_strategy="no",
         report_to="none",
-        remove_unused_columns=False,
-        use_cpu=not torch.cuda.is_available(),
     )
     model, tokenizer = load_model_and_tokenizer(args.model)
     disable_dropout(model)
     config = SuperPosPromptConfig(task_type="CAUSAL_LM", num_virtual_tokens=args.num_virtual_tokens, m=args.m)
     model = get_peft_model(model, config)
 
-    def encode(source: str, target: str) -> dict:
-        prompt = tokenizer(source + "\nAnswer:")["input_ids"]
-        answer = tokenizer(" " + target, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}  # loss on the answer only
-
     trainer = Trainer(
         model=model,
         args=training_args,
-        train_dataset=[encode(source, target) for source, target in EXAMPLES],
+        train_dataset=[tokenizer(text) for text in TEXTS],
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # pads; labels = the input ids
         optimizers=(torch.optim.AdamW(make_param_groups(model, weight_decay=1e-5), lr=0.01), None),
     )
     result = trainer.train()
