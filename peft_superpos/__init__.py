@@ -8,6 +8,7 @@ from . import _peft_compat  # noqa: F401  (checks the peft version and installs 
 from .dropout import disable_dropout
 from .export import export_prompt_tuning
 from .optim import make_param_groups
+from .serving import PromptedInputs, prompted_inputs
 from .tuners.dept import DePTConfig, DePTEmbedding
 from .tuners.residual_prompt import ResidualPromptConfig, ResidualPromptEmbedding
 from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding, WeightInit
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DePTConfig",
     "DePTEmbedding",
+    "PromptedInputs",
     "ResidualPromptConfig",
     "ResidualPromptEmbedding",
     "SuperPosPromptConfig",
@@ -25,4 +27,5 @@ __all__ = [
     "disable_dropout",
     "export_prompt_tuning",
     "make_param_groups",
+    "prompted_inputs",
 ]

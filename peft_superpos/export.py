@@ -12,10 +12,13 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, get_
 from safetensors.torch import save_file
 
 from ._peft_compat import is_ours
+from .distributed import inner_module
 from .tuners.prompt_table import PROMPT_TABLE_KEY
 
 
-def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, adapter_name: str = "default") -> Path:
+def export_prompt_tuning(
+    model: PeftModel, save_directory: str | os.PathLike, adapter_name: str = "default", is_main_process: bool = True
+) -> Path:
     """Write ``adapter_name`` as a plain PROMPT_TUNING adapter (its final ``(n, d)`` table) to ``save_directory``.
 
     Tensors peft saves besides the prompt (``modules_to_save``, e.g. the classification head of SEQ_CLS /
@@ -24,25 +27,24 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
     temporary folder first and moved into place one by one, so an interrupted export never leaves a half-written file.
     A folder that already holds a file the export writes (a saved adapter, an earlier export) is refused with a
     ``FileExistsError`` and left untouched; other files in it are kept.
+
+    Under DeepSpeed ZeRO-3 or FSDP, call it on every rank (the prompt's parameters are gathered from all of
+    them), with ``is_main_process`` true on the one rank that writes, as for ``save_pretrained``.
     """
     config = model.peft_config.get(adapter_name)
     if not is_ours(config):
         raise ValueError(
             f"Adapter {adapter_name!r} is {getattr(config, 'peft_type', None)}, not a peft_superpos prompt method."
         )
-    encoder = model.prompt_encoder[adapter_name]
+    encoder = inner_module(model.prompt_encoder[adapter_name])
     reason = getattr(encoder, "not_exportable_reason", None)
     if reason:
         raise ValueError(f"{config.peft_type.value} cannot be exported as plain prompt tuning: {reason}")
-    table = encoder.final_table()
+    saved = get_peft_model_state_dict(model, adapter_name=adapter_name)  # gathers split parameters (all ranks)
+    table = saved[PROMPT_TABLE_KEY]
     # everything peft saves for this adapter except our encoder's own state (the prompt-method specifics)
-    encoder_keys = set(encoder.state_dict()) | {PROMPT_TABLE_KEY}
-    tensors = {
-        key: value.detach().cpu().contiguous()
-        for key, value in get_peft_model_state_dict(model, adapter_name=adapter_name).items()
-        if key not in encoder_keys
-    }
-    tensors[PROMPT_TABLE_KEY] = table
+    encoder_keys = {name for name, _ in encoder.named_parameters()} | {name for name, _ in encoder.named_buffers()}
+    tensors = {key: value.detach().cpu().contiguous() for key, value in saved.items() if key not in encoder_keys}
     stock = PromptTuningConfig(
         task_type=config.task_type,
         num_virtual_tokens=table.shape[0],
@@ -56,6 +58,8 @@ def export_prompt_tuning(model: PeftModel, save_directory: str | os.PathLike, ad
         inference_mode=True,
     )
     target = Path(save_directory)
+    if not is_main_process:
+        return target
     existing = [name for name in (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME) if (target / name).exists()]
     if existing:
         raise FileExistsError(

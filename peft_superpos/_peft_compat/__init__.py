@@ -12,16 +12,24 @@ attribute of peft that this package replaces:
   prompt-learning paths build decoder prompts we do not have); ``generate`` is keyword-only as in stock peft
   and gives the base model's generation inside ``disable_adapter()``. Causal LM, sequence classification and
   feature extraction take a generic path that works unchanged; token classification does too, except that
-  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``. ``disable_adapter()`` of a
+  peft does not widen ``labels`` for the prompt positions, so we prepend ``-100``. A batch that packs several
+  sequences into one row (trl's padding-free and packed batches) is refused: peft drops ``position_ids`` for
+  prompt methods, so the sequences would silently attend to each other. ``disable_adapter()`` of a
   prompt-learning adapter on an encoder-only model (no ``prepare_inputs_for_generation``) crashes in peft 0.21,
   stock prompt tuning included; it is replaced for that case only (every other case is peft's own).
+  ``get_prompt`` takes the prompt of our adapters from a call of the encoder module, where DeepSpeed ZeRO-3 and
+  FSDP gather its parameters (stock peft first reads ``encoder.embedding.weight``, which for ours computes the
+  table outside that call).
 - ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
   training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
   ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
   ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file) and refuses
-  ``safe_serialization=False`` (our adapters are safetensors only).
+  ``safe_serialization=False`` (our adapters are safetensors only), and a ``state_dict`` argument without the
+  whole tensors of a prompt that ZeRO-3 or FSDP splits (saving would otherwise gather on one rank and hang).
 - ``input_embeds``: an encoder may adjust the embeddings of the input tokens before the prompt goes in front
   (``adjust_input_embeds``, used by DePT). Encoders without that method are unaffected.
+- ``fsdp``: ``peft.utils.other.fsdp_auto_wrap_policy`` (which the Trainer and accelerate apply to PEFT models)
+  also gives our encoders their own FSDP unit, as it does stock prompt tuning's.
 
 Saving and loading the tensors need no patch: they go through the ``BasePromptEncoder`` hooks that peft
 provides. Every patch checks the adapter's type first and leaves every other PEFT method untouched (except
@@ -49,16 +57,19 @@ from peft import (  # noqa: E402  (after the version check)
 )
 from peft.config import PromptLearningConfig  # noqa: E402
 from peft.tuners.tuners_utils import BasePromptEncoder  # noqa: E402
-from peft.utils import PeftType  # noqa: E402
+from peft.utils import PeftType, other  # noqa: E402
 
-from . import input_embeds, loading, registration, routing  # noqa: E402
+from . import fsdp, input_embeds, loading, registration, routing  # noqa: E402
 from .registration import is_ours, register_prompt_method  # noqa: E402
 
 __all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "register_prompt_method"]
 
-# the stock forwards, adjusting input embeddings (DePT); token classification also widens its labels
+# the stock forwards, adjusting input embeddings (DePT); token classification also widens its labels; every one
+# (and the encoder-decoder one) refuses packed batches
 _FORWARDS = dict(input_embeds.ADJUSTED_FORWARDS)
 _FORWARDS[PeftModelForTokenClassification] = routing.widen_token_labels(_FORWARDS[PeftModelForTokenClassification])
+_FORWARDS = {cls: routing.refuse_packed_batches(forward) for cls, forward in _FORWARDS.items()}
+_FORWARDS[PeftModelForSeq2SeqLM] = routing.refuse_packed_batches(routing.seq2seq_forward)
 
 # (class, attribute, replacement): every attribute of peft this package replaces, installed once at import.
 PATCHES = (
@@ -66,12 +77,13 @@ PATCHES = (
     (PeftModel, "from_pretrained", classmethod(loading.from_pretrained)),
     (PeftModel, "load_adapter", loading.load_adapter),
     (PeftModel, "save_pretrained", loading.save_pretrained),
-    (PeftModelForSeq2SeqLM, "forward", routing.seq2seq_forward),
     (PeftModelForSeq2SeqLM, "generate", routing.seq2seq_generate),
     (PeftModel, "disable_adapter", routing.disable_adapter),
+    (PeftModel, "get_prompt", routing.get_prompt),
     *((cls, "forward", forward) for cls, forward in _FORWARDS.items()),
     (PeftModelForCausalLM, "generate", input_embeds.causal_generate),
     (PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs),
+    (other, "fsdp_auto_wrap_policy", fsdp.fsdp_auto_wrap_policy),
 )
 
 

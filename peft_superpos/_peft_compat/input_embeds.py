@@ -1,7 +1,9 @@
 """Adjusting the input embeddings (DePT).
 
-An encoder may define ``adjust_input_embeds(inputs_embeds (B, L, d), attention_mask (B, L) | None) -> (B, L, d)``.
-It is applied to the embeddings of the original input tokens only, before the prompt is prepended: in
+An encoder may define ``adjust_input_embeds(inputs_embeds (B, L, d), attention_mask (B, L) | None) -> (B, L, d)``;
+its forward must then return that when called as ``encoder(inputs_embeds=..., attention_mask=...)``: the adjustment
+runs in a call of the encoder module, where DeepSpeed ZeRO-3 and FSDP gather its parameters. It is applied to the
+embeddings of the original input tokens only, before the prompt is prepended: in
 ``routing.prepend_prompt`` (seq2seq forward/generate), in the stock causal-LM / classification / feature
 extraction forwards (which then get ``inputs_embeds`` instead of ``input_ids``), and in causal-LM generation
 where peft embeds the input ids (its ``prepare_inputs_for_generation``, at the step that injects the prompt).
@@ -27,10 +29,14 @@ from .registration import is_ours
 
 
 def input_embeds_adjuster(model: PeftModel):
-    """The active adapter's ``adjust_input_embeds`` when it is one of ours, defines it and is enabled, else None."""
+    """``adjust(inputs_embeds, attention_mask)`` through the active adapter's encoder module when it is one of ours,
+    defines ``adjust_input_embeds`` and is enabled, else None."""
     if not is_ours(model.active_peft_config) or model._adapters_disabled:
         return None
-    return getattr(model.prompt_encoder[model.active_adapter], "adjust_input_embeds", None)
+    encoder = model.prompt_encoder[model.active_adapter]
+    if not hasattr(encoder, "adjust_input_embeds"):
+        return None
+    return lambda inputs_embeds, attention_mask: encoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask)
 
 
 def with_adjusted_input_embeds(original):

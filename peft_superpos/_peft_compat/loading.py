@@ -20,6 +20,7 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, Peft
 from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors import SafetensorError
 
+from ..distributed import inner_module
 from .registration import OUR_CONFIGS, is_ours
 
 _HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "use_auth_token", "local_files_only")
@@ -131,6 +132,7 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
             f"save_pretrained(safe_serialization=False) would write adapter {ours} as a pickle, but peft_superpos "
             "adapters are saved as safetensors only: leave safe_serialization at its default (True)."
         )
+    _refuse_partial_state_dict(self, ours, arguments.get("kwargs", {}).get("state_dict"))
     target = Path(arguments["save_directory"])
     if not ours or not arguments.get("is_main_process", True) or target.is_file():
         return _original_save_pretrained(*bound.args, **bound.kwargs)  # peft's own checks and behaviour
@@ -145,6 +147,24 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
         _move_into(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _refuse_partial_state_dict(model: PeftModel, names: list[str], state_dict) -> None:
+    """A ``state_dict`` given to ``save_pretrained`` must hold the whole tensors of every split prompt encoder of
+    ours: otherwise saving would gather them, a collective that the other ranks (which a caller such as the
+    Trainer does not let save) never join, and the run would hang."""
+    if state_dict is None:
+        return
+    for name in names:
+        encoder = inner_module(model.prompt_encoder[name])
+        given = {k.removeprefix(f"prompt_encoder.{name}."): v for k, v in state_dict.items()}
+        if encoder.is_split() and not encoder.holds_whole(given):
+            raise ValueError(
+                f"save_pretrained got a state_dict without the whole tensors of adapter {name!r}, whose parameters "
+                "are split across ranks (DeepSpeed ZeRO-3 or FSDP): pass the consolidated state dict (DeepSpeed: "
+                "stage3_gather_16bit_weights_on_model_save=true; FSDP: a FULL_STATE_DICT), or no state_dict and "
+                "call save_pretrained on every rank (is_main_process=True on one)."
+            )
 
 
 def _staging_prefix(target: Path) -> str:

@@ -1,6 +1,8 @@
 """Routing by task type: encoder-decoder forward and generate through the prompt-tuning path, the labels of
 token classification widened for the prompt positions, and ``disable_adapter()`` on models without
-``prepare_inputs_for_generation`` (encoder-only: sequence/token classification, feature extraction)."""
+``prepare_inputs_for_generation`` (encoder-only: sequence/token classification, feature extraction). The prompt
+itself always comes from a call of the encoder module (``get_prompt``), so that DeepSpeed ZeRO-3 and FSDP gather
+its parameters there as they do for any module."""
 
 from __future__ import annotations
 
@@ -36,6 +38,23 @@ def prepend_prompt(
         ones = attention_mask.new_ones(batch_size, prompts.shape[1])
         attention_mask = torch.cat((ones, attention_mask), dim=1)
     return torch.cat((prompts, inputs_embeds), dim=1), attention_mask
+
+
+_original_get_prompt = PeftModel.get_prompt
+
+
+@functools.wraps(_original_get_prompt)
+def get_prompt(self: PeftModel, batch_size: int, task_ids=None, max_cache_len=None) -> torch.Tensor:
+    """The prompt ``(batch_size, n, d)`` of the active adapter, from a call of its encoder module (stock peft
+    first reads ``encoder.embedding.weight`` for its device, and in inference mode uses it as the prompt: for our
+    encoders that computes the table outside the module call, where ZeRO-3 and FSDP have not gathered the
+    parameters)."""
+    config = self.active_peft_config
+    if not is_ours(config):
+        return _original_get_prompt(self, batch_size, task_ids=task_ids, max_cache_len=max_cache_len)
+    tokens = self.prompt_tokens[self.active_adapter][None]  # one row, then repeated, as stock peft does
+    prompts = self.prompt_encoder[self.active_adapter](tokens, inference=config.inference_mode)
+    return prompts.repeat(batch_size, 1, 1)
 
 
 def _refuse_task_ids(model: PeftModelForSeq2SeqLM, task_ids) -> None:
@@ -94,6 +113,49 @@ def seq2seq_generate(self: PeftModelForSeq2SeqLM, **kwargs):
     if attention_mask is not None:
         kwargs["attention_mask"] = attention_mask
     return self.base_model.generate(inputs_embeds=inputs_embeds, **kwargs)
+
+
+def packs_sequences(
+    position_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, cu_seq_lens: torch.Tensor | None = None
+) -> bool:
+    """Whether a batch packs several sequences into one row (trl's ``padding_free=True`` and ``packing=True``):
+    boundaries given as ``cu_seq_lens``, or ``position_ids`` ``(B, L)`` that stop increasing inside a row among the
+    tokens ``attention_mask`` ``(B, L)`` keeps (left-padded generation's positions do increase there)."""
+    if cu_seq_lens is not None:
+        return True
+    if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[1] < 2:
+        return False
+    keep = torch.ones_like(position_ids, dtype=torch.bool)
+    if isinstance(attention_mask, torch.Tensor) and attention_mask.shape == position_ids.shape:
+        keep = attention_mask.bool()
+    positions = position_ids.masked_fill(~keep, -1)
+    highest_before = positions.cummax(dim=1).values[:, :-1]
+    return bool((keep[:, 1:] & (positions[:, 1:] <= highest_before)).any())
+
+
+def refuse_packed_batches(forward):
+    """Wrap a ``PeftModel`` forward: for our adapters, a batch that ``packs_sequences`` raises a ValueError. peft
+    drops ``position_ids`` for prompt methods and puts one prompt in front of each row, so the packed sequences
+    would attend to each other and only the first would follow the prompt."""
+    signature = inspect.signature(forward)
+    var_keyword = next(p.name for p in signature.parameters.values() if p.kind is p.VAR_KEYWORD)
+
+    @functools.wraps(forward)
+    def wrapped(self: PeftModel, *args, **kwargs):
+        if is_ours(self.active_peft_config):
+            arguments = signature.bind(self, *args, **kwargs).arguments
+            inputs = {**arguments.get(var_keyword, {}), **arguments}
+            if packs_sequences(inputs.get("position_ids"), inputs.get("attention_mask"), inputs.get("cu_seq_lens_q")):
+                raise ValueError(
+                    f"{self.active_peft_config.peft_type.value} puts its prompt in front of each row, but this batch "
+                    "packs several sequences into one row (position_ids restart inside a row, or cu_seq_lens_q is "
+                    "given), as trl's padding_free=True and packing=True do; peft drops position_ids for prompt "
+                    "methods, so the sequences would attend to each other and only the first would follow the "
+                    "prompt. Train on padded batches: SFTConfig(packing=False, padding_free=False)."
+                )
+        return forward(self, *args, **kwargs)
+
+    return wrapped
 
 
 def widen_token_labels(forward):

@@ -4,13 +4,15 @@ adapter and check it against the base model."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import Iterator, Mapping
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from .._peft_compat import BasePromptEncoder
+from ..distributed import full_shape, full_value, gathered, is_fsdp1_flattened, is_full, is_split, unwrapped
 
 PROMPT_TABLE_KEY = "prompt_embeddings"  # the key stock PROMPT_TUNING adapters use for the (n, d) table
 SAVED_FLOAT_DTYPE = torch.float32  # every floating tensor of a saved adapter (a lossless upcast)
@@ -18,8 +20,9 @@ _HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def check_fits_model(config, word_embeddings: nn.Embedding) -> None:
-    """Refuse a base model whose embedding table differs from the one the adapter was made on."""
-    rows, dim = word_embeddings.weight.shape
+    """Refuse a base model whose embedding table differs from the one the adapter was made on (its full shape, also
+    when ZeRO-3 partitions it)."""
+    rows, dim = full_shape(word_embeddings.weight)
     if config.token_dim is not None and config.token_dim != dim:
         raise ValueError(
             f"This adapter was made for embeddings of size {config.token_dim}, but the model's are {dim}: load "
@@ -83,11 +86,18 @@ class PromptTableEncoder(BasePromptEncoder):
         """Checks that ``word_embeddings`` fits ``config`` and sets ``num_tokens`` (n), ``dim`` (d) and the
         output dtype (the model's)."""
         super().__init__()
+        self._created_shapes: dict[str, torch.Size] = {}
         check_fits_model(config, word_embeddings)
         self.num_tokens = config.num_virtual_tokens * config.num_transformer_submodules
-        self.dim = word_embeddings.weight.shape[1]
+        self.dim = full_shape(word_embeddings.weight)[1]
         dtype = word_embeddings.weight.dtype
         self.output_dtype = dtype if dtype.is_floating_point else torch.float32
+
+    def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
+        """nn.Module's, recording the shape a parameter is created with (FSDP1 registers flat shards of it later)."""
+        super().register_parameter(name, param)
+        if param is not None:
+            self._created_shapes.setdefault(name, full_shape(param))
 
     def table(self) -> torch.Tensor:
         """The prompt table ``(n, d)`` in fp32, computed from the parameters now."""
@@ -100,34 +110,93 @@ class PromptTableEncoder(BasePromptEncoder):
 
     @property
     def embedding(self) -> PromptTableView:
-        """What peft reads as ``embedding.weight``: its device on every forward, and the table itself instead of
-        calling forward when ``inference_mode`` is set (an adapter loaded without ``is_trainable``). Computed
-        now, with autograd when parameters require grad; it never draws random numbers, so reading it leaves a
-        seeded training run unchanged."""
-        return PromptTableView(self.inference_table())
+        """What stock peft reads as ``embedding.weight`` (our ``get_prompt`` calls ``forward`` instead): the table
+        for inference, computed now, with autograd when parameters require grad. It never draws random numbers,
+        so reading it leaves a seeded training run unchanged. Parameters split across ranks are gathered (a
+        collective)."""
+        with self.whole_state():
+            return PromptTableView(self.inference_table())
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should see (all of this module's parameters by default)."""
         return list(self.parameters())
 
     def final_table(self) -> torch.Tensor:
-        """The table to save or export: a copy, ``(n, d)`` fp32 on the CPU."""
-        with torch.no_grad():
-            return self.inference_table().detach().to("cpu", SAVED_FLOAT_DTYPE, copy=True).contiguous()
+        """The table to save or export: a copy, ``(n, d)`` fp32 on the CPU. Parameters split across ranks are
+        gathered (a collective: call it on all ranks)."""
+        with torch.no_grad(), self.whole_state():
+            return _saved_copy(self.inference_table())
 
-    def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        return nn.functional.embedding(indices, self.table()).to(self.output_dtype)
+    def forward(self, indices: torch.Tensor, inference: bool = False) -> torch.Tensor:
+        """Prompt indices ``(B, n)`` -> ``(B, n, d)`` in the model dtype: rows of ``table()``, or of
+        ``inference_table()`` with ``inference`` (an adapter in inference mode)."""
+        table = self.inference_table() if inference else self.table()
+        return nn.functional.embedding(indices.to(table.device), table).to(self.output_dtype)
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        return {**dict(self.named_parameters()), **dict(self.named_buffers())}
+
+    def _whole_shape(self, name: str, tensor: torch.Tensor) -> torch.Size:
+        return self._created_shapes.get(name, full_shape(tensor))
+
+    def is_split(self) -> bool:
+        """Whether ZeRO-3, FSDP2 or FSDP1 holds a parameter of this encoder split across ranks now."""
+        return any(
+            is_split(t) or (is_fsdp1_flattened(t) and t.shape != self._whole_shape(name, t))
+            for name, t in self._tensors().items()
+        )
+
+    def holds_whole(self, given: Mapping[str, torch.Tensor] | None) -> bool:
+        """Whether ``given`` (name -> tensor) holds every tensor of this encoder whole, as a consolidated state
+        dict does."""
+        return given is not None and all(
+            is_full(given.get(name), self._whole_shape(name, t)) for name, t in self._tensors().items()
+        )
+
+    @contextlib.contextmanager
+    def whole_state(self, given: Mapping[str, torch.Tensor] | None = None) -> Iterator[None]:
+        """Inside, every parameter and buffer of this encoder holds its whole value, also when ZeRO-3 partitions
+        or FSDP2 shards it: taken from ``given`` (name -> tensor, e.g. a consolidated state dict on rank 0) when
+        it ``holds_whole``; otherwise gathered, which is a collective (all ranks together). A no-op for an
+        encoder that is not split. FSDP1 flat shards are gathered only for the encoder's own FSDP unit, by
+        ``_get_adapter_state_dict``."""
+        tensors = self._tensors()
+        if not self.is_split():
+            yield
+        elif self.holds_whole(given):
+            with _replaced(self, {name: _like(given[name], t) for name, t in tensors.items()}):
+                yield
+        elif any(is_fsdp1_flattened(t) for t in tensors.values()):
+            raise ValueError(
+                "FSDP1 holds this prompt encoder's parameters as flat shards, which it gathers only for its own "
+                "unit: wrap the model with peft's auto-wrap policy (FullyShardedDataParallel(model, auto_wrap_policy="
+                "peft.utils.other.fsdp_auto_wrap_policy(model), ...)), which gives the encoder its own unit, or call "
+                "this inside FullyShardedDataParallel.summon_full_params(fsdp_model, recurse=False, writeback=False)."
+            )
+        else:
+            with gathered(self.parameters()):
+                with _replaced(self, {name: _like(full_value(t), t) for name, t in tensors.items()}):
+                    yield
+
+    def saved_state(self, given: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """What the adapter file holds for this encoder: every tensor of ``state_dict()`` (floating ones as fp32)
+        and the final table under ``prompt_embeddings``, as CPU copies; whole values as ``whole_state(given)``
+        reads them."""
+        with torch.no_grad(), self.whole_state(given):
+            saved = {name: _saved_copy(tensor) for name, tensor in self.state_dict().items()}
+            saved[PROMPT_TABLE_KEY] = _saved_copy(self.inference_table())
+        return saved
 
     # -- peft's save/load hooks (BasePromptEncoder) ------------------------------------------------------
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        encoder: PromptTableEncoder = model.prompt_encoder[adapter_name]
-        saved = {
-            name: tensor.detach().to("cpu", SAVED_FLOAT_DTYPE if tensor.is_floating_point() else tensor.dtype)
-            for name, tensor in encoder.state_dict().items()
-        }
-        saved[PROMPT_TABLE_KEY] = encoder.final_table()
-        return saved
+        """``saved_state`` of the adapter's encoder. Its tensors come from ``state_dict`` (peft passes the model's,
+        or the one given to ``save_pretrained``) when that holds them whole, as the consolidated state dict the
+        Trainer saves from under ZeRO-3 does on rank 0; otherwise split ones are gathered (all ranks together)."""
+        prefix = f"prompt_encoder.{adapter_name}."
+        given = {key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)}
+        with unwrapped(model.prompt_encoder[adapter_name]) as encoder:  # an FSDP1 unit of its own: gathered
+            return encoder.saved_state(given)
 
     def _load_adapter_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         expected = dict(self.state_dict())
@@ -162,3 +231,36 @@ class PromptTableEncoder(BasePromptEncoder):
 
     def check_loaded_state(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Subclasses check that saved tensors fit the base model (e.g. E_freeze against its embeddings)."""
+
+
+def _saved_copy(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous CPU copy of ``tensor`` as saved (floating as fp32): never a view of memory that an engine
+    frees or re-partitions after the gather."""
+    dtype = SAVED_FLOAT_DTYPE if tensor.is_floating_point() else tensor.dtype
+    return tensor.detach().to("cpu", dtype, copy=True).contiguous()
+
+
+def _like(value: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """``value`` requiring grad where ``original`` does: CPU matmul picks its kernel by it, and the table computed
+    from whole values must come out bit for bit as from unsplit parameters."""
+    return value.detach().requires_grad_() if original.requires_grad and not value.requires_grad else value
+
+
+@contextlib.contextmanager
+def _replaced(module: nn.Module, tensors: Mapping[str, torch.Tensor]) -> Iterator[None]:
+    """Inside, the parameter or buffer ``name`` of ``module`` reads as ``tensors[name]`` (a dotted name for a
+    submodule's); the originals are back on exit. Tensors that already are the module's are left in place."""
+    originals = []
+    for name, tensor in tensors.items():
+        owner_name, _, attribute = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        store = owner._parameters if attribute in owner._parameters else owner._buffers
+        original = dict.__getitem__(store, attribute)
+        if tensor is not original:
+            originals.append((store, attribute, original))
+            store[attribute] = tensor
+    try:
+        yield
+    finally:
+        for store, attribute, original in reversed(originals):
+            store[attribute] = original

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from ..distributed import full_shape, gathered
+
 SPECIAL_ID_ATTRIBUTES = (
     "pad_token_id",
     "bos_token_id",
@@ -55,8 +57,9 @@ def embedding_rows(word_embeddings: nn.Embedding, ids: torch.Tensor) -> torch.Te
 
     They come from the embedding module's forward, not its raw ``weight`` rows: Gemma's, mBART's (with
     ``scale_embedding``) and M2M100's modules multiply the rows by ``sqrt(d)`` there, and peft prepends the
-    prompt to that output. For a plain ``nn.Embedding`` the two are the same values."""
-    with torch.no_grad():
+    prompt to that output. For a plain ``nn.Embedding`` the two are the same values. A table partitioned by ZeRO-3
+    is gathered for this call only (a collective: all ranks read the rows together)."""
+    with torch.no_grad(), gathered(word_embeddings.parameters()):
         return word_embeddings(ids.to(word_embeddings.weight.device)).detach().float().clone()
 
 
@@ -66,7 +69,7 @@ def sample_vocabulary(
     """``count`` ids sampled as ``config`` says (seed, sample_vocab_size, exclusions plus the model's special
     ids) and their fp32 embeddings as the model sees them: ``(count,)``, ``(count, d)``."""
     exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
-    rows = word_embeddings.weight.shape[0]
+    rows = full_shape(word_embeddings.weight)[0]
     ids = sample_token_ids(rows, count, config.seed, exclude, config.sample_vocab_size)
     return ids, embedding_rows(word_embeddings, ids)
 

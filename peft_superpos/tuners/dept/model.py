@@ -19,7 +19,7 @@ class DePTEmbedding(PromptTableEncoder):
 
     The prompt goes through the usual prompt-table path. The update is applied by
     :meth:`adjust_input_embeds`, which ``peft_superpos._peft_compat`` calls on the input embeddings of every
-    forward and generate path (before the prompt is prepended) when the active adapter's encoder defines it.
+    forward and generate path (before the prompt is prepended) through this module's forward.
     """
 
     not_exportable_reason = (
@@ -44,6 +44,20 @@ class DePTEmbedding(PromptTableEncoder):
 
     def table(self) -> torch.Tensor:
         return self.soft_prompt.float()
+
+    def forward(
+        self,
+        indices: torch.Tensor | None = None,
+        inference: bool = False,
+        inputs_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The prompt rows of ``indices`` ``(B, n)``, or with ``inputs_embeds`` the input embeddings ``(B, L, d)``
+        with the update (``adjust_input_embeds``): both in a call of this module, where ZeRO-3 and FSDP gather its
+        parameters."""
+        if inputs_embeds is not None:
+            return self.adjust_input_embeds(inputs_embeds, attention_mask)
+        return super().forward(indices, inference)
 
     def embedding_update(self) -> torch.Tensor:
         """``A B`` ``(max_length, d)`` in fp32: row j is added to the j-th input token's embedding."""

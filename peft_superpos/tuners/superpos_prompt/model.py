@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 import torch
 from torch import nn
 
+from ...distributed import full_shape
 from ..prompt_table import PromptTableEncoder, check_same_embeddings
 from ..vocabulary import check_token_ids, embedding_rows, sample_vocabulary
 from .config import SuperPosPromptConfig, WeightInit
@@ -38,19 +39,19 @@ class SuperPosPromptEmbedding(PromptTableEncoder):
         self, config: SuperPosPromptConfig, word_embeddings: nn.Embedding, special_token_ids: Iterable[int] = ()
     ) -> None:
         super().__init__(config, word_embeddings)
-        num_tokens, weight = self.num_tokens, word_embeddings.weight
+        num_tokens = self.num_tokens
         if config.token_ids is None:
             ids, frozen = sample_vocabulary(config, word_embeddings, config.m, special_token_ids)
             config.token_ids = ids.tolist()
         else:
-            ids = check_token_ids(config.token_ids, weight.shape[0])
+            ids = check_token_ids(config.token_ids, full_shape(word_embeddings.weight)[0])
             frozen = embedding_rows(word_embeddings, ids)
         self.use_softmax = config.use_softmax
         self.register_buffer("token_ids", ids)
         self.register_buffer("frozen_embeddings", frozen)
-        self.delta = nn.Parameter(torch.zeros(num_tokens, config.m, weight.shape[1], device=frozen.device))
+        self.delta = nn.Parameter(torch.zeros(num_tokens, config.m, self.dim, device=frozen.device))
         self.weights = nn.Parameter(init_superposition_weights(config, num_tokens).to(frozen.device))
-        self._model_dtype = weight.dtype
+        self._model_dtype = word_embeddings.weight.dtype
 
     def table(self) -> torch.Tensor:
         weights = self.weights.float()
