@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from pathlib import Path
+
+from peft_superpos.harness.callbacks import atomic_write_text, read_rows
 
 BENCHMARKS = Path(__file__).resolve().parent
 TEMPLATE = BENCHMARKS / "RESULTS.template.md"
@@ -62,7 +63,7 @@ def run_table(folder: Path) -> str:
     if not final_path.is_file():
         raise FileNotFoundError(f"{final_path} is missing: copy final.json and metrics.jsonl of the run there")
     final = json.loads(final_path.read_text())
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_rows(folder / "metrics.jsonl")
     floors = final.get("floors") or {}
     lines = [
         "| step | score | invalid % | most frequent prediction % | majority floor | zero-shot floor |",
@@ -94,9 +95,7 @@ def render(template: Path = TEMPLATE, results_dir: Path = RESULTS_DIR) -> str:
 
 def write_results(template: Path = TEMPLATE, results_dir: Path = RESULTS_DIR, output: Path = OUTPUT) -> Path:
     """Write RESULTS.md atomically; returns its path."""
-    temporary = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    temporary.write_text(render(template, results_dir))
-    os.replace(temporary, output)
+    atomic_write_text(output, render(template, results_dir))
     return output
 
 

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from quality_grid import (
+from benchmarks.quality_grid import (
     BATCH_SIZE,
     DEFAULT_RESULTS_DIR,
     FAILURES_FILE,
@@ -51,13 +51,12 @@ from quality_grid import (
     failure_counts,
     finished_final,
     is_complete,
-    prediction_files,
     read_json,
     resolve_lr,
 )
-from quality_report import CURVES_DIR, REPORT_FILES, write_outputs
-
-from peft_superpos.harness.callbacks import append_row
+from benchmarks.quality_predictions import harness_files
+from benchmarks.quality_report import CURVES_DIR, REPORT_FILES, write_outputs
+from peft_superpos.harness.callbacks import append_row, atomic_write
 
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "quality"
 DEFAULT_DATA_DIR = os.environ.get("PEFT_SUPERPOS_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
@@ -82,16 +81,14 @@ def copy_results(run_dir: Path, target: Path) -> list[Path]:
     """Copy a run's small results into ``target``, each file atomically and ``final.json`` last (its presence
     marks the copy complete). Prediction files come along while together below :data:`PREDICTIONS_MAX_BYTES`."""
     files = [run_dir / "metrics.jsonl"] if (run_dir / "metrics.jsonl").is_file() else []
-    predictions = prediction_files(run_dir)
+    predictions = list(harness_files(run_dir).values())
     if sum(p.stat().st_size for p in predictions) <= PREDICTIONS_MAX_BYTES:
         files += predictions
     copied = []
     for source in [*files, run_dir / "final.json"]:
         destination = target / source.relative_to(run_dir)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
+        atomic_write(destination, lambda temporary, source=source: shutil.copyfile(source, temporary))
         copied.append(destination)
     return copied
 
@@ -169,16 +166,12 @@ def harness_command(
 def subprocess_runner(command: Sequence[str], log_path: Path) -> int:
     """Run ``command`` from the repository root with its output appended to ``log_path``; the child is
     stopped if the suite is interrupted, so no orphan keeps writing into the run folder."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         # close_fds=False: the child inherits the run's lock (the only inheritable descriptor, see run_lock), so
         # a harness that outlives a killed suite still keeps a new suite off its run folder
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, close_fds=False
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, close_fds=False)
         try:
             return process.wait()
         finally:
