@@ -11,8 +11,8 @@ persistent training state (parameters, gradients and the two AdamW moments of ev
 the encoder's buffers), which the step's peak does not see because it exists before the step. The memory
 ratio compares medians.
 
-    python benchmarks/overhead.py --model tiny --rounds 5
-    python benchmarks/overhead.py --model smollm2 --rounds 3 --batch-size 8 --seq-len 128
+    python -m benchmarks.overhead --model tiny --rounds 5
+    python -m benchmarks.overhead --model smollm2 --rounds 3 --batch-size 8 --seq-len 128
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main() -> None:
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
     results = {
-        "command": "python benchmarks/overhead.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+        "command": "python -m benchmarks.overhead " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                  vars(args).items() if v is not None),
         "model": args.model,
         "torch_threads": torch.get_num_threads(),

@@ -7,7 +7,7 @@ backward, AdamW step of a SuperPos adapter, the harness's loss on the last K pos
 two orders batch for batch (random, grouped, random, grouped, ...) so that machine noise hits both alike, and
 reports the seconds per step and the real (non-padding) tokens per second of each, with their ratio.
 
-    python benchmarks/padding.py --tasks cb rte sst2 --steps 12 --data-dir ../shared/data
+    python -m benchmarks.padding --tasks cb rte sst2 --steps 12 --data-dir ../shared/data
 
 Writes ``benchmarks/results/padding-<model>.json`` and ``.md``.
 """
@@ -125,7 +125,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(task, args) for task in args.tasks]
     name = f"padding-{Path(args.model).name if args.model else 'smollm2'}"
-    command = "python benchmarks/padding.py " + " ".join(
+    command = "python -m benchmarks.padding " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if v is not None and k != "output"

@@ -1,5 +1,5 @@
 """The quality suite's report, built from the results folder alone (never the run folders), so it can be
-regenerated from what is committed: ``python benchmarks/quality_suite.py report`` writes ``report.md``,
+regenerated from what is committed: ``python -m benchmarks.quality_suite report`` writes ``report.md``,
 ``report.json`` and the learning-curve PNGs there, then regenerates ``benchmarks/RESULTS.md``
 (``make_results.py``). Runs that are not finished show as "—", so the report works on a partial grid.
 

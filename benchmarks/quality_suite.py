@@ -14,10 +14,10 @@ harness process (``python -m peft_superpos.train ...``), one run folder per run 
 
 The suite runs niced, so it can work in the background for hours (many CPU-hours; it spans sessions)::
 
-    nohup python benchmarks/quality_suite.py run --commit . > runs/quality/suite.log 2>&1 &
-    python benchmarks/quality_suite.py run --dry-run            # every run in order: done / partial / todo
-    python benchmarks/quality_suite.py run --only 'smollm2/sst2/*'
-    python benchmarks/quality_suite.py report                   # tables and figures from the results folder
+    nohup python -m benchmarks.quality_suite run --commit . > runs/quality/suite.log 2>&1 &
+    python -m benchmarks.quality_suite run --dry-run            # every run in order: done / partial / todo
+    python -m benchmarks.quality_suite run --only 'smollm2/sst2/*'
+    python -m benchmarks.quality_suite report                   # tables and figures from the results folder
 
 ``report`` writes the tables and figures (``quality_report.py``); the grid itself is ``quality_grid.py``.
 """

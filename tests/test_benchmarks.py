@@ -32,7 +32,7 @@ def test_overhead_script_runs_on_a_tiny_model(tmp_path):
 def test_results_md_is_what_make_results_generates():
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == make_results.render(), (
         "benchmarks/RESULTS.md is out of date: edit benchmarks/RESULTS.template.md and run "
-        "python benchmarks/make_results.py"
+        "python -m benchmarks.make_results"
     )
 
 
@@ -40,14 +40,14 @@ def test_committed_quality_report_is_built_from_the_committed_results():
     folder = quality_grid.DEFAULT_RESULTS_DIR
     report = quality_report.build_report(quality_grid.GRID_V1, folder)
     assert json.loads((folder / "report.json").read_text()) == json.loads(json.dumps(report)), (
-        "benchmarks/results/quality/report.json is out of date: run python benchmarks/quality_suite.py report"
+        "benchmarks/results/quality/report.json is out of date: run python -m benchmarks.quality_suite report"
     )
     assert (folder / "report.md").read_text() == report_markdown(report["tables"])
 
 
 def test_generated_tables_come_from_the_result_files(tmp_path):
     (tmp_path / "quality").mkdir()
-    (tmp_path / "overhead-tiny.md").write_text("`python benchmarks/overhead.py`\n\n| a |\n|---|\n| 1 |\n")
+    (tmp_path / "overhead-tiny.md").write_text("`python -m benchmarks.overhead`\n\n| a |\n|---|\n| 1 |\n")
     (tmp_path / "quality" / "report.json").write_text(json.dumps({"tables": {"status": "3 of 4 finished"}}))
     template = tmp_path / "template.md"
     template.write_text("# R\n<!-- generated: overhead:tiny -->\ntext\n<!-- generated: quality:status -->\n")
