@@ -10,11 +10,13 @@ import threading
 import time
 from pathlib import Path
 
-from quality_results import FakeHarness, option, write_run
+from quality_results import FakeHarness, option, write_predictions, write_run
 from tiny_models import FIXTURE_DATA, tiny_model_dir
 
 from benchmarks import quality_suite as qs
 from benchmarks.quality_grid import ABLATION, MAIN, MINILM, ZERO_SHOT, RunSpec
+from benchmarks.quality_predictions import harness_files, read_compact
+from peft_superpos.harness.callbacks import read_rows
 
 
 def suite(tmp_path: Path, grid, runner, **kwargs) -> list[str]:
@@ -55,7 +57,7 @@ def test_finished_runs_are_skipped_and_the_rest_run(tmp_path, capsys):
     for spec in grid:
         assert qs.run_status(spec, tmp_path / "runs", tmp_path / "results") == "done"
     copied = sorted(p.name for p in (tmp_path / "results" / todo.run_id).iterdir())
-    assert copied == ["final.json", "metrics.jsonl", "predictions"]
+    assert copied == ["final.json", "metrics.jsonl", "predictions.jsonl.gz"]  # every evaluation in one file
     suite(tmp_path, grid, harness)
     assert len(harness.commands) == 2  # nothing left to run
 
@@ -76,6 +78,18 @@ def test_large_prediction_files_stay_behind(tmp_path, monkeypatch):
     spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100)
     suite(tmp_path, [spec], FakeHarness())
     assert sorted(p.name for p in (tmp_path / "results" / spec.run_id).iterdir()) == ["final.json", "metrics.jsonl"]
+
+
+def test_the_copy_holds_every_evaluation_in_one_compressed_file(tmp_path):
+    run_dir = tmp_path / "run"
+    write_run(run_dir, {100: 50.0, 200: 60.0})
+    for step in (100, 200):
+        write_predictions(run_dir, step, "cb", [0, 1, 2], [0, None, step // 100])
+    copied = qs.copy_results(run_dir, tmp_path / "results")
+    assert [p.name for p in copied] == ["metrics.jsonl", "predictions.jsonl.gz", "final.json"]  # final.json last
+    in_run_folder = {step: read_rows(path, dedupe=False) for step, path in harness_files(run_dir).items()}
+    assert list(in_run_folder) == [100, 200]
+    assert read_compact(tmp_path / "results" / "predictions.jsonl.gz") == in_run_folder
 
 
 def test_interrupted_run_restarts_with_the_same_command_and_a_failure_does_not_stop_the_grid(tmp_path):
@@ -142,9 +156,7 @@ def test_commit_commits_only_the_result_paths(tmp_path):
     assert log == [f"quality: failed {bad.run_id}", f"quality: {ok.run_id}", "init"]
     folder = "benchmarks/results/quality"
     reports = [f"{folder}/report.json", f"{folder}/report.md"]  # refreshed with every run, so they stay consistent
-    run_files = [
-        f"{folder}/{ok.run_id}/{name}" for name in ("final.json", "metrics.jsonl", "predictions/step-000100.jsonl")
-    ]
+    run_files = [f"{folder}/{ok.run_id}/{name}" for name in ("final.json", "metrics.jsonl", "predictions.jsonl.gz")]
     assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD~1").split()) == sorted(run_files + reports)
     assert sorted(git(repo, "show", "--name-only", "--format=", "HEAD").split()) == [
         f"{folder}/failures.jsonl",
