@@ -30,7 +30,6 @@ from benchmarks.quality_stats import (
     ResultSet,
     SeriesSummary,
     Side,
-    Stability,
     compare,
     majority_floor,
     mean_or_none,
@@ -39,7 +38,6 @@ from benchmarks.quality_stats import (
     resampled_floor,
     resampled_runs,
     series_summary,
-    stability,
 )
 from peft_superpos import SuperPosPromptConfig
 from peft_superpos.metrics.bootstrap import Verdict
@@ -62,12 +60,11 @@ Summaries = dict[str, dict[str, SeriesSummary | None]]
 
 @dataclass(frozen=True)
 class MainComparison:
-    """One model's main stage (seeds of the second-seed stage merged): per task and method, averages, stability."""
+    """One model's main stage (seeds of the second-seed stage merged): per task and method, and averages."""
 
     tasks: list[str]
     methods: list[str]
     summaries: Summaries
-    stability: Stability
     average: dict[str, dict[str, float | None]]  # method -> SUMMARY_KEYS -> mean over the tasks
     floor_average: dict[str, float | None]  # "majority" / "zero_shot" -> mean over the tasks
 
@@ -140,12 +137,14 @@ class DropoutComparison:
 
 @dataclass(frozen=True)
 class PlanComparisons:
-    """One model's head to head: its pairs, and each series against the majority floor."""
+    """One model's head to head: its pairs, and each series against the majority floor; ``not_informative``: the
+    tasks where every series is within noise of the floor (or below it)."""
 
     model: str
     tasks: list[str]
     pairs: list[Comparison]
     floors: list[Comparison]
+    not_informative: list[str]
 
 
 @dataclass(frozen=True)
@@ -218,11 +217,10 @@ def main_comparison(results: ResultSet, model: str, floors: Mapping[str, Floor])
     specs = [s for s in results.stage(MAIN) if s.model == model]
     tasks, methods = ordered(s.task for s in specs), ordered(s.series for s in specs)
     summaries = {t: {m: results.summary(model, t, m, (MAIN, SEED)) for m in methods} for t in tasks}
-    best = {t: {m: s.best if (s := summaries[t][m]) else None for m in methods} for t in tasks}
     average = {m: {k: mean_or_none(getattr(summaries[t][m] or SeriesSummary(), k) for t in tasks)
                    for k in SUMMARY_KEYS} for m in methods}  # fmt: skip
     floor_average = {k: mean_or_none(getattr(floors[t], k) for t in tasks) for k in ("majority", "zero_shot")}
-    return MainComparison(tasks, methods, summaries, stability(best, methods), average, floor_average)
+    return MainComparison(tasks, methods, summaries, average, floor_average)
 
 
 def seed_comparison(results: ResultSet, model: str) -> SeedComparison | None:
@@ -368,16 +366,22 @@ def plan_comparisons(
     def value(name: str, task: str, key: str) -> float | None:
         return getattr(summary[name][task] or SeriesSummary(), key)
 
-    def differences(a: str, b: str, sides: Mapping[str, Mapping[str, Side | None]], key: str) -> dict:
-        return {t: paired(sides[a][t], sides[b][t], value(a, t, key), value(b, t, key)) for t in tasks}
+    def pair(a: str, b: str, sides: Mapping[str, Mapping[str, Side | None]]) -> dict:
+        return {t: (sides[a][t], sides[b][t]) for t in tasks}
 
     above_floor = {n: {t: paired(side[n][t], floor_side[t], value(n, t, "best"), majority[t]) for t in tasks}
                    for n in names}  # fmt: skip
     learned = {n: {t for t, d in above_floor[n].items() if d and d.verdict == Verdict.BETTER} for n in names}
+
+    def not_informative(among: Sequence[str]) -> list[str]:
+        """The tasks where every series of ``among`` is tested against the floor and none is above it."""
+        return [t for t in tasks if all(above_floor[n][t] and t not in learned[n] for n in among)]
+
     floor = {t: SeriesSummary(best=majority[t]) for t in tasks}
-    pair_rows = [compare(f"{model}: {label}", summary[a], summary[b], differences(a, b, side, "best"),
-                         learned[a] & learned[b], differences(a, b, first_eval, "first_eval"))
+    pair_rows = [compare(f"{model}: {label}", summary[a], summary[b], pair(a, b, side), learned[a] & learned[b],
+                         pair(a, b, first_eval), not_informative((a, b)))
                  for label, a, b in pairs]  # fmt: skip
-    floor_rows = [compare(f"{model}: {n} vs majority floor", summary[n], floor, above_floor[n], learned[n])
+    floor_rows = [compare(f"{model}: {n} vs majority floor", summary[n], floor,
+                          {t: (side[n][t], floor_side[t]) for t in tasks}, learned[n])
                   for n in names]  # fmt: skip
-    return PlanComparisons(model, tasks, pair_rows, floor_rows)
+    return PlanComparisons(model, tasks, pair_rows, floor_rows, not_informative(names))

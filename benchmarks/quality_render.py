@@ -26,8 +26,9 @@ TABLE_TITLES = {
     "status": "Status",
     "grid": "The grid",
     "environments": "Where the finished runs computed (final.json's `environment`; older runs: not recorded)",
-    "best": "{model}: best score per task, beside the majority-class and zero-shot floors of the same eval examples",
-    "average": "{model}: average over the tasks; stability (std across tasks of each method's per-task z-score)",
+    "best": "{model}: best score per task, beside the majority-class and zero-shot floors of the same eval examples "
+    "(not informative: every method within noise of the majority floor, or below it)",
+    "average": "{model}: average over the tasks",
     "detail": "{model}: per task and method",
     "seeds": "{model}: best score at each seed; each extra seed against the main seed (95 % paired-bootstrap "
     "interval over the eval examples; bold: it excludes 0)",
@@ -37,14 +38,19 @@ TABLE_TITLES = {
     "ablation": "SuperPos ablations: m and softmax (best / final score)",
     "ablation-differences": "SuperPos ablations: each variant's best against the main run of the same seed (95 % "
     "paired-bootstrap interval; bold: it excludes 0)",
-    "minilm": "MiniLM (SEQ_CLS): backbone dropout off vs on (best score)",
+    "minilm": "MiniLM (SEQ_CLS): backbone dropout off vs on (best score; not informative: every variant within noise "
+    "of the majority floor, or below it)",
     "head-to-head": "Head to head: best score per task (seeds merged) over the tasks both sides have finished; "
-    "better / worse: the 95 % paired-bootstrap interval of the task's difference excludes 0",
-    "pairs": "{model}: difference of best scores per task (95 % paired-bootstrap interval; bold: it excludes 0)",
+    "better / worse: the 95 % paired-bootstrap interval of the task's difference excludes 0, counted over the "
+    "informative tasks (not informative: both sides within noise of the majority floor, or below it); difference: "
+    "of the mean best scores, with the 95 % paired-bootstrap interval of the mean of the per-task differences "
+    "(examples resampled within each task)",
+    "pairs": "{model}: difference of best scores per task (95 % paired-bootstrap interval; bold: it excludes 0; n.i.: "
+    "not informative, both sides within noise of the majority floor or below it), and their mean over the tasks",
     "pairs-first-eval": "{model}: difference of the scores at the first evaluation per task (step 100; 95 % "
-    "paired-bootstrap interval; bold: it excludes 0)",
+    "paired-bootstrap interval; bold: it excludes 0; n.i.: not informative, as above), and their mean over the tasks",
     "floor": "{model}: each method above the majority floor per task (95 % paired-bootstrap interval; bold: it "
-    "excludes 0)",
+    "excludes 0), and the mean over the tasks",
 }
 
 
@@ -74,17 +80,32 @@ def differences_table(cases: Sequence[str], columns: Sequence[tuple[str, Mapping
     return md_table(header, [[case, *(difference_cell(per.get(case)) for _, per in columns)] for case in cases])
 
 
+def tested_table(tasks: Sequence[str], columns: Sequence[tuple[str, Tested]]) -> str:
+    """Tasks down, comparisons across: each task's difference ("n.i.": not informative), then their mean over the
+    tasks (pooled interval)."""
+    rows = [[t, *(difference_cell(c.per_task.get(t)) + (" n.i." if t in c.not_informative else "")
+                  for _, c in columns)] for t in tasks]  # fmt: skip
+    rows.append(["**average**", *(difference_cell(c.pooled) for _, c in columns)])
+    return md_table(["task", *(title for title, _ in columns)], rows)
+
+
 def counts_cell(counts: Tested) -> str:
-    untested = f" ({counts.untested} untested)" if counts.untested else ""
-    return f"{counts.better} / {counts.within_noise} / {counts.worse}{untested}"
+    notes = [f"{n} {what}" for n, what in ((len(counts.not_informative), "not informative"),
+                                           (counts.untested, "untested")) if n]  # fmt: skip
+    return f"{counts.better} / {counts.within_noise} / {counts.worse}" + (f" ({', '.join(notes)})" if notes else "")
+
+
+def task_label(task: str, not_informative: Sequence[str]) -> str:
+    return f"{task} (not informative)" if task in not_informative else task
 
 
 def report_tables(numbers: QualityNumbers) -> dict[str, str]:
     """Every table of the report by name, in the order of report.md."""
     tables = {"status": status_line(numbers), "environments": environments_table(numbers)}
     tables["grid"] = grid_table(numbers.grid)
+    not_informative = {plan.model: plan.not_informative for plan in numbers.head_to_head}
     for model, main in numbers.main.items():
-        tables.update(main_tables(model, main, numbers.floors[model]))
+        tables.update(main_tables(model, main, numbers.floors[model], not_informative.get(model, [])))
         if model in numbers.seeds:
             tables.update(seed_tables(model, numbers.seeds[model]))
     if any(check.by_lr for check in numbers.lr_check):
@@ -92,7 +113,8 @@ def report_tables(numbers: QualityNumbers) -> dict[str, str]:
     if numbers.ablation is not None:
         tables.update(ablation_tables(numbers.ablation))
     if numbers.dropout is not None:
-        tables["minilm"] = dropout_table(numbers.dropout, numbers.floors[numbers.dropout.model])
+        model = numbers.dropout.model
+        tables["minilm"] = dropout_table(numbers.dropout, numbers.floors[model], not_informative.get(model, []))
     for plan in numbers.head_to_head:
         tables.update(plan_tables(plan))
     tables["head-to-head"] = head_to_head_table([row for plan in numbers.head_to_head
@@ -136,21 +158,24 @@ def grid_table(grid: Sequence[RunSpec]) -> str:
     )
 
 
-def main_tables(model: str, main: MainComparison, floor: Mapping[str, Floor]) -> dict[str, str]:
-    """``{model}-best``, ``{model}-average`` and ``{model}-detail``."""
+def main_tables(
+    model: str, main: MainComparison, floor: Mapping[str, Floor], not_informative: Sequence[str]
+) -> dict[str, str]:
+    """``{model}-best`` (tasks where no method is above the majority floor marked), ``{model}-average`` and
+    ``{model}-detail``."""
     tasks, methods, average = main.tasks, main.methods, main.average
     cell = {t: {m: main.summaries[t][m] or SeriesSummary() for m in methods} for t in tasks}
-    rows = [[t, fmt(floor[t].majority), fmt(floor[t].zero_shot), *(fmt(cell[t][m].best) for m in methods)]
-            for t in tasks]  # fmt: skip
+    rows = [[task_label(t, not_informative), fmt(floor[t].majority), fmt(floor[t].zero_shot),
+             *(fmt(cell[t][m].best) for m in methods)] for t in tasks]  # fmt: skip
     rows.append(["**average**", fmt(main.floor_average["majority"]), fmt(main.floor_average["zero_shot"]),
                  *(fmt(average[m]["best"]) for m in methods)])  # fmt: skip
     tables = {f"{model}-best": md_table(["task", "majority floor", "zero-shot", *methods], rows)}
     tables[f"{model}-average"] = md_table(
         ["method", "best", "final", "steps to 90 % of best", f"train loss, steps 1-{EVAL_STEPS}", "invalid % at best",
-         "std of z-scores", "s/step"],
+         "s/step"],
         [[m, fmt(average[m]["best"]), fmt(average[m]["final"]), fmt(average[m]["steps_to_90"], 0),
           fmt(average[m]["early_train_loss"], 3), fmt(average[m]["invalid_at_best"]),
-          fmt(main.stability.std_of_z[m], 2), fmt(average[m]["seconds_per_step"], 2)]
+          fmt(average[m]["seconds_per_step"], 2)]
          for m in methods],
     )  # fmt: skip
     detail = [
@@ -205,9 +230,10 @@ def ablation_tables(ablation: Ablation) -> dict[str, str]:
     }
 
 
-def dropout_table(dropout: DropoutComparison, floor: Mapping[str, Floor]) -> str:
+def dropout_table(dropout: DropoutComparison, floor: Mapping[str, Floor], not_informative: Sequence[str]) -> str:
     variants = dropout.variants
-    rows = [[t, fmt(floor[t].majority), *(fmt(dropout.best[t][v]) for v in variants)] for t in dropout.tasks]
+    rows = [[task_label(t, not_informative), fmt(floor[t].majority), *(fmt(dropout.best[t][v]) for v in variants)]
+            for t in dropout.tasks]  # fmt: skip
     rows.append(["**average**", fmt(dropout.majority_average), *(fmt(dropout.average[v]) for v in variants)])
     return md_table(["task", "majority floor", *(f"{v} best" for v in variants)], rows)
 
@@ -219,13 +245,12 @@ def plan_tables(plan: PlanComparisons) -> dict[str, str]:
     def title(row: Comparison, suffix: str = "") -> str:
         return row.label.removeprefix(prefix).removesuffix(suffix)
 
-    first_eval = [(title(r), r.first_eval.per_task if r.first_eval else {}) for r in plan.pairs]
     return {
-        f"{plan.model}-pairs": differences_table(plan.tasks, [(title(r), r.per_task) for r in plan.pairs]),
-        f"{plan.model}-pairs-first-eval": differences_table(plan.tasks, first_eval),
-        f"{plan.model}-floor": differences_table(
-            plan.tasks, [(title(r, " vs majority floor"), r.per_task) for r in plan.floors]
+        f"{plan.model}-pairs": tested_table(plan.tasks, [(title(r), r) for r in plan.pairs]),
+        f"{plan.model}-pairs-first-eval": tested_table(
+            plan.tasks, [(title(r), r.first_eval) for r in plan.pairs if r.first_eval]
         ),
+        f"{plan.model}-floor": tested_table(plan.tasks, [(title(r, " vs majority floor"), r) for r in plan.floors]),
     }
 
 
@@ -233,7 +258,7 @@ def head_to_head_table(rows: Sequence[Comparison]) -> str:
     table_rows = [
         [r.label, str(len(r.tasks)), counts_cell(r), counts_cell(r.first_eval) if r.first_eval else "—",
          fmt(r.first_best), fmt(r.second_best),
-         fmt(None if r.first_best is None else r.first_best - r.second_best),
+         difference_cell(r.pooled) if r.pooled else fmt(None if r.first_best is None else r.first_best - r.second_best),
          f"{fmt(r.first_steps_to_90, 0)} / {fmt(r.second_steps_to_90, 0)}",
          f"{fmt(r.first_early_train_loss, 3)} / {fmt(r.second_early_train_loss, 3)}"]
         for r in rows
@@ -241,7 +266,7 @@ def head_to_head_table(rows: Sequence[Comparison]) -> str:
     return md_table(
         ["comparison (first vs second)", "tasks", "first better / within noise / worse",
          f"at step {EVAL_STEPS}: better / within noise / worse", "mean best, first",
-         "mean best, second", "difference", "steps to 90 %, first / second (tasks both learn)",
+         "mean best, second", "difference (95 % interval)", "steps to 90 %, first / second (tasks both learn)",
          f"train loss, steps 1-{EVAL_STEPS}, first / second"],
         table_rows,
         align="---|" + "---:|" * 8,
@@ -275,8 +300,8 @@ def report_json(numbers: QualityNumbers, tables: Mapping[str, str]) -> dict[str,
     report["series"] = {model: {t: {n: asdict(s) if s else None for n, s in by_series.items()}
                                 for t, by_series in tasks.items()}
                         for model, tasks in numbers.series.items()}  # fmt: skip
+    report["not_informative"] = {plan.model: plan.not_informative for plan in numbers.head_to_head}
     if numbers.main:
-        report["stability"] = {model: asdict(main.stability) for model, main in numbers.main.items()}
         report["average"] = {model: {"methods": main.average, "floors": main.floor_average}
                              for model, main in numbers.main.items()}  # fmt: skip
     if numbers.seeds:

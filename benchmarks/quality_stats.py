@@ -1,6 +1,6 @@
-"""The quality report's statistics, as plain dataclasses: a series' summary over its seeds, the paper's stability
-measure, the majority floor, and paired-bootstrap differences over the saved per-example predictions
-(``peft_superpos.metrics.bootstrap``), so that a gap of one example on COPA's 100 does not count as a win."""
+"""The quality report's statistics, as plain dataclasses: a series' summary over its seeds, the majority floor, and
+paired-bootstrap differences over the saved per-example predictions (``peft_superpos.metrics.bootstrap``), per task
+(so that a gap of one example on COPA's 100 does not count as a win) and pooled over the tasks."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ class ResultSet:
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Summaries of a series, stability, floors
+# Summaries of a series, floors
 # ----------------------------------------------------------------------------------------------------------
 
 
@@ -114,29 +114,6 @@ def series_summary(results: Sequence[RunResult]) -> SeriesSummary | None:
             high=[float(max(c[s] for c in curves)) for s in steps],
         ),
     )
-
-
-@dataclass(frozen=True)
-class Stability:
-    """The paper's stability measure: per method, the std across ``tasks`` of its per-task z-score."""
-
-    tasks: list[str]
-    std_of_z: dict[str, float | None]
-
-
-def stability(best: Mapping[str, Mapping[str, float | None]], methods: Sequence[str]) -> Stability:
-    """``best[task][method]`` -> per task, z-score the methods' scores across methods (population std; all-equal
-    scores give 0); per method, the population std across tasks of its z-scores. Uses the tasks where every method
-    has a score; None with fewer than two such tasks."""
-    tasks = [t for t, scores in best.items() if all(scores.get(m) is not None for m in methods)]
-    if len(tasks) < 2 or len(methods) < 2:
-        return Stability(tasks, {m: None for m in methods})
-    z = {}
-    for task in tasks:
-        values = np.array([best[task][m] for m in methods], dtype=float)
-        spread = values.std()
-        z[task] = (values - values.mean()) / spread if spread > 0 else np.zeros_like(values)
-    return Stability(tasks, {m: float(np.std([z[t][i] for t in tasks])) for i, m in enumerate(methods)})
 
 
 @dataclass(frozen=True)
@@ -223,22 +200,47 @@ def paired(first: Side | None, second: Side | None, first_score: float | None,
     return Difference(result.difference, result.low, result.high, result.verdict.value)
 
 
+def pooled(sides: Sequence[tuple[Side | None, Side | None, float | None, float | None]]) -> Difference | None:
+    """The mean over tasks of the per-task differences (each ``(first side, second side, first score, second
+    score)`` as for :func:`paired`) with its 95 % paired-bootstrap interval: on each resample, the mean over the tasks
+    of each task's resampled difference. Each task's resamples are drawn with the same seed, so tasks with as many
+    examples would share their draws; a fixed permutation of each task's resample order makes the draws independent
+    across tasks. None unless every task is tested."""
+    if not sides or any(paired(*task) is None for task in sides):
+        return None
+    point = float(np.mean([first_score - second_score for _, _, first_score, second_score in sides]))
+    differences = [first[1] - second[1] for first, second, _, _ in sides]  # type: ignore[index]
+    resampled = np.mean([d[np.random.default_rng(i).permutation(len(d))] for i, d in enumerate(differences)], axis=0)
+    result = paired_difference(resampled, np.zeros_like(resampled), point)
+    return Difference(result.difference, result.low, result.high, result.verdict.value)
+
+
 @dataclass(frozen=True)
 class Tested:
-    """Per-task differences (None: untested) and how many are better / within noise / worse, and untested."""
+    """Per-task differences (None: untested) and their mean over the tasks (``pooled``, see :func:`pooled`); how many
+    of the informative tasks are better / within noise / worse and untested, and the tasks that are not informative
+    (both sides within noise of the majority floor, or below it)."""
 
     better: int
     within_noise: int
     worse: int
     untested: int
+    not_informative: list[str]
     per_task: dict[str, Difference | None]
+    pooled: Difference | None
 
 
-def tested(differences: Mapping[str, Difference | None], tasks: Sequence[str]) -> Tested:
-    per_task = {t: differences.get(t) for t in tasks}
-    verdicts = [d.verdict if d else None for d in per_task.values()]
+def tested(
+    sides: Mapping[str, tuple[Side | None, Side | None, float | None, float | None]],
+    not_informative: Iterable[str] = (),
+) -> Tested:
+    """:func:`paired` on each task of ``sides`` and :func:`pooled` over them; the counts leave out
+    ``not_informative`` tasks."""
+    per_task = {t: paired(*task) for t, task in sides.items()}
+    dull = [t for t in sides if t in set(not_informative)]
+    verdicts = [d.verdict if d else None for t, d in per_task.items() if t not in dull]
     return Tested(verdicts.count(Verdict.BETTER), verdicts.count(Verdict.WITHIN_NOISE), verdicts.count(Verdict.WORSE),
-                  verdicts.count(None), per_task)  # fmt: skip
+                  verdicts.count(None), dull, per_task, pooled(list(sides.values())))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -256,19 +258,25 @@ class Comparison(Tested):
     second_early_train_loss: float | None
 
 
+#: A comparison's evidence on each task: (first side, second side).
+Sides = Mapping[str, tuple[Side | None, Side | None]]
+
+
 def compare(
     label: str,
     first: Mapping[str, SeriesSummary | None],
     second: Mapping[str, SeriesSummary | None],
-    differences: Mapping[str, Difference | None],
+    sides: Sides,
     learned: Iterable[str],
-    first_eval_differences: Mapping[str, Difference | None] | None = None,
+    first_eval_sides: Sides | None = None,
+    not_informative: Iterable[str] = (),
 ) -> Comparison:
     """Head to head over the tasks where both sides have a best score: on how many tasks ``first`` is better,
-    within noise or worse (:func:`tested`: the :func:`paired` ``differences[task]`` of the best scores; under
-    ``first_eval`` the same for the scores at the first evaluation, when given), the mean best of each, the mean
-    early train loss of each (where both have it) and the mean steps to 90 % of each over the ``learned`` tasks
-    (both sides above the majority floor: at the floor, 90 % of the best is reached by chance)."""
+    within noise or worse and the mean difference over the tasks (:func:`tested` on the best scores with the
+    ``sides`` of each task; under ``first_eval`` the same for the scores at the first evaluation, when given),
+    the mean best of each, the mean early train loss of each (where both have it) and the mean steps to 90 % of
+    each over the ``learned`` tasks (both sides above the majority floor: at the floor, 90 % of the best is reached
+    by chance)."""
     empty = SeriesSummary()
     one = {t: s or empty for t, s in first.items()}
     two = {t: second.get(t) or empty for t in one}
@@ -279,13 +287,16 @@ def compare(
         common = [t for t in over if getattr(one[t], key) is not None and getattr(two[t], key) is not None]
         return mean_or_none(getattr(one[t], key) for t in common), mean_or_none(getattr(two[t], key) for t in common)
 
+    def test(key: str, evidence: Sides) -> Tested:
+        return tested({t: (*evidence[t], getattr(one[t], key), getattr(two[t], key)) for t in tasks}, not_informative)
+
     first_steps, second_steps = both("steps_to_90", [t for t in tasks if t in set(learned)])
     first_loss, second_loss = both("early_train_loss", tasks)
     return Comparison(
-        **vars(tested(differences, tasks)),
+        **vars(test("best", sides)),
         label=label,
         tasks=tasks,
-        first_eval=None if first_eval_differences is None else tested(first_eval_differences, tasks),
+        first_eval=None if first_eval_sides is None else test("first_eval", first_eval_sides),
         first_best=mean_or_none(one[t].best for t in tasks),
         second_best=mean_or_none(two[t].best for t in tasks),
         first_steps_to_90=first_steps,

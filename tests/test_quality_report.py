@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from quality_results import lr_check_grid, write_lr_check, write_predictions, write_run
 
 from benchmarks import quality_report as qr
 from benchmarks.quality_grid import ABLATION, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec
-from benchmarks.quality_stats import Difference, SeriesSummary, compare
+from benchmarks.quality_stats import SeriesSummary, Side, compare, paired, pooled
 from peft_superpos.metrics import compute_metrics
 
 
@@ -84,12 +85,6 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
     }
     assert report["series"]["smollm2"]["rte"]["superpos"] is None
 
-    # per task z-scores across methods: sst2 (80, 60, 70) -> (1.2247, -1.2247, 0); cb (50, 50, 80) -> (-0.7071,
-    # -0.7071, 1.4142); std across the two tasks: |difference| / 2. rte has no results and is left out.
-    stability = report["stability"]["smollm2"]
-    assert stability["tasks"] == ["sst2", "cb"]
-    assert stability["std_of_z"] == pytest.approx({"superpos": 0.96593, "prompt_tuning": 0.25882, "residual": 0.70711},
-                                                  abs=1e-5)  # fmt: skip
     assert report["average"]["smollm2"]["methods"]["superpos"]["best"] is None  # rte missing
     best_table = report["tables"]["smollm2-best"]
     assert "| sst2 | 51.0 | 30.0 | 80.0 | 60.0 | 70.0 |" in best_table
@@ -129,10 +124,13 @@ def test_report_numbers_on_a_partial_results_tree(tmp_path):
         "| — / — | — / — |" in (report["tables"]["head-to-head"])
     )
     assert "| cb | +7.5 (+0.0 to +0.0) | — | — |" in report["tables"]["smollm2-floor"]
+    # untested tasks: no mean over the tasks, and no task is known to be at the floor for every method
+    assert report["tables"]["smollm2-floor"].endswith("| **average** | — | — | — |")
+    assert report["not_informative"] == {"smollm2": [], "minilm": []}
 
     qr.write_report(grid, results)
     assert (results / "report.md").read_text().startswith("# Quality suite report")
-    assert json.loads((results / "report.json").read_text())["stability"]["smollm2"]["tasks"] == ["sst2", "cb"]
+    assert json.loads((results / "report.json").read_text())["finished"] == 11
     pictures = sorted(p.name for p in (results / "curves").iterdir())
     assert pictures == ["minilm-sst2.png", "overview.png", "smollm2-cb.png", "smollm2-sst2.png"]
 
@@ -167,19 +165,43 @@ def test_ablation_at_two_seeds_sits_beside_the_main_run_of_each_seed(tmp_path):
     assert differences[2].startswith("| sst2 seed 42 | **-4.0** (")
 
 
+def side(scores: list[float]) -> Side:
+    """A side of a comparison on 3 made-up examples with the given score on each resample."""
+    return ((0, 1, 2), (0, 1, 0)), np.array(scores)
+
+
 def test_head_to_head_speed_counts_only_tasks_both_sides_learn():
     first = {"a": SeriesSummary(best=80.0, steps_to_90=100), "b": SeriesSummary(best=50.0, steps_to_90=300),
              "c": SeriesSummary(best=90.0, steps_to_90=400)}  # fmt: skip
     second = {"a": SeriesSummary(best=70.0, steps_to_90=200), "b": SeriesSummary(best=60.0, steps_to_90=100),
               "c": SeriesSummary(best=90.0, steps_to_90=100)}  # fmt: skip
-    verdicts = {"a": "better", "b": "worse", "c": "within noise"}
-    differences = {t: Difference(0.0, 0.0, 0.0, v) for t, v in verdicts.items()}
+    # on every resample: a better, b worse, c within noise
+    sides = {"a": (side([1.0, 1.0]), side([0.0, 0.0])), "b": (side([0.0, 0.0]), side([1.0, 1.0])),
+             "c": (side([-1.0, 1.0]), side([0.0, 0.0]))}  # fmt: skip
     # only a is learned by both sides (b: first is at its majority floor, where 90 % of the best is reached by
     # chance; c: not above the floor either)
-    row = compare("x", first, second, differences, {"a"})
+    row = compare("x", first, second, sides, {"a"})
     assert row.tasks == ["a", "b", "c"]
     assert (row.better, row.within_noise, row.worse, row.untested) == (1, 1, 1, 0)
     assert (row.first_steps_to_90, row.second_steps_to_90) == (100, 200)
+    assert row.pooled.difference == 0.0  # the mean of +10, -10 and 0
+    # c not informative: left out of the counts, still in the mean over the tasks
+    quiet = compare("x", first, second, sides, {"a"}, not_informative=["c"])
+    assert (quiet.better, quiet.within_noise, quiet.worse, quiet.not_informative) == (1, 0, 1, ["c"])
+    assert quiet.pooled == row.pooled
+
+
+def test_pooled_interval_resamples_each_task_independently():
+    rng = np.random.default_rng(3)
+    first, second = 50 + rng.normal(0, 5, 1000), 48 + rng.normal(0, 5, 1000)
+    one = pooled([(side(list(first)), side(list(second)), 50.0, 48.0)])
+    alone = paired(side(list(first)), side(list(second)), 50.0, 48.0)
+    assert one == alone  # one task: its own paired difference
+    # two tasks of the same size share their resample draws (same seed); the pooled interval treats them as
+    # independent, so the mean of two equal noisy differences is about 1/sqrt(2) as wide as one
+    two = pooled([(side(list(first)), side(list(second)), 50.0, 48.0)] * 2)
+    assert two.difference == 2.0 and 0.6 < (two.high - two.low) / (one.high - one.low) < 0.8
+    assert pooled([(side(list(first)), None, 50.0, 48.0), (side(list(first)), side(list(second)), 50.0, 48.0)]) is None
 
 
 def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
@@ -210,26 +232,36 @@ def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
     report = qr.build_report(grid, results)
     head = {row["label"]: row for row in report["head_to_head"]}
     versus_pt = head["smollm2: superpos vs prompt_tuning"]
-    assert [versus_pt[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 0, 0]
+    # COPA: both within noise of the floor, so it is not informative and left out of the counts
+    assert [versus_pt[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 0, 0, 0]
+    assert versus_pt["not_informative"] == ["copa"] and report["not_informative"]["smollm2"] == ["copa"]
     sst2 = versus_pt["per_task"]["sst2"]
     assert sst2["difference"] == pytest.approx(89.0 - 65.0) and sst2["low"] > 15 and sst2["verdict"] == "better"
     copa = versus_pt["per_task"]["copa"]
     # the sides differ on one example only: a resample without it differs by 0, so 0 is in the interval
     assert copa["difference"] == pytest.approx(1.0) and copa["low"] == 0.0 < copa["high"]
     assert (versus_pt["first_steps_to_90"], versus_pt["second_steps_to_90"]) == (100, 200)  # sst2 only
+    # the mean of the two tasks' differences, its interval from resampling each task's examples
+    average = versus_pt["pooled"]
+    assert average["difference"] == pytest.approx((24.0 + 1.0) / 2) and average["verdict"] == "better"
+    assert (sst2["low"] + copa["low"]) / 2 < average["low"] < average["high"] < (sst2["high"] + copa["high"]) / 2
     # at the first evaluation: 89 against 55 on SST-2; the same predictions on COPA
     first_eval = versus_pt["first_eval"]
-    assert [first_eval[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 1, 0, 0]
+    assert [first_eval[k] for k in ("better", "within_noise", "worse", "untested")] == [1, 0, 0, 0]
     assert first_eval["per_task"]["sst2"]["difference"] == pytest.approx(89.0 - 55.0)
     assert first_eval["per_task"]["copa"] == {"difference": 0.0, "low": 0.0, "high": 0.0, "verdict": "within noise"}
     floor = head["smollm2: superpos vs majority floor"]
     assert [floor[k] for k in ("better", "within_noise", "worse")] == [1, 1, 0] and floor["first_eval"] is None
     assert head["smollm2: prompt_tuning vs majority floor"]["per_task"]["copa"]["high"] == 0.0  # the floor itself
-    assert f"| sst2 | **+24.0** ({sst2['low']:+.1f} to {sst2['high']:+.1f}) |" in report["tables"]["smollm2-pairs"]
-    assert "| copa | +1.0 (" in report["tables"]["smollm2-pairs"]
-    assert "| copa | +0.0 (+0.0 to +0.0) |" in report["tables"]["smollm2-pairs-first-eval"]
+    pairs = report["tables"]["smollm2-pairs"]
+    assert f"| sst2 | **+24.0** ({sst2['low']:+.1f} to {sst2['high']:+.1f}) |" in pairs
+    assert f"| copa | +1.0 ({copa['low']:+.1f} to {copa['high']:+.1f}) n.i. |" in pairs
+    assert f"| **average** | **+12.5** ({average['low']:+.1f} to {average['high']:+.1f}) |" in pairs
+    assert "| copa | +0.0 (+0.0 to +0.0) n.i. |" in report["tables"]["smollm2-pairs-first-eval"]
+    assert "| copa (not informative) | 55.0 | — | 56.0 | 55.0 |" in report["tables"]["smollm2-best"]
     assert (
-        "| smollm2: superpos vs prompt_tuning | 2 | 1 / 1 / 0 | 1 / 1 / 0 | 72.5 | 60.0 |"
+        "| smollm2: superpos vs prompt_tuning | 2 | 1 / 0 / 0 (1 not informative) | 1 / 0 / 0 (1 not informative) "
+        f"| 72.5 | 60.0 | **+12.5** ({average['low']:+.1f} to {average['high']:+.1f}) |"
         in (report["tables"]["head-to-head"])
     )
 
