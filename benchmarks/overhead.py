@@ -30,6 +30,7 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
 import peft_superpos
 from peft_superpos import SuperPosPromptConfig, disable_dropout, make_param_groups
+from peft_superpos.harness.callbacks import atomic_write_text
 from peft_superpos.harness.methods import METHODS
 
 REFERENCE = "prompt_tuning"
@@ -239,8 +240,8 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.model)
-    (out / f"overhead-{name}.json").write_text(json.dumps(results, indent=2))
-    (out / f"overhead-{name}.md").write_text(f"`{results['command']}`\n\n{table}\n")
+    atomic_write_text(out / f"overhead-{name}.json", json.dumps(results, indent=2))
+    atomic_write_text(out / f"overhead-{name}.md", f"`{results['command']}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 
 from peft_superpos.data import get_task
 from peft_superpos.harness import MethodSettings, RunConfig, build_model
+from peft_superpos.harness.callbacks import atomic_write_text
 from peft_superpos.harness.features import IGNORE_INDEX, TextToTextFeatures, label_logits
 from peft_superpos.harness.run import load_data
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
@@ -140,8 +141,8 @@ def main() -> None:
     print(text)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"{name}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    (output / f"{name}.md").write_text(text)
+    atomic_write_text(output / f"{name}.json", json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    atomic_write_text(output / f"{name}.md", text)
 
 
 if __name__ == "__main__":
