@@ -24,9 +24,9 @@ import torch
 
 from peft_superpos.data import get_task
 from peft_superpos.harness import MethodSettings, RunConfig, build_model
-from peft_superpos.harness.callbacks import atomic_write_text
 from peft_superpos.harness.features import IGNORE_INDEX, TextToTextFeatures, label_logits
 from peft_superpos.harness.run import load_data
+from peft_superpos.harness.run_record import atomic_write_text
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -9,7 +9,7 @@ from typing import Any
 
 from benchmarks.quality_numbers import QualityNumbers
 from benchmarks.quality_stats import Curve, Floor
-from peft_superpos.harness.callbacks import atomic_write
+from peft_superpos.harness.run_record import atomic_write
 
 CURVES_DIR = "curves"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from peft_superpos.harness.callbacks import read_rows
+from peft_superpos.harness.run_record import best_row, read_jsonl, read_rows
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results" / "quality"
@@ -25,9 +25,12 @@ FAILURES_FILE = "failures.jsonl"
 # ----------------------------------------------------------------------------------------------------------
 
 #: Suite model name -> the harness's ``--model``.
-MODELS: Mapping[str, str] = {"smollm2": "smollm2-135m-instruct", "minilm": "minilm"}
+MODELS: Mapping[str, str] = {"smollm2": "smollm2-135m-instruct", "minilm": "minilm", "gemma3": "gemma3"}
 #: Settings every run shares (the paper's protocol: generation eval on the first <= 300 validation examples).
 MAX_EVAL_SAMPLES = 300
+#: Size of the development split carved from the training file for selection runs (``RunSpec.dev``), the same
+#: examples for every run (the harness' ``--dev-seed`` 0).
+DEV_SIZE = 300
 BATCH_SIZE = 8
 EVAL_STEPS = 100
 #: ``lr`` of a spec that takes the best learning rate of the lr check (resolved when the runner reaches it).
@@ -38,6 +41,12 @@ PAPER_LR = 1e-2
 ZERO_SHOT, LR_CHECK, MAIN, SEED, ABLATION, MINILM = "zero-shot", "lr-check", "main", "seed", "ablation", "minilm"
 #: The stages in the report's order (the run order is :func:`grid_v1`'s).
 STAGES = (ZERO_SHOT, MINILM, LR_CHECK, MAIN, SEED, ABLATION)
+#: Grid v2's stages (``quality_grid_v2.py``): the learning-rate sweep on the development split, extensions of a sweep
+#: whose best value is at an edge, the best settings confirmed on the validation split, and the base-model regime.
+SWEEP, EXTEND, CONFIRM, REGIME = "sweep", "extend", "confirm", "regime"
+V2_STAGES = (SWEEP, EXTEND, CONFIRM, REGIME)
+#: ``lr`` / ``weight_init`` of a spec that takes the best setting of its model's sweep (resolved when reached).
+FROM_SWEEP = "from_sweep"
 
 SHORT_TASKS = ("sst2", "cola", "copa", "stsb")
 MAIN_TASKS = (*SHORT_TASKS, "mrpc", "rte", "cb")  # short tasks first
@@ -63,7 +72,10 @@ MINILM_STEPS: Mapping[str, int] = {"sst2": 500, "mrpc": 500, "rte": 500, "cola":
 
 @dataclass(frozen=True)
 class RunSpec:
-    """One run of the grid. ``lr``: a number, None (the method's harness default) or :data:`FROM_LR_CHECK`."""
+    """One run of the grid. ``lr``: a number, None (the method's harness default), :data:`FROM_LR_CHECK` or
+    :data:`FROM_SWEEP`. ``weight_init``: SuperPos' init of p' (None: the config's default) or :data:`FROM_SWEEP`.
+    ``dev``: evaluate on the development split carved from the training file (selection runs), else on the first
+    ``max_eval_samples`` validation examples (None: all). ``max_train_samples``: a seeded subset of train."""
 
     stage: str
     model: str
@@ -77,20 +89,27 @@ class RunSpec:
     softmax: bool = False
     keep_dropout: bool = False
     eval_only: bool = False
+    weight_init: str | None = None
+    dev: bool = False
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = MAX_EVAL_SAMPLES
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; expected one of {STAGES}")
+        if self.stage not in (*STAGES, *V2_STAGES):
+            raise ValueError(f"unknown stage {self.stage!r}; expected one of {(*STAGES, *V2_STAGES)}")
         if self.eval_only == (self.max_steps is not None):
             raise ValueError(f"{self.task}/{self.method}: give max_steps to a training run, and none to eval-only")
-        if isinstance(self.lr, str) and self.lr != FROM_LR_CHECK:
-            raise ValueError(f"lr must be a number, None or {FROM_LR_CHECK!r}, got {self.lr!r}")
+        if isinstance(self.lr, str) and self.lr not in (FROM_LR_CHECK, FROM_SWEEP):
+            raise ValueError(f"lr must be a number, None, {FROM_LR_CHECK!r} or {FROM_SWEEP!r}, got {self.lr!r}")
 
     @property
     def run_name(self) -> str:
-        """Folder name, unique within (model, task): e.g. ``superpos-m16-s42``, ``lrcheck-superpos-lr0.01-s42``."""
+        """Folder name, unique within (model, task): e.g. ``superpos-m16-s42``, ``lrcheck-superpos-lr0.01-s42``,
+        ``sweep-superpos-one_hot-lr0.01-s42``, ``superpos-tuned-n500-s7``."""
         if self.eval_only:
             return "zero-shot"
+        if self.stage in V2_STAGES:
+            return self._v2_run_name()
         parts = ["lrcheck"] if self.stage == LR_CHECK else []
         parts.append(self.method)
         if self.stage == LR_CHECK:
@@ -101,6 +120,19 @@ class RunSpec:
             parts.append("softmax")
         if self.keep_dropout:
             parts.append("dropout")
+        return "-".join([*parts, f"s{self.seed}"])
+
+    def _v2_run_name(self) -> str:
+        parts = ["sweep"] if self.stage in (SWEEP, EXTEND) else []
+        parts.append(self.method)
+        if self.weight_init not in (None, FROM_SWEEP):
+            parts.append(self.weight_init)
+        if FROM_SWEEP in (self.lr, self.weight_init):
+            parts.append("tuned")
+        elif self.lr is not None:
+            parts.append(f"lr{self.lr:g}")
+        if self.max_train_samples is not None:
+            parts.append(f"n{self.max_train_samples}")
         return "-".join([*parts, f"s{self.seed}"])
 
     @property
@@ -121,6 +153,10 @@ class RunSpec:
             label += " softmax"
         if self.stage == MINILM:
             label += ", dropout on" if self.keep_dropout else ", dropout off"
+        if self.weight_init not in (None, FROM_SWEEP):
+            label += f" {self.weight_init}"
+        if self.stage in (SWEEP, EXTEND):
+            label += f" lr={self.lr:g}"
         return label
 
 
@@ -199,7 +235,7 @@ def finished_final(spec: RunSpec, results_dir: Path) -> dict[str, Any] | None:
 
 def failure_counts(results_dir: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for row in read_rows(results_dir / FAILURES_FILE, dedupe=False):
+    for row in read_jsonl(results_dir / FAILURES_FILE):
         counts[row["run_id"]] = counts.get(row["run_id"], 0) + 1
     return counts
 
@@ -219,7 +255,7 @@ class RunResult:
 
     @property
     def best_row(self) -> dict[str, Any] | None:
-        return max(self.scored, key=lambda r: r["eval_score"], default=None)
+        return best_row(self.rows)
 
     @property
     def best(self) -> float | None:

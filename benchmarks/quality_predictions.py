@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from peft_superpos.data import get_task
-from peft_superpos.harness.callbacks import PREDICTIONS_DIR, atomic_write, read_rows
+from peft_superpos.harness.run_record import PREDICTIONS_DIR, atomic_write, read_jsonl
 
 COMPACT_FILE = "predictions.jsonl.gz"
 
@@ -74,7 +74,7 @@ def cached_evaluations(folder: Path, key: tuple) -> Evaluations:
     """:func:`read_evaluations` for one :func:`version` of the folder (the suite refreshes the report after every
     run; only new files cost time)."""
     evaluations = read_compact(folder / COMPACT_FILE)
-    evaluations.update({step: read_rows(path, dedupe=False) for step, path in harness_files(folder).items()})
+    evaluations.update({step: read_jsonl(path) for step, path in harness_files(folder).items()})
     return dict(sorted(evaluations.items()))
 
 

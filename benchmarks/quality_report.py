@@ -20,7 +20,7 @@ from benchmarks.quality_figures import CURVES_DIR, write_plots
 from benchmarks.quality_grid import DEFAULT_RESULTS_DIR, RunSpec
 from benchmarks.quality_numbers import quality_numbers
 from benchmarks.quality_render import report_json, report_markdown, report_tables
-from peft_superpos.harness.callbacks import atomic_write_text
+from peft_superpos.harness.run_record import atomic_write_text
 
 REPORT_FILES = ("report.md", "report.json")
 __all__ = ["CURVES_DIR", "REPORT_FILES", "build_report", "write_outputs", "write_report"]

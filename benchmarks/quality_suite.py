@@ -44,24 +44,26 @@ from pathlib import Path
 from benchmarks.quality_grid import (
     BATCH_SIZE,
     DEFAULT_RESULTS_DIR,
+    DEV_SIZE,
+    EXTEND,
     FAILURES_FILE,
-    FROM_LR_CHECK,
     GRID_V1,
-    MAX_EVAL_SAMPLES,
     MODELS,
     REPO_ROOT,
+    V2_STAGES,
     LrCheckError,
     RunSpec,
     failure_counts,
     finished_final,
     is_complete,
     read_json,
-    resolve_lr,
 )
+from benchmarks.quality_grid_v2 import GRID_V2, resolve_settings
 from benchmarks.quality_predictions import COMPACT_FILE, compact_bytes, compact_results, read_evaluations, write_compact
 from benchmarks.quality_report import CURVES_DIR, REPORT_FILES, write_outputs
-from peft_superpos.harness.callbacks import append_row, atomic_write
+from peft_superpos.harness.run_record import append_row, atomic_write
 
+GRIDS = {"v1": GRID_V1, "v2": GRID_V2}
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "quality"
 DEFAULT_DATA_DIR = os.environ.get("PEFT_SUPERPOS_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
 #: A run's predictions are copied into the results only while their compressed file stays below this size.
@@ -150,12 +152,23 @@ Runner = Callable[[Sequence[str], Path], int]
 
 
 def harness_command(
-    spec: RunSpec, run_dir: Path, data_dir: str, lr: float | None, models: Mapping[str, str] = MODELS
+    spec: RunSpec,
+    run_dir: Path,
+    data_dir: str,
+    lr: float | None,
+    models: Mapping[str, str] = MODELS,
+    weight_init: str | None = None,
 ) -> list[str]:
     """The harness command line of one run (the same every time, so an interrupted run resumes)."""
     command = [sys.executable, "-m", "peft_superpos.train", spec.task, "--data-dir", str(data_dir)]
     command += ["--model", models[spec.model], "--method", spec.method, "--seed", str(spec.seed)]
-    command += ["--max-eval-samples", str(MAX_EVAL_SAMPLES), "--batch-size", str(BATCH_SIZE)]
+    command += ["--batch-size", str(BATCH_SIZE)]
+    if spec.dev:
+        command += ["--dev-size", str(DEV_SIZE), "--eval-split", "dev"]
+    elif spec.max_eval_samples is not None:
+        command += ["--max-eval-samples", str(spec.max_eval_samples)]
+    if spec.max_train_samples is not None:
+        command += ["--max-train-samples", str(spec.max_train_samples)]
     command += ["--output-dir", str(run_dir), "--disable-tqdm"]
     if spec.eval_only:
         command.append("--eval-only")
@@ -169,6 +182,8 @@ def harness_command(
         command.append("--softmax")
     if spec.keep_dropout:
         command.append("--keep-dropout")
+    if weight_init is not None:
+        command += ["--weight-init", weight_init]
     return command
 
 
@@ -220,11 +235,12 @@ def dry_run(
         status = run_status(spec, runs_dir, results_dir)
         counts[status] += 1
         notes = []
-        if spec.lr == FROM_LR_CHECK:
+        if isinstance(spec.lr, str) or spec.stage == EXTEND:
             try:
-                notes.append(f"lr {resolve_lr(spec, grid, results_dir):g} (lr check)")
+                settings = resolve_settings(spec, grid, results_dir)
+                notes.append("not needed" if settings is None else f"lr {settings.lr:g} ({spec.lr})")
             except LrCheckError:
-                notes.append("lr: from the lr check, not finished yet")
+                notes.append(f"lr: {spec.lr}, not finished yet")
         if spec.max_steps:
             notes.append(f"{spec.max_steps} steps")
         if failures.get(spec.run_id) and status != "done":
@@ -250,7 +266,8 @@ def run_suite(
     committer = ResultCommitter(commit_repo)
 
     def publish(paths: Sequence[Path], message: str) -> None:
-        committer.commit([*paths, *refresh_report(grid, results_dir)], message)
+        has_report = not any(spec.stage in V2_STAGES for spec in grid)  # grid v2 has no report yet
+        committer.commit([*paths, *(refresh_report(grid, results_dir) if has_report else [])], message)
 
     def fail(spec: RunSpec, reason: str, log_path: Path | None = None) -> None:
         print(f"FAILED {spec.run_id}: {reason}", flush=True)
@@ -269,12 +286,15 @@ def run_suite(
             print(f"[{index}/{len(specs)}] done    {spec.run_id}", flush=True)
             continue
         try:
-            lr = resolve_lr(spec, grid, results_dir)
+            settings = resolve_settings(spec, grid, results_dir)
         except LrCheckError as error:
             fail(spec, str(error))
             continue
+        if settings is None:
+            print(f"[{index}/{len(specs)}] skipped {spec.run_id}: the sweep's best is not at this edge", flush=True)
+            continue
         run_dir = runs_dir / spec.run_id
-        command = harness_command(spec, run_dir, data_dir, lr, models)
+        command = harness_command(spec, run_dir, data_dir, settings.lr, models, settings.weight_init)
         with run_lock(run_dir) as locked:
             if not locked:
                 print(f"[{index}/{len(specs)}] busy    {spec.run_id}: another process holds its lock", flush=True)
@@ -344,6 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--only", action="append", metavar="GLOB", help="run ids to run, e.g. 'smollm2/sst2/*'")
     run.add_argument("--dry-run", action="store_true", help="print the runs in order with their status")
     run.add_argument("--commit", type=Path, metavar="REPO", help="commit each run's results in this git repo")
+    run.add_argument("--grid", choices=sorted(GRIDS), default="v1", help="which grid (v2: issue 19's stages A and B)")
     report = commands.add_parser("report", help="tables and figures from the results folder")
     report.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     report.add_argument("--no-plots", action="store_true")
@@ -364,15 +385,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         written = compact_results(args.results_dir)
         print(f"{len(written)} runs' predictions folded into {COMPACT_FILE}" + "".join(f"\n  {p}" for p in written))
         return 0
+    grid = GRIDS[args.grid]
     if args.dry_run:
-        dry_run(GRID_V1, args.runs_dir, args.results_dir, args.only)
+        dry_run(grid, args.runs_dir, args.results_dir, args.only)
         return 0
     if not Path(args.data_dir).is_dir():
         print(f"--data-dir {args.data_dir} is not a folder (it needs glue/ and superglue/)", file=sys.stderr)
         return 2
     os.nice(10)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the current harness child too (finally)
-    failed = run_suite(GRID_V1, args.runs_dir, args.results_dir, args.data_dir, args.only, commit_repo=args.commit)
+    failed = run_suite(grid, args.runs_dir, args.results_dir, args.data_dir, args.only, commit_repo=args.commit)
     print(f"{len(failed)} runs failed" + (f": {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

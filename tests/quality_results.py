@@ -9,7 +9,7 @@ from pathlib import Path
 
 from benchmarks.quality_grid import LR_CHECK, LR_CHECK_VALUES, RunSpec
 from peft_superpos.data import get_task
-from peft_superpos.harness import callbacks
+from peft_superpos.harness import run_record
 
 
 def write_run(
@@ -43,7 +43,7 @@ def write_predictions(
         else {"id": i, "gold": words(g), "pred": words(p)}
         for i, (g, p) in enumerate(zip(golds, preds, strict=True))
     ]  # fmt: skip
-    callbacks.write_predictions(folder, step, records)
+    run_record.write_predictions(folder, step, records)
 
 
 def lr_check_grid(model: str = "smollm2") -> list[RunSpec]:
@@ -90,5 +90,5 @@ class FakeHarness:
             (run_dir / "metrics.jsonl").write_text(json.dumps({"step": 100, "eval_score": 10.0}) + "\n")
             return -9
         write_run(run_dir, {step: 10.0 + step / 100 for step in range(100, steps + 1, 100)} or {0: 5.0})
-        callbacks.write_predictions(run_dir, 100, [{"id": 0, "gold": "entailment", "pred": "entailment"}])
+        run_record.write_predictions(run_dir, 100, [{"id": 0, "gold": "entailment", "pred": "entailment"}])
         return 0

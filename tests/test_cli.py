@@ -152,8 +152,9 @@ def test_every_setting_is_reachable_from_the_command_line(tmp_path):
     values.update(gradient_accumulation_steps=2, max_length=99, eval_mode="rank", eval_split="train", seed=3)
     values.update(max_train_samples=11, max_eval_samples=12, group_by_length=False, eval_only=True)
     values.update(zero_shot_floor=True, overwrite_output_dir=True, disable_tqdm=True)
-    values.update(lr=0.5, weight_decay=0.25, num_virtual_tokens=4, m=16, softmax=True, bottleneck=32, rank=3)
-    values.update(lr_lowrank=0.125, lora_alpha=7, lora_dropout=0.1, keep_dropout=True)
+    values.update(dev_size=9, dev_seed=2, lr=0.5, weight_decay=0.25, num_virtual_tokens=4, m=16, use_softmax=True)
+    values.update(weight_init="uniform", weight_init_std=0.5, bottleneck_size=32, r=3, lora_lr=0.125, lora_alpha=7)
+    values.update(lora_dropout=0.1, keep_dropout=True)
     fields = {f.name for f in dataclasses.fields(RunSettings)} | {f.name for f in dataclasses.fields(MethodSettings)}
     assert set(values) == fields - {"epochs"}
     argv = []
@@ -224,7 +225,7 @@ def test_a_new_method_is_one_registration_and_one_method_entry(llama, tmp_path):
         from transformers import AutoModelForCausalLM
         from peft_superpos import SuperPosPromptConfig, SuperPosPromptEmbedding
         from peft_superpos._peft_compat import register_prompt_method
-        from peft_superpos.harness.methods import METHODS, MethodSpec
+        from peft_superpos.harness.methods import METHODS, OPTIONS, MethodSpec
         from peft_superpos.train import main
 
         class ToyPromptConfig(SuperPosPromptConfig):
@@ -237,7 +238,7 @@ def test_a_new_method_is_one_registration_and_one_method_entry(llama, tmp_path):
 
         TOY_PROMPT = register_prompt_method("toy_prompt", ToyPromptConfig, ToyPromptEmbedding)
         METHODS["toy"] = MethodSpec("toy", "a toy prompt method", ToyPromptConfig, lr=1e-2, weight_decay=0.0,
-                                    settings={{"num_virtual_tokens": "num_virtual_tokens", "m": "m"}})
+                                    options=(OPTIONS["num_virtual_tokens"], OPTIONS["m"]))
 
         help_text = io.StringIO()
         with contextlib.redirect_stdout(help_text), contextlib.suppress(SystemExit):
@@ -252,3 +253,33 @@ def test_a_new_method_is_one_registration_and_one_method_entry(llama, tmp_path):
         print("ok")
     """
     assert finish_python(start_python(script, tmp_path, "new_method"), timeout=240).strip().endswith("ok")
+
+
+def test_run_config_json_of_earlier_runs_loads_with_the_current_setting_names(tmp_path):
+    """The run_config.json of a run made before the method settings were named after the config fields (as the
+    committed quality results hold them: softmax, bottleneck, rank, lr_lowrank, and seed/max_length under
+    method_settings) is read with the current names, and the old flags still work."""
+    from peft_superpos.harness.errors import RunFolderError
+    from peft_superpos.harness.run_folder import check_run_identity
+    from peft_superpos.train import parse_run_config
+
+    old_settings = {"lr": None, "softmax": True, "bottleneck": 16, "rank": 4, "lr_lowrank": 0.5, "keep_dropout": False}
+    old = {"task": "cb", "output_dir": str(tmp_path / "run"), "data_dir": str(FIXTURE_DATA), "method": "dept"}
+    old.update(seed=7, method_settings={**old_settings, "seed": 0, "max_length": 256})
+    path = tmp_path / "run_config.json"
+    path.write_text(json.dumps(old))
+    config = parse_run_config(["--config", str(path)])
+    settings = config.method_settings
+    assert (settings.use_softmax, settings.bottleneck_size, settings.r, settings.lora_lr) == (True, 16, 4, 0.5)
+    assert (config.seed, config.max_length) == (7, 256)
+    flags = ["cb", "--output-dir", "x", "--softmax", "--bottleneck", "8", "--rank", "2", "--lr-lowrank", "0.25"]
+    settings = parse_run_config(flags).method_settings
+    assert (settings.use_softmax, settings.bottleneck_size, settings.r, settings.lora_lr) == (True, 8, 2, 0.25)
+    # a restart into the folder of such a run compares the settings under their current names
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run_config.json").write_text(json.dumps(old))
+    current = json.loads(json.dumps(config.to_dict()))
+    current["method_settings"]["r"] = 5
+    with pytest.raises(RunFolderError, match=r"changed: method_settings\.r\b"):
+        check_run_identity(current, folder, ("method_settings",))

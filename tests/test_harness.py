@@ -8,26 +8,25 @@ import json
 
 import pytest
 import torch
-from tiny_models import FIXTURE_DATA, harness_config
+from tiny_models import FIXTURE_DATA, adapted, harness_config
 
 from peft_superpos.harness import (
     METHODS,
     MethodSettings,
     TextToTextCollator,
     TextToTextFeatures,
-    build_model,
     read_rows,
     run_experiment,
 )
 from peft_superpos.harness.evaluation import sequence_logprobs
 from peft_superpos.harness.features import keep_for_labels
-from peft_superpos.harness.trainer import TextToTextTrainer
+from peft_superpos.harness.task_trainer import TaskTrainer
 
 _config = harness_config
 
 
 def test_decoder_features_mask_everything_but_the_target(llama):
-    model, tokenizer, _, _ = build_model(_config(llama, "unused", method="full"))
+    model, tokenizer = adapted(_config(llama, "unused", method="full"))
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=False, max_length=12)
     long = features.encode("cb hypothesis: " + "the train " * 20, "neutral")
     short = features.encode("cb hypothesis: x", "entailment")
@@ -43,7 +42,7 @@ def test_decoder_features_mask_everything_but_the_target(llama):
 
 
 def test_seq2seq_features(t5):
-    _, tokenizer, _, _ = build_model(_config(t5, "unused", method="full"))
+    _, tokenizer = adapted(_config(t5, "unused", method="full"))
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=True, max_length=6)
     long = features.encode("cb hypothesis: " + "the train " * 20, "neutral")
     assert len(long["input_ids"]) == 6 and long["labels"][-1] == tokenizer.eos_token_id
@@ -54,14 +53,14 @@ def test_seq2seq_features(t5):
 def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
     from transformers import TrainingArguments
 
-    model, tokenizer, _, _ = build_model(_config(llama, tmp_path, method="superpos"))
+    model, tokenizer = adapted(_config(llama, tmp_path, method="superpos"))
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
     batch = TextToTextCollator(features.pad_id, False)([features.encode(s, t) for s, t in rows])
     seen = []
     handle = model.get_base_model().lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = TextToTextTrainer(model=model, args=args, task=None, features=features)
+    trainer = TaskTrainer(model=model, args=args, task=None, features=features)
     loss = trainer.compute_loss(model, batch)
     _, keep = keep_for_labels(batch["labels"])
     length = batch["input_ids"].shape[1] + 3  # 3 virtual tokens in front
@@ -76,7 +75,7 @@ def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
 @pytest.mark.parametrize("method", ["superpos", "lora"])
 def test_left_padding_does_not_change_scores(family, method, request, tmp_path):
     path = request.getfixturevalue(family)
-    model, tokenizer, _, _ = build_model(_config(path, tmp_path, method=method))
+    model, tokenizer = adapted(_config(path, tmp_path, method=method))
     model.eval()
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
     short = features.encode("cb hypothesis: x", "neutral")
@@ -166,13 +165,13 @@ def test_loss_and_rank_scores_come_from_the_same_label_logits(family, request, t
     from transformers import TrainingArguments
 
     is_encoder_decoder = family == "t5"
-    model, tokenizer, _, _ = build_model(_config(request.getfixturevalue(family), tmp_path, method="superpos"))
+    model, tokenizer = adapted(_config(request.getfixturevalue(family), tmp_path, method="superpos"))
     model.eval()
     features = TextToTextFeatures(tokenizer, is_encoder_decoder=is_encoder_decoder)
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
     batch = TextToTextCollator(features.pad_id, is_encoder_decoder)([features.encode(s, t) for s, t in rows])
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
-    trainer = TextToTextTrainer(model=model, args=args, task=None, features=features)
+    trainer = TaskTrainer(model=model, args=args, task=None, features=features)
     with torch.no_grad():
         loss = trainer.compute_loss(model, batch)
         scores = sequence_logprobs(model, batch, is_encoder_decoder)
@@ -214,6 +213,7 @@ def test_a_new_method_is_one_entry(llama, tmp_path, monkeypatch):
 
     from peft_superpos.harness import MethodSpec
     from peft_superpos.harness.methods import METHODS as TABLE
+    from peft_superpos.harness.methods import OPTIONS
     from peft_superpos.train import parse_run_config
 
     spec = MethodSpec(
@@ -222,7 +222,7 @@ def test_a_new_method_is_one_entry(llama, tmp_path, monkeypatch):
         PromptTuningConfig,
         lr=1e-2,
         weight_decay=0.0,
-        settings={"num_virtual_tokens": "num_virtual_tokens"},
+        options=(OPTIONS["num_virtual_tokens"],),
         defaults={"num_virtual_tokens": 2},
     )
     monkeypatch.setitem(TABLE, spec.name, spec)

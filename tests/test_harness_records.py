@@ -8,14 +8,14 @@ import json
 import random
 
 import pytest
-from tiny_models import FIXTURE_DATA, harness_config, read_jsonl
+from tiny_models import FIXTURE_DATA, adapted, harness_config, read_jsonl
 
 from peft_superpos.data import get_task, load_task_split
-from peft_superpos.harness import build_model, run_experiment
-from peft_superpos.harness.evaluation import constant_prediction_floor, evaluate
+from peft_superpos.harness import run_experiment
+from peft_superpos.harness.evaluation import evaluate
 from peft_superpos.harness.features import TextToTextFeatures
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
-from peft_superpos.metrics import compute_metrics
+from peft_superpos.metrics import compute_metrics, constant_prediction_floor
 
 _config = harness_config
 
@@ -48,7 +48,7 @@ def test_training_batches_are_length_grouped_and_counted(llama, tmp_path):
 
 
 def test_eval_batches_by_length_keep_dataset_order(llama, tmp_path):
-    model, tokenizer, _, _ = build_model(_config(llama, tmp_path, method="full"))
+    model, tokenizer = adapted(_config(llama, tmp_path, method="full"))
     task = get_task("cb")
     data = load_task_split(task, "validation", FIXTURE_DATA)
     features = TextToTextFeatures(tokenizer, False, 256)

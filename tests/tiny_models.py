@@ -46,6 +46,8 @@ CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "opt")
 SEQ2SEQ_FAMILIES = ("t5", "bart")
 ENCODER_FAMILIES = ("bert", "roberta")
 ALL_FAMILIES = CAUSAL_FAMILIES + SEQ2SEQ_FAMILIES + ENCODER_FAMILIES
+# families whose embedding module multiplies its rows by sqrt(d) in its forward
+SCALED_EMBEDDING_FAMILIES = ("gemma", "gemma3", "mbart")
 
 _SPECIAL = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
 _DECODER_ONLY = {
@@ -62,8 +64,11 @@ _CONFIG_CLASSES = {
     "qwen2": "Qwen2Config",
     "mistral": "MistralConfig",
     "opt": "OPTConfig",
+    "gemma": "GemmaConfig",
+    "gemma3": "Gemma3TextConfig",
     "t5": "T5Config",
     "bart": "BartConfig",
+    "mbart": "MBartConfig",
     "bert": "BertConfig",
     "roberta": "RobertaConfig",
 }
@@ -76,7 +81,7 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
         return {"n_positions": 128, "resid_pdrop": DROPOUT, "embd_pdrop": DROPOUT, "attn_pdrop": DROPOUT, **_SPECIAL}
     if family in ("llama", "qwen2"):
         return _DECODER_ONLY
-    if family == "mistral":
+    if family in ("mistral", "gemma", "gemma3"):
         return {**_DECODER_ONLY, "head_dim": hidden // heads}
     if family == "opt":
         return {
@@ -97,8 +102,9 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
             "eos_token_id": EOS,
             "decoder_start_token_id": PAD,
         }
-    if family == "bart":
+    if family in ("bart", "mbart"):
         return {
+            "scale_embedding": family == "mbart",
             "decoder_layers": LAYERS,
             "decoder_attention_heads": heads,
             "encoder_ffn_dim": FFN,
@@ -160,9 +166,9 @@ def task_name(family: str, task_type=None) -> str:
 
 
 def default_task(family: str) -> str:
-    if family in CAUSAL_FAMILIES:
+    if family in (*CAUSAL_FAMILIES, "gemma", "gemma3"):
         return "CAUSAL_LM"
-    if family in SEQ2SEQ_FAMILIES:
+    if family in (*SEQ2SEQ_FAMILIES, "mbart"):
         return "SEQ_2_SEQ_LM"
     return "SEQ_CLS"
 
@@ -553,7 +559,7 @@ def harness_config(model: Path, output_dir: Path, method: str = "superpos", **ov
         data_dir=str(FIXTURE_DATA),
         model=str(model),
         method=method,
-        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck=8, rank=2),
+        method_settings=MethodSettings(num_virtual_tokens=3, m=8, bottleneck_size=8, r=2),
         max_steps=2,
         eval_steps=2,
         batch_size=2,
@@ -562,6 +568,14 @@ def harness_config(model: Path, output_dir: Path, method: str = "superpos", **ov
     )
     values.update(overrides)
     return RunConfig(**values)
+
+
+def adapted(config: Any) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` of ``config``: its base model wrapped by its method's adapter, as a run builds it."""
+    from peft_superpos.harness import build_adapter, load_base_model
+
+    adapter = build_adapter(config, load_base_model(config))
+    return adapter.model, adapter.tokenizer
 
 
 def cli_args(model: Path, output_dir: Path, task: str = "cb", *extra: str) -> list[str]:

@@ -1,8 +1,10 @@
 """GLUE / SuperGLUE tasks of the SuperPos-Prompt paper as text-to-text tasks: registry and loaders (their metrics:
 ``peft_superpos.metrics``)."""
 
-from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows
-from .tasks import STSB_TARGETS, TASK_NAMES, TASKS, Task, TaskFiles, get_task
+from .checks import check_data_file
+from .loaders import DATA_DIR_ENV, find_split_file, first_examples, load_task_split, read_split_rows, split_off_dev
+from .task import STSB_TARGETS, Task, TaskFiles
+from .tasks import TASK_NAMES, TASKS, get_task
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -11,9 +13,11 @@ __all__ = [
     "TASK_NAMES",
     "Task",
     "TaskFiles",
+    "check_data_file",
     "find_split_file",
     "first_examples",
     "get_task",
     "load_task_split",
     "read_split_rows",
+    "split_off_dev",
 ]

@@ -7,123 +7,29 @@ CoLA, SST-2, MRPC, QQP, STS-B, MNLI, QNLI, RTE, BoolQ, CB, COPA, MultiRC, WiC). 
 from the Hugging Face Hub through ``datasets.load_dataset`` (needs network access).
 
 GLUE ``.tsv`` files are read line by line and split on tabs with no quote handling (like
-``csv.QUOTE_NONE``), because SST-2, CoLA and MRPC contain unbalanced quotes. CoLA has no header.
+``csv.QUOTE_NONE``), because SST-2, CoLA and MRPC contain unbalanced quotes. How a file's rows become examples
+(its converter, and the columns of a file without a header row) is part of its task (:class:`.task.TaskFiles`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from .tasks import Task, TaskFiles, get_task
+from .task import Row, Task, TaskFiles
+from .tasks import get_task
 
 if TYPE_CHECKING:
     import datasets
 
-__all__ = ["DATA_DIR_ENV", "find_split_file", "load_task_split", "read_split_rows"]
+__all__ = ["DATA_DIR_ENV", "find_split_file", "load_task_split", "read_split_rows", "split_off_dev"]
 
 #: Environment variable naming the default data directory.
 DATA_DIR_ENV = "PEFT_SUPERPOS_DATA_DIR"
-
-_COLA_COLUMNS = ("source", "label", "original_label", "sentence")
-_Row = dict[str, Any]
-_Converter = Callable[[_Row], Iterable[_Row]]
-
-
-def _label_index(value: Any, names: tuple[str, ...]) -> int:
-    if value not in names:
-        raise ValueError(f"label {value!r} is not one of {names}")
-    return names.index(value)
-
-
-def _binary(value: Any) -> int:
-    """0/1 from "0"/"1", 0/1 or false/true."""
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int) and value in (0, 1):
-        return value
-    if isinstance(value, str) and value.strip() in ("0", "1"):
-        return int(value)
-    raise ValueError(f"label {value!r} is not 0/1 or a boolean")
-
-
-def _score(value: Any) -> float:
-    score = float(value)
-    if not 0.0 <= score <= 5.0:
-        raise ValueError(f"score {value!r} is outside [0, 5]")
-    return score
-
-
-_NLI3 = ("entailment", "neutral", "contradiction")
-_NLI2 = ("entailment", "not_entailment")
-_CB = ("entailment", "contradiction", "neutral")
-
-
-def _nli(premise: str, hypothesis: str, label: int) -> _Row:
-    return {"premise": premise, "hypothesis": hypothesis, "label": label}
-
-
-def _multirc_rows(raw: _Row) -> Iterator[_Row]:
-    passage = raw["passage"]
-    for question in passage["questions"]:
-        for answer in question["answers"]:
-            yield {
-                "paragraph": passage["text"],
-                "question": question["question"],
-                "answer": answer["text"],
-                "idx": {"paragraph": raw["idx"], "question": question["idx"], "answer": answer["idx"]},
-                "label": _binary(answer["label"]),
-            }
-
-
-# Official row -> rows in the ``datasets`` schema, per (task, file format).
-_CONVERTERS: MappingProxyType[tuple[str, str], _Converter] = MappingProxyType(
-    {
-        ("cola", "tsv"): lambda r: [{"sentence": r["sentence"], "label": _binary(r["label"])}],
-        ("sst2", "tsv"): lambda r: [{"sentence": r["sentence"], "label": _binary(r["label"])}],
-        ("mrpc", "tsv"): lambda r: [
-            {"sentence1": r["#1 String"], "sentence2": r["#2 String"], "label": _binary(r["Quality"])}
-        ],
-        ("qqp", "tsv"): lambda r: [
-            {"question1": r["question1"], "question2": r["question2"], "label": _binary(r["is_duplicate"])}
-        ],
-        ("stsb", "tsv"): lambda r: [
-            {"sentence1": r["sentence1"], "sentence2": r["sentence2"], "label": _score(r["score"])}
-        ],
-        ("mnli", "tsv"): lambda r: [_nli(r["sentence1"], r["sentence2"], _label_index(r["gold_label"], _NLI3))],
-        ("qnli", "tsv"): lambda r: [
-            {"question": r["question"], "sentence": r["sentence"], "label": _label_index(r["label"], _NLI2)}
-        ],
-        ("rte", "tsv"): lambda r: [_nli(r["sentence1"], r["sentence2"], _label_index(r["label"], _NLI2))],
-        ("rte", "jsonl"): lambda r: [_nli(r["premise"], r["hypothesis"], _label_index(r["label"], _NLI2))],
-        ("cb", "jsonl"): lambda r: [_nli(r["premise"], r["hypothesis"], _label_index(r["label"], _CB))],
-        ("copa", "jsonl"): lambda r: [
-            {
-                "premise": r["premise"],
-                "choice1": r["choice1"],
-                "choice2": r["choice2"],
-                "question": r["question"],
-                "label": _binary(r["label"]),
-            }
-        ],
-        ("wic", "jsonl"): lambda r: [
-            {
-                "word": r["word"],
-                "sentence1": r["sentence1"],
-                "sentence2": r["sentence2"],
-                "label": _binary(r["label"]),
-            }
-        ],
-        ("boolq", "jsonl"): lambda r: [
-            {"question": r["question"], "passage": r["passage"], "label": _binary(r["label"])}
-        ],
-        ("multirc", "jsonl"): _multirc_rows,
-    }
-)
 
 
 def _check_split(task: Task, split: str) -> None:
@@ -141,27 +47,31 @@ def find_split_file(task: Task | str, split: str, data_dir: str | os.PathLike[st
 
     Raises ``FileNotFoundError`` listing every path that was tried.
     """
-    task = get_task(task)
+    path, files = _find_split_file(get_task(task), split, data_dir)
+    return path, files.file_format
+
+
+def _find_split_file(task: Task, split: str, data_dir: str | os.PathLike[str]) -> tuple[Path, TaskFiles]:
     _check_split(task, split)
     tried: list[Path] = []
     for files in task.data_files:
         for path in _candidates(files, split, Path(data_dir)):
             if path.is_file():
-                return path, files.file_format
+                return path, files
             tried.append(path)
     listed = "\n  ".join(str(p) for p in tried)
     raise FileNotFoundError(f"no {task.display_name} {split} file found; expected one of:\n  {listed}")
 
 
-def _tsv_records(path: Path, has_header: bool) -> Iterator[tuple[int, _Row]]:
+def _tsv_records(path: Path, columns: tuple[str, ...] | None) -> Iterator[tuple[int, Row]]:
+    """The rows of a ``.tsv`` file; ``columns`` None: the first row names them."""
     with path.open(encoding="utf-8-sig", newline="") as handle:
-        columns: tuple[str, ...] = _COLA_COLUMNS
         for lineno, line in enumerate(handle, start=1):
             line = line.rstrip("\r\n")
             if not line.strip():
                 continue
             fields = line.split("\t")
-            if has_header and lineno == 1:
+            if columns is None:
                 columns = tuple(fields)
                 continue
             if len(fields) != len(columns):
@@ -171,7 +81,7 @@ def _tsv_records(path: Path, has_header: bool) -> Iterator[tuple[int, _Row]]:
             yield lineno, dict(zip(columns, fields, strict=True))
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, _Row]]:
+def _jsonl_records(path: Path) -> Iterator[tuple[int, Row]]:
     with path.open(encoding="utf-8-sig") as handle:
         for lineno, line in enumerate(handle, start=1):
             if not line.strip():
@@ -191,16 +101,12 @@ def read_split_rows(task: Task | str, split: str, data_dir: str | os.PathLike[st
     Raises ``ValueError`` naming the file and line number for a malformed row.
     """
     task = get_task(task)
-    path, file_format = find_split_file(task, split, data_dir)
-    if file_format == "tsv":
-        records = _tsv_records(path, has_header=task.name != "cola")
-    else:
-        records = _jsonl_records(path)
-    convert = _CONVERTERS[(task.name, file_format)]
+    path, files = _find_split_file(task, split, data_dir)
+    records = _tsv_records(path, files.columns) if files.file_format == "tsv" else _jsonl_records(path)
     rows: list[dict[str, Any]] = []
     for lineno, record in records:
         try:
-            converted = list(convert(record))
+            converted = list(files.convert(record))
         except (KeyError, TypeError, ValueError) as err:
             detail = f"missing field {err}" if isinstance(err, KeyError) else str(err)
             raise ValueError(f"{path}, line {lineno}: malformed {task.display_name} row: {detail}") from err
@@ -247,7 +153,7 @@ def load_task_split(task: Task | str, split: str, data_dir: str | os.PathLike[st
         data_dir = os.environ.get(DATA_DIR_ENV) or None
     rows = read_split_rows(task, split, data_dir) if data_dir is not None else _load_from_hub(task, split)
     examples = [task.format(row) for row in rows]
-    columns = ["source", "target", "label"] + (["group"] if task.name == "multirc" else [])
+    columns = ["source", "target", "label"] + (["group"] if task.is_grouped else [])
     label_type = "float64" if task.is_regression else "int64"
     features = datasets.Features({c: datasets.Value(label_type if c == "label" else "string") for c in columns})
     return datasets.Dataset.from_dict({c: [ex[c] for ex in examples] for c in columns}, features=features)
@@ -265,3 +171,26 @@ def first_examples(dataset: datasets.Dataset, count: int) -> datasets.Dataset:
         while end < len(groups) and groups[end] == groups[count - 1]:
             end += 1
     return dataset.select(range(end))
+
+
+def split_off_dev(train: datasets.Dataset, size: int, seed: int) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """``(rest of train, dev)``: a development split of ``size`` examples drawn from ``train`` with ``seed``, for
+    choosing settings without touching the validation examples that are reported. The two are disjoint; with a
+    ``group`` column whole groups go to one side (the dev split then ends with the group that reaches ``size``).
+    Rows keep their file order on both sides."""
+    import numpy as np
+
+    groups = train["group"] if "group" in train.column_names else list(range(len(train)))
+    sizes = Counter(groups)  # insertion-ordered: each group once, in file order
+    if size >= len(train):
+        raise ValueError(f"a development split of {size} leaves nothing to train on ({len(train)} training examples)")
+    order = list(sizes)
+    picked: set = set()
+    for index in np.random.default_rng(seed).permutation(len(order)):
+        picked.add(order[index])
+        size -= sizes[order[index]]
+        if size <= 0:
+            break
+    in_dev = [group in picked for group in groups]
+    rows = range(len(train))
+    return train.select([i for i in rows if not in_dev[i]]), train.select([i for i in rows if in_dev[i]])

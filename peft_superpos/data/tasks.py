@@ -22,127 +22,72 @@ the official files and rows from the Hub get the same ids. Label words per task:
 
 from __future__ import annotations
 
-import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import MappingProxyType
 from typing import Any
 
-__all__ = [
-    "STSB_TARGETS",
-    "TASKS",
-    "TASK_NAMES",
-    "Task",
-    "TaskFiles",
-    "get_task",
-]
+from .task import STSB_TARGETS, Row, Task, TaskFiles
 
-#: The 26 STS-B targets ``"0.0", "0.2", ..., "5.0"`` used for rank classification.
-STSB_TARGETS: tuple[str, ...] = tuple(f"{i / 5:.1f}" for i in range(26))
+__all__ = ["STSB_TARGETS", "TASKS", "TASK_NAMES", "Task", "TaskFiles", "get_task"]
 
 _FALSE_TRUE = ("False", "True")
-_TRAIN_VALIDATION = ("train", "validation")
+_NLI3 = ("entailment", "neutral", "contradiction")
+_NLI2 = ("entailment", "not_entailment")
+_CB = ("entailment", "contradiction", "neutral")
+_COLA_COLUMNS = ("source", "label", "original_label", "sentence")
 
 
-@dataclass(frozen=True)
-class TaskFiles:
-    """Where the official files of a task live below a data directory.
-
-    The files of split ``s`` are ``<data_dir>/<benchmark_dir>/<task_dir>/<splits[s]>``; the loaders
-    also accept ``<data_dir>/<task_dir>/<splits[s]>`` (the layout of ``download_glue_data.py``).
-    """
-
-    benchmark_dir: str
-    task_dir: str
-    splits: Mapping[str, str] = field(compare=False)
-
-    @property
-    def file_format(self) -> str:
-        """``"tsv"`` or ``"jsonl"``, taken from the file names."""
-        return "jsonl" if next(iter(self.splits.values())).endswith(".jsonl") else "tsv"
+def _label_index(value: Any, names: tuple[str, ...]) -> int:
+    if value not in names:
+        raise ValueError(f"label {value!r} is not one of {names}")
+    return names.index(value)
 
 
-@dataclass(frozen=True)
-class Task:
-    """One text-to-text task: its data sources, template, label words and metrics."""
+def _binary(value: Any) -> int:
+    """0/1 from "0"/"1", 0/1 or false/true."""
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int) and value in (0, 1):
+        return value
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value)
+    raise ValueError(f"label {value!r} is not 0/1 or a boolean")
 
-    name: str
-    benchmark: str
-    hub_config: str
-    label_words: tuple[str, ...] | None
-    metrics: tuple[str, ...]
-    template: Callable[[Mapping[str, Any]], str] = field(repr=False, compare=False)
-    data_files: tuple[TaskFiles, ...] = field(repr=False, compare=False)
-    hub_splits: Mapping[str, str] = field(repr=False, compare=False)
-    display_name: str = ""
 
-    @property
-    def files(self) -> Mapping[str, str]:
-        """File name per split of the preferred source (e.g. ``{"train": "train.tsv", ...}``)."""
-        return self.data_files[0].splits
+def _score(value: Any) -> float:
+    score = float(value)
+    if not 0.0 <= score <= 5.0:
+        raise ValueError(f"score {value!r} is outside [0, 5]")
+    return score
 
-    @property
-    def splits(self) -> tuple[str, ...]:
-        """Supported split names; ``"validation"`` is the dev set (MNLI: matched)."""
-        return tuple(self.hub_splits)
 
-    @property
-    def hub_path(self) -> str:
-        """Dataset repository on the Hugging Face Hub."""
-        return "nyu-mll/glue" if self.benchmark == "glue" else "aps/super_glue"
+def _nli(premise: str, hypothesis: str, label: int) -> Row:
+    return {"premise": premise, "hypothesis": hypothesis, "label": label}
 
-    @property
-    def is_regression(self) -> bool:
-        """True for STS-B, whose label is a float score in [0, 5]."""
-        return self.label_words is None
 
-    @property
-    def choices(self) -> tuple[str, ...]:
-        """Target strings for rank classification: the label words, or ``STSB_TARGETS``."""
-        return STSB_TARGETS if self.label_words is None else self.label_words
+def _superglue_nli(labels: tuple[str, ...]) -> Callable[[Row], Row]:
+    """The converter of a SuperGLUE premise/hypothesis file with label names ``labels``."""
+    return lambda r: _nli(r["premise"], r["hypothesis"], _label_index(r["label"], labels))
 
-    def target_for(self, label: int | float) -> str:
-        """Target text of a gold label.
 
-        STS-B: the score rounded to the nearest 0.2 (ties to even, like ``np.round`` in T5).
-        """
-        if self.label_words is None:
-            return f"{round(float(label) * 5) / 5:.1f}"
-        return self.label_words[int(label)]
+def _multirc_rows(raw: Row) -> Iterator[Row]:
+    """One row per answer option of every question of a passage."""
+    passage = raw["passage"]
+    for question in passage["questions"]:
+        for answer in question["answers"]:
+            yield {
+                "paragraph": passage["text"],
+                "question": question["question"],
+                "answer": answer["text"],
+                "idx": {"paragraph": raw["idx"], "question": question["idx"], "answer": answer["idx"]},
+                "label": _binary(answer["label"]),
+            }
 
-    def format(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        """Map a row in the ``datasets`` schema to ``{"source", "target", "label"(, "group")}``."""
-        label: int | float = float(row["label"]) if self.is_regression else int(row["label"])
-        out: dict[str, Any] = {
-            "source": self.template(row),
-            "target": self.target_for(label),
-            "label": label,
-        }
-        if self.name == "multirc":
-            idx = row["idx"]
-            out["group"] = f"{idx['paragraph']}-{idx['question']}"
-        return out
 
-    def parse_prediction(self, text: str) -> int | float | None:
-        """Map generated text to a label id (STS-B: a float clipped to [0, 5]); None if invalid.
-
-        Classification: the stripped text must equal a label word, ignoring case.
-        """
-        text = text.strip()
-        if self.label_words is None:
-            try:
-                value = float(text)
-            except ValueError:
-                return None
-            if not math.isfinite(value):
-                return None
-            return min(max(value, 0.0), 5.0)
-        lowered = text.lower()
-        for index, word in enumerate(self.label_words):
-            if word.lower() == lowered:
-                return index
-        return None
+def _multirc_question(row: Mapping[str, Any]) -> str:
+    idx = row["idx"]
+    return f"{idx['paragraph']}-{idx['question']}"
 
 
 def _clean(text: Any) -> str:
@@ -166,18 +111,30 @@ def _multirc_template(row: Mapping[str, Any]) -> str:
     return f"multirc question: {_clean(row['question'])} answer: {_clean(row['answer'])} paragraph: {paragraph}"
 
 
-def _glue(task_dir: str, *, validation: str = "dev.tsv") -> TaskFiles:
+def _one(convert: Callable[[Row], Row]) -> Callable[[Row], list[Row]]:
+    """A converter of an official file whose rows are one example each."""
+    return lambda row: [convert(row)]
+
+
+def _glue(task_dir: str, convert: Callable[[Row], Row], validation: str = "dev.tsv", **extra: Any) -> TaskFiles:
     splits = {"train": "train.tsv", "validation": validation}
-    return TaskFiles("glue", task_dir, MappingProxyType(splits))
+    return TaskFiles("glue", task_dir, MappingProxyType(splits), convert=_one(convert), **extra)
 
 
-def _superglue(task_dir: str) -> TaskFiles:
+def _superglue(
+    task_dir: str, convert: Callable[[Row], Row] | None = None, *, rows: Callable[[Row], Iterable[Row]] | None = None
+) -> TaskFiles:
+    """The SuperGLUE files of a task whose rows ``convert`` one to one, or each to several ``rows``."""
     splits = {"train": "train.jsonl", "validation": "val.jsonl"}
-    return TaskFiles("superglue", task_dir, MappingProxyType(splits))
+    return TaskFiles("superglue", task_dir, MappingProxyType(splits), convert=rows or _one(convert))
 
 
 def _hub_splits(**extra: str) -> Mapping[str, str]:
     return MappingProxyType({"train": "train", "validation": "validation", **extra})
+
+
+def _sentence(row: Row) -> Row:
+    return {"sentence": row["sentence"], "label": _binary(row["label"])}
 
 
 def _build() -> dict[str, Task]:
@@ -192,167 +149,107 @@ def _build() -> dict[str, Task]:
                 "validation_mismatched": "dev_mismatched.tsv",
             }
         ),
+        convert=_one(lambda r: _nli(r["sentence1"], r["sentence2"], _label_index(r["gold_label"], _NLI3))),
     )
-    mnli_splits = MappingProxyType(
-        {
-            "train": "train",
-            "validation": "validation_matched",
-            "validation_matched": "validation_matched",
-            "validation_mismatched": "validation_mismatched",
-        }
+    mnli_splits = _hub_splits(
+        validation="validation_matched",
+        validation_matched="validation_matched",
+        validation_mismatched="validation_mismatched",
     )
-    entail = ("entailment", "not_entailment")
+    glue, super_glue, hub = {"benchmark": "glue"}, {"benchmark": "super_glue"}, _hub_splits()
     tasks = [
         Task(
-            "qqp",
-            "glue",
-            "qqp",
-            ("not_duplicate", "duplicate"),
-            ("f1", "accuracy"),
-            _template("qqp", ("question1", "question1"), ("question2", "question2")),
-            (_glue("QQP"),),
-            _hub_splits(),
-            "QQP",
+            name="qqp", **glue, hub_config="qqp", display_name="QQP", hub_splits=hub,
+            label_words=("not_duplicate", "duplicate"), metrics=("f1", "accuracy"),
+            template=_template("qqp", ("question1", "question1"), ("question2", "question2")),
+            data_files=(_glue("QQP", lambda r: {"question1": r["question1"], "question2": r["question2"],
+                                                "label": _binary(r["is_duplicate"])}),),
         ),
         Task(
-            "qnli",
-            "glue",
-            "qnli",
-            entail,
-            ("accuracy",),
-            _template("qnli", ("question", "question"), ("sentence", "sentence")),
-            (_glue("QNLI"),),
-            _hub_splits(),
-            "QNLI",
+            name="qnli", **glue, hub_config="qnli", display_name="QNLI", hub_splits=hub,
+            label_words=_NLI2, metrics=("accuracy",),
+            template=_template("qnli", ("question", "question"), ("sentence", "sentence")),
+            data_files=(_glue("QNLI", lambda r: {"question": r["question"], "sentence": r["sentence"],
+                                                 "label": _label_index(r["label"], _NLI2)}),),
         ),
         Task(
-            "mnli",
-            "glue",
-            "mnli",
-            ("entailment", "neutral", "contradiction"),
-            ("accuracy",),
-            _template("mnli", ("hypothesis", "hypothesis"), ("premise", "premise")),
-            (mnli_files,),
-            mnli_splits,
-            "MNLI",
+            name="mnli", **glue, hub_config="mnli", display_name="MNLI", hub_splits=mnli_splits,
+            label_words=_NLI3, metrics=("accuracy",),
+            template=_template("mnli", ("hypothesis", "hypothesis"), ("premise", "premise")),
+            data_files=(mnli_files,),
         ),
         Task(
-            "sst2",
-            "glue",
-            "sst2",
-            ("negative", "positive"),
-            ("accuracy",),
-            _template("sst2", ("sentence", "sentence")),
-            (_glue("SST-2"),),
-            _hub_splits(),
-            "SST-2",
+            name="sst2", **glue, hub_config="sst2", display_name="SST-2", hub_splits=hub,
+            label_words=("negative", "positive"), metrics=("accuracy",),
+            template=_template("sst2", ("sentence", "sentence")),
+            data_files=(_glue("SST-2", _sentence),),
         ),
         Task(
-            "stsb",
-            "glue",
-            "stsb",
-            None,
-            ("pearson", "spearman"),
-            _template("stsb", ("sentence1", "sentence1"), ("sentence2", "sentence2")),
-            (_glue("STS-B"),),
-            _hub_splits(),
-            "STS-B",
+            name="stsb", **glue, hub_config="stsb", display_name="STS-B", hub_splits=hub,
+            label_words=None, metrics=("pearson", "spearman"),
+            template=_template("stsb", ("sentence1", "sentence1"), ("sentence2", "sentence2")),
+            data_files=(_glue("STS-B", lambda r: {"sentence1": r["sentence1"], "sentence2": r["sentence2"],
+                                                  "label": _score(r["score"])}),),
         ),
         Task(
-            "mrpc",
-            "glue",
-            "mrpc",
-            ("not_equivalent", "equivalent"),
-            ("f1", "accuracy"),
-            _template("mrpc", ("sentence1", "sentence1"), ("sentence2", "sentence2")),
-            (_glue("MRPC"),),
-            _hub_splits(),
-            "MRPC",
+            name="mrpc", **glue, hub_config="mrpc", display_name="MRPC", hub_splits=hub,
+            label_words=("not_equivalent", "equivalent"), metrics=("f1", "accuracy"),
+            template=_template("mrpc", ("sentence1", "sentence1"), ("sentence2", "sentence2")),
+            data_files=(_glue("MRPC", lambda r: {"sentence1": r["#1 String"], "sentence2": r["#2 String"],
+                                                 "label": _binary(r["Quality"])}),),
         ),
         Task(
-            "cola",
-            "glue",
-            "cola",
-            ("unacceptable", "acceptable"),
-            ("mcc",),
-            _template("cola", ("sentence", "sentence")),
-            (_glue("CoLA"),),
-            _hub_splits(),
-            "CoLA",
+            name="cola", **glue, hub_config="cola", display_name="CoLA", hub_splits=hub,
+            label_words=("unacceptable", "acceptable"), metrics=("mcc",),
+            template=_template("cola", ("sentence", "sentence")),
+            data_files=(_glue("CoLA", _sentence, columns=_COLA_COLUMNS),),  # CoLA's files have no header row
         ),
         Task(
-            "multirc",
-            "super_glue",
-            "multirc",
-            _FALSE_TRUE,
-            ("f1a", "em"),
-            _multirc_template,
-            (_superglue("MultiRC"),),
-            _hub_splits(),
-            "MultiRC",
+            name="multirc", **super_glue, hub_config="multirc", display_name="MultiRC", hub_splits=hub,
+            label_words=_FALSE_TRUE, metrics=("f1a", "em"),
+            template=_multirc_template,
+            data_files=(_superglue("MultiRC", rows=_multirc_rows),),  # one example per answer option
+            group_of=_multirc_question,  # exact match scores whole questions
         ),
         Task(
-            "rte",
-            "super_glue",
-            "rte",
-            entail,
-            ("accuracy",),
-            _template("rte", ("sentence1", "premise"), ("sentence2", "hypothesis")),
-            (_superglue("RTE"), _glue("RTE")),
-            _hub_splits(),
-            "RTE",
-        ),
-        Task(
-            "cb",
-            "super_glue",
-            "cb",
-            ("entailment", "contradiction", "neutral"),
-            ("macro_f1", "accuracy"),
-            _template("cb", ("hypothesis", "hypothesis"), ("premise", "premise")),
-            (_superglue("CB"),),
-            _hub_splits(),
-            "CB",
-        ),
-        Task(
-            "copa",
-            "super_glue",
-            "copa",
-            ("choice1", "choice2"),
-            ("accuracy",),
-            _template(
-                "copa",
-                ("choice1", "choice1"),
-                ("choice2", "choice2"),
-                ("premise", "premise"),
-                ("question", "question"),
+            name="rte", **super_glue, hub_config="rte", display_name="RTE", hub_splits=hub,
+            label_words=_NLI2, metrics=("accuracy",),
+            template=_template("rte", ("sentence1", "premise"), ("sentence2", "hypothesis")),
+            data_files=(
+                _superglue("RTE", _superglue_nli(_NLI2)),
+                _glue("RTE", lambda r: _nli(r["sentence1"], r["sentence2"], _label_index(r["label"], _NLI2))),
             ),
-            (_superglue("COPA"),),
-            _hub_splits(),
-            "COPA",
         ),
         Task(
-            "wic",
-            "super_glue",
-            "wic",
-            _FALSE_TRUE,
-            ("accuracy",),
-            _template("wic", ("sentence1", "sentence1"), ("sentence2", "sentence2"), ("word", "word")),
-            (_superglue("WiC"),),
-            _hub_splits(),
-            "WiC",
+            name="cb", **super_glue, hub_config="cb", display_name="CB", hub_splits=hub,
+            label_words=_CB, metrics=("macro_f1", "accuracy"),
+            template=_template("cb", ("hypothesis", "hypothesis"), ("premise", "premise")),
+            data_files=(_superglue("CB", _superglue_nli(_CB)),),
         ),
         Task(
-            "boolq",
-            "super_glue",
-            "boolq",
-            _FALSE_TRUE,
-            ("accuracy",),
-            _template("boolq", ("question", "question"), ("passage", "passage")),
-            (_superglue("BoolQ"),),
-            _hub_splits(),
-            "BoolQ",
+            name="copa", **super_glue, hub_config="copa", display_name="COPA", hub_splits=hub,
+            label_words=("choice1", "choice2"), metrics=("accuracy",),
+            template=_template("copa", ("choice1", "choice1"), ("choice2", "choice2"), ("premise", "premise"),
+                               ("question", "question")),
+            data_files=(_superglue("COPA", lambda r: {"premise": r["premise"], "choice1": r["choice1"],
+                                                      "choice2": r["choice2"], "question": r["question"],
+                                                      "label": _binary(r["label"])}),),
         ),
-    ]
+        Task(
+            name="wic", **super_glue, hub_config="wic", display_name="WiC", hub_splits=hub,
+            label_words=_FALSE_TRUE, metrics=("accuracy",),
+            template=_template("wic", ("sentence1", "sentence1"), ("sentence2", "sentence2"), ("word", "word")),
+            data_files=(_superglue("WiC", lambda r: {"word": r["word"], "sentence1": r["sentence1"],
+                                                     "sentence2": r["sentence2"], "label": _binary(r["label"])}),),
+        ),
+        Task(
+            name="boolq", **super_glue, hub_config="boolq", display_name="BoolQ", hub_splits=hub,
+            label_words=_FALSE_TRUE, metrics=("accuracy",),
+            template=_template("boolq", ("question", "question"), ("passage", "passage")),
+            data_files=(_superglue("BoolQ", lambda r: {"question": r["question"], "passage": r["passage"],
+                                                       "label": _binary(r["label"])}),),
+        ),
+    ]  # fmt: skip
     return {task.name: task for task in tasks}
 
 

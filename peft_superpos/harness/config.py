@@ -1,6 +1,7 @@
 """Run settings: every field declared once (with its command-line help), validated in ``__post_init__``.
 
-:class:`MethodSettings` (the method's hyperparameters) and :class:`RunSettings` (everything else) are what
+:class:`MethodSettings` (the methods' settings, declared with each method in :mod:`.methods`) and
+:class:`RunSettings` (everything else) are what
 :class:`transformers.HfArgumentParser` turns into the command line of ``peft-superpos-train`` (each field is
 ``--name``, also spelled ``--name-with-dashes``); :class:`RunConfig` is a :class:`RunSettings` plus its
 :class:`MethodSettings`, as :func:`peft_superpos.harness.run_experiment` takes it and ``run_config.json``
@@ -16,10 +17,14 @@ from typing import Any, Literal
 
 from ..data import DATA_DIR_ENV, get_task
 from .errors import RunConfigError
+from .method_options import with_current_names
+from .methods import MethodSettings, get_method
 
-__all__ = ["EVAL_MODES", "MethodSettings", "RunConfig", "RunSettings", "flatten_run_config"]
+__all__ = ["DEV_SPLIT", "EVAL_MODES", "MethodSettings", "RunConfig", "RunSettings", "flatten_run_config"]
 
 EVAL_MODES = ("generate", "rank", "classify")
+DEV_SPLIT = "dev"
+"""``--eval-split`` of the development split carved from the training file (``--dev-size``)."""
 
 
 def _help(text: str, **extra: Any) -> dict[str, Any]:
@@ -42,35 +47,6 @@ def _check_fields(settings: Any, positive: tuple[str, ...] = (), non_negative: t
 
 
 @dataclass
-class MethodSettings:
-    """Hyperparameters of the method; None means "the method's default" (see ``peft_superpos.harness.methods``)."""
-
-    _argument_group_name = "method settings (default: the method's own)"
-
-    lr: float | None = field(default=None, metadata=_help("learning rate"))
-    weight_decay: float | None = field(default=None, metadata=_help("AdamW weight decay"))
-    num_virtual_tokens: int | None = field(default=None, metadata=_help("prompt length (prompt methods)"))
-    m: int | None = field(default=None, metadata=_help("SuperPos: number of superposed embeddings"))
-    softmax: bool = field(default=False, metadata=_help("SuperPos: softmax over the weights (ablation)"))
-    bottleneck: int | None = field(default=None, metadata=_help("Residual: MLP bottleneck width"))
-    rank: int | None = field(default=None, metadata=_help("LoRA r / DePT r"))
-    lr_lowrank: float | None = field(default=None, metadata=_help("DePT: learning rate of A and B"))
-    lora_alpha: int | None = field(default=None, metadata=_help("LoRA alpha (default 2*r)"))
-    lora_dropout: float | None = field(default=None, metadata=_help("LoRA dropout"))
-    keep_dropout: bool = field(
-        default=False, metadata=_help("keep the backbone's dropout (default: off, as in the paper)")
-    )
-
-    def __post_init__(self) -> None:
-        _check_fields(
-            self,
-            positive=("lr", "num_virtual_tokens", "m", "bottleneck", "rank", "lr_lowrank", "lora_alpha"),
-            non_negative=("weight_decay",),
-        )
-        _check(self.lora_dropout is None or 0 <= self.lora_dropout < 1, "lora_dropout", self.lora_dropout, "in [0, 1)")
-
-
-@dataclass
 class RunSettings:
     """What to train, on which data, for how long, and how to evaluate (all but the method's settings)."""
 
@@ -88,8 +64,8 @@ class RunSettings:
     model: str | None = field(
         default=None,
         metadata=_help(
-            "local path, Hub id, or an embedded model: smollm2 (the default, SmolLM2-135M-Instruct) or minilm "
-            "(all-MiniLM-L6-v2, trained as a sequence classifier)"
+            "local path, Hub id, or an embedded model: smollm2 (the default, SmolLM2-135M-Instruct), gemma3 (Gemma 3 "
+            "270M, a base model) or minilm (all-MiniLM-L6-v2, trained as a sequence classifier)"
         ),
     )
     method: str = field(default="superpos", metadata=_help("what to train (the methods are listed below)"))
@@ -110,7 +86,18 @@ class RunSettings:
             "classifiers)"
         ),
     )
-    eval_split: str = field(default="validation", metadata=_help("validation (MNLI: also _mismatched)"))
+    eval_split: str = field(
+        default="validation",
+        metadata=_help("validation (MNLI: also _mismatched), or dev: the development split of --dev-size"),
+    )
+    dev_size: int | None = field(
+        default=None,
+        metadata=_help(
+            "carve this many examples from the training file as a development split (drawn with --dev-seed, never "
+            "trained on), for choosing settings without the validation examples that are reported"
+        ),
+    )
+    dev_seed: int = field(default=0, metadata=_help("seed of the development split (the same for every run)"))
     max_train_samples: int | None = field(default=None, metadata=_help("random subset of train"))
     max_eval_samples: int | None = field(default=None, metadata=_help("first N eval examples"))
     seed: int = field(default=42, metadata=_help("seed of the model init, the adapter init and the data order"))
@@ -127,8 +114,6 @@ class RunSettings:
     disable_tqdm: bool = field(default=False, metadata=_help("no progress bars"))
 
     def __post_init__(self) -> None:
-        from .methods import get_method  # methods.py imports MethodSettings from here
-
         try:
             get_task(self.task)
             self.method = get_method(self.method).name
@@ -152,8 +137,11 @@ class RunSettings:
                 "max_length",
                 "max_train_samples",
                 "max_eval_samples",
+                "dev_size",
             ),
         )
+        if self.eval_split == DEV_SPLIT and self.dev_size is None:
+            raise RunConfigError("--eval-split dev needs --dev-size: how many training examples to set aside")
         _check(self.eval_mode in (None, *EVAL_MODES), "eval_mode", self.eval_mode, f"one of {', '.join(EVAL_MODES)}")
 
 
@@ -166,7 +154,7 @@ class RunConfig(RunSettings):
     def __post_init__(self) -> None:
         super().__post_init__()
         if isinstance(self.method_settings, dict):  # from a config file
-            self.method_settings = MethodSettings(**self.method_settings)
+            self.method_settings = MethodSettings(**with_current_names(self.method_settings))
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as ``run_config.json`` records them; ``overwrite_output_dir`` is left out (it is what
@@ -182,13 +170,11 @@ class RunConfig(RunSettings):
 
 def flatten_run_config(values: dict[str, Any]) -> dict[str, Any]:
     """A ``run_config.json``-style dict (``method_settings`` nested) as the flat fields the parser takes."""
-    flat = {k: v for k, v in values.items() if k != "method_settings"}
+    flat = with_current_names({k: v for k, v in values.items() if k != "method_settings"}, drop=())
     nested = values.get("method_settings") or {}
     if not isinstance(nested, dict):
         raise RunConfigError(f"method_settings must be a mapping of settings, got {nested!r}")
-    # run_config.json of older versions: method_settings also held seed and max_length, which the run's own
-    # values always replaced.
-    nested = {k: v for k, v in nested.items() if k not in ("seed", "max_length")}
+    nested = with_current_names(nested)
     clash = sorted(set(flat) & set(nested))
     if clash:
         raise RunConfigError(f"{', '.join(clash)} given both at the top level and under method_settings")

@@ -27,15 +27,16 @@ from typing import Any
 import torch
 
 from ..metrics import compute_metrics
+
+# Re-exported for benchmarks/quality_report.py until it imports them from peft_superpos.metrics.
+from ..metrics.floors import best_constant_prediction, constant_prediction_floor  # noqa: F401
 from .config import EVAL_MODES
 from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextCollator, TextToTextFeatures, label_logits
 
 __all__ = [
     "EVAL_MODES",
     "EvalResult",
-    "best_constant_prediction",
     "classify_predictions",
-    "constant_prediction_floor",
     "evaluate",
     "generate_predictions",
     "rank_predictions",
@@ -196,24 +197,6 @@ def prediction_counts(task: Any, predictions: Sequence[int | float | None]) -> d
     ordered = {word: counts[word] for word in (*task.choices, INVALID) if counts.get(word)}
     share = 100.0 * max(counts.values()) / len(predictions) if predictions else 0.0
     return {"pred_counts": ordered, "majority_pred_share": share}
-
-
-def best_constant_prediction(
-    task: Any, labels: Sequence[int | float], groups: Sequence[Any] | None = None
-) -> int | float:
-    """The label id whose prediction for every example scores best on these examples (the majority class, or
-    the class that maximises the task's metric); STS-B: 2.5 (a constant has no correlation)."""
-    if task.is_regression:
-        return 2.5
-    return max(
-        range(len(task.choices)), key=lambda c: compute_metrics(task, [c] * len(labels), labels, groups)["score"]
-    )
-
-
-def constant_prediction_floor(task: Any, labels: Sequence[int | float], groups: Sequence[Any] | None = None) -> float:
-    """The best score any constant prediction reaches on these examples (the majority-class floor; STS-B: 0)."""
-    constant = best_constant_prediction(task, labels, groups)
-    return compute_metrics(task, [constant] * len(labels), labels, groups)["score"]
 
 
 def evaluate(

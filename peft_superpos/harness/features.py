@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 __all__ = [
-    "DECODER_SEPARATOR",
     "ClassificationCollator",
     "ClassificationFeatures",
     "TextToTextCollator",
@@ -103,12 +102,11 @@ class TextToTextFeatures:
             "truncated": truncated,
         }
 
-    def encode_dataset(self, dataset: Any, num_proc: int | None = None) -> Any:
+    def encode_dataset(self, dataset: Any) -> Any:
         """Map a ``datasets.Dataset`` of source/target rows to ``input_ids`` / ``labels`` / ``truncated``."""
         return dataset.map(
             lambda row: self.encode(row["source"], row["target"]),
             remove_columns=list(dataset.column_names),
-            num_proc=num_proc,
             desc="Tokenizing",
             load_from_cache_file=False,
         )
@@ -123,16 +121,9 @@ class TextToTextCollator:
 
     pad_id: int
     is_encoder_decoder: bool
-    pad_to_multiple_of: int | None = None
-
-    def _width(self, lengths: Sequence[int]) -> int:
-        width = max(lengths)
-        if self.pad_to_multiple_of:
-            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
-        return width
 
     def _pad(self, rows: Sequence[Sequence[int]], value: int, left: bool) -> torch.Tensor:
-        width = self._width([len(r) for r in rows])
+        width = max(len(r) for r in rows)
         out = torch.full((len(rows), width), value, dtype=torch.long)
         for i, row in enumerate(rows):
             if row:

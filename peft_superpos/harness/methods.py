@@ -1,5 +1,5 @@
-"""Method table: a method name -> its peft config class, how the run's settings map onto it, and its learning rate
-and weight decay (the paper's).
+"""Method table: a method name -> its peft config class, its settings (each named after the config field it sets),
+and its learning rate and weight decay (the paper's).
 
 Every method trains with AdamW at a constant learning rate (no warmup, no schedule) and with the backbone's
 dropout switched off (the SuperPos-Prompt paper's finding; ``keep_dropout=True`` keeps it). Parameter groups
@@ -12,7 +12,9 @@ DePT's own 60 and 30). Fields the run decides (``seed``, ``max_length``, the voc
 the prompt encoder disables dropout) are filled in for every config class that has them.
 
 Adding a method: its ``tuners/<method>/`` folder (config, model, registration) and one :class:`MethodSpec` in
-:data:`METHODS`; the command line, the overhead benchmark and the tests take the list from here.
+:data:`METHODS`; the command line, the overhead benchmark and the tests take the list from here. Adding a method
+setting: one :class:`.method_options.Option` in the ``options`` of its entry (named after the config field);
+:data:`MethodSettings`, the command line and ``run_config.json`` follow.
 """
 
 from __future__ import annotations
@@ -21,17 +23,17 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from peft import LoraConfig, PeftConfig, PromptLearningConfig, PromptTuningConfig, PromptTuningInit
 
 from .. import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig
-from .config import MethodSettings
+from .method_options import Option, positive, settings_class
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from ..models import LoadedModel
 
-__all__ = ["METHODS", "MethodSettings", "MethodSpec", "get_method"]
+__all__ = ["METHODS", "OPTIONS", "MethodSettings", "MethodSpec", "get_method"]
 
 
 def _config_default(config_class: type, name: str) -> Any:
@@ -40,15 +42,17 @@ def _config_default(config_class: type, name: str) -> Any:
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One method: its peft config class (None: full fine-tuning), its optimizer defaults, and which
-    :class:`MethodSettings` set which config field (``settings``: setting name -> config field)."""
+    """One method: its peft config class (None: full fine-tuning), its optimizer defaults, its ``options`` (the
+    settings of the command line, each setting the config field of its name) and ``lr_field``, the config field
+    that takes the run's learning rate (DePT's ``prompt_lr``)."""
 
     name: str
     description: str
     config_class: type[PeftConfig] | None
     lr: float
     weight_decay: float
-    settings: Mapping[str, str] = field(default_factory=dict)
+    options: tuple[Option, ...] = ()
+    lr_field: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)  # where the harness differs from the config class
     adjust: Callable[[dict[str, Any]], None] | None = field(default=None, repr=False)  # derived config fields
 
@@ -57,10 +61,10 @@ class MethodSpec:
         """Prompt methods leave the base model untouched (no unused-parameter search under DDP)."""
         return self.config_class is not None and issubclass(self.config_class, PromptLearningConfig)
 
-    def resolved_lr(self, settings: MethodSettings) -> float:
+    def resolved_lr(self, settings: Any) -> float:
         return self.lr if settings.lr is None else settings.lr
 
-    def resolved_weight_decay(self, settings: MethodSettings) -> float:
+    def resolved_weight_decay(self, settings: Any) -> float:
         return self.weight_decay if settings.weight_decay is None else settings.weight_decay
 
     def default_value(self, config_field: str) -> Any:
@@ -78,40 +82,39 @@ class MethodSpec:
             self.adjust(kwargs)
         return self.config_class(**kwargs)
 
-    def build(self, config: RunConfig, model: Any, tokenizer: Any) -> PeftConfig | None:
-        """The peft config of this method for ``config`` on ``model`` (None for full fine-tuning)."""
+    def build(self, settings: Any, base: LoadedModel, *, seed: int, max_length: int) -> PeftConfig | None:
+        """The peft config of this method for the run's :data:`MethodSettings` on ``base`` (None for full
+        fine-tuning); ``seed`` and ``max_length`` go to the config classes that have such fields."""
         if self.config_class is None:
             return None
-        settings = config.method_settings
-        values = {
-            name: getattr(settings, key) for key, name in self.settings.items() if getattr(settings, key) is not None
-        }
+        values = {option.name: getattr(settings, option.name) for option in self.options}
+        if self.lr_field is not None:
+            values[self.lr_field] = settings.lr
+        values = {name: value for name, value in values.items() if value is not None}
         run_fields = {
-            "seed": config.seed,
-            "max_length": config.max_length,
-            "sample_vocab_size": _vocab_size(model, tokenizer),
+            "seed": seed,
+            "max_length": max_length,
+            "sample_vocab_size": _vocab_size(base.model, base.tokenizer),
             "disable_dropout": not settings.keep_dropout,
         }
         fields = {f.name for f in dataclasses.fields(self.config_class)}
         values.update({name: value for name, value in run_fields.items() if name in fields})
-        return self.peft_config(_task_type(model), **values)
+        return self.peft_config(_TASK_TYPES[base.kind], **values)
 
     def summary(self) -> str:
-        """One line for ``--help``: description, lr, weight decay and the defaults of the mapped settings."""
+        """One line for ``--help``: description, lr, weight decay and the defaults of its settings."""
         shown = ", ".join(
-            f"{key}={self.default_value(name)}"
-            for key, name in self.settings.items()
-            if key not in ("lr", "softmax") and self.default_value(name) is not None
+            f"{option.name}={self.default_value(option.name)}"
+            for option in self.options
+            if option.type is not bool and self.default_value(option.name) is not None
         )
         return f"{self.name}: {self.description}, lr {self.lr:g}, wd {self.weight_decay:g}" + (
             f" ({shown})" if shown else ""
         )
 
 
-def _task_type(model: Any) -> str:
-    if getattr(model.config, "is_encoder_decoder", False):
-        return "SEQ_2_SEQ_LM"
-    return "SEQ_CLS" if type(model).__name__.endswith("ForSequenceClassification") else "CAUSAL_LM"
+_TASK_TYPES = MappingProxyType({"decoder": "CAUSAL_LM", "encoder_decoder": "SEQ_2_SEQ_LM", "classifier": "SEQ_CLS"})
+"""peft's task type of each :data:`peft_superpos.models.ModelKind`."""
 
 
 def _vocab_size(model: Any, tokenizer: Any) -> int | None:
@@ -125,7 +128,16 @@ def _lora_alpha_twice_rank(kwargs: dict[str, Any]) -> None:
         kwargs["lora_alpha"] = 2 * kwargs.get("r", _config_default(LoraConfig, "r"))
 
 
-_PROMPT = MappingProxyType({"num_virtual_tokens": "num_virtual_tokens"})
+PROMPT_LENGTH = positive("num_virtual_tokens", int, "prompt length")
+RANK = positive("r", int, "rank of the low-rank update")
+OPTIONS_BEFORE = (
+    positive("lr", float, "learning rate"),
+    Option("weight_decay", float | None, "AdamW weight decay", check=lambda value: value >= 0, expected="zero or more"),
+)
+OPTIONS_AFTER = (
+    Option("keep_dropout", bool, "keep the backbone's dropout (default: off, as in the paper)", default=False),
+)
+"""The settings of every method (before and after the methods' own on the command line)."""
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
@@ -136,7 +148,17 @@ METHODS: dict[str, MethodSpec] = {
             SuperPosPromptConfig,
             lr=1e-2,
             weight_decay=1e-5,
-            settings={**_PROMPT, "m": "m", "softmax": "use_softmax"},
+            options=(
+                PROMPT_LENGTH,
+                positive("m", int, "number of superposed embeddings"),
+                Option("use_softmax", bool, "softmax over the weights (ablation)", default=False),
+                Option(
+                    "weight_init",
+                    Literal["normal", "uniform", "one_hot"] | None,
+                    "init of the weights p' (normal, uniform, or one_hot: prompt i starts as token i)",
+                ),
+                positive("weight_init_std", float, "std of p' for the normal and uniform init (default 1/sqrt(m))"),
+            ),
         ),
         MethodSpec(
             "prompt_tuning",
@@ -144,7 +166,7 @@ METHODS: dict[str, MethodSpec] = {
             PromptTuningConfig,
             lr=1e-2,
             weight_decay=1e-2,
-            settings=_PROMPT,
+            options=(PROMPT_LENGTH,),
             # peft samples the init ids with torch's global RNG: the harness seeds it before building the model.
             defaults={"num_virtual_tokens": 10, "prompt_tuning_init": PromptTuningInit.SAMPLE_VOCAB},
         ),
@@ -154,15 +176,16 @@ METHODS: dict[str, MethodSpec] = {
             ResidualPromptConfig,
             lr=3e-1,
             weight_decay=1e-2,
-            settings={**_PROMPT, "bottleneck": "bottleneck_size"},
+            options=(PROMPT_LENGTH, positive("bottleneck_size", int, "MLP bottleneck width")),
         ),
         MethodSpec(
             "dept",
-            "DePT (prompt lr = lr, low-rank lr = lr_lowrank)",
+            "DePT (prompt lr = lr, low-rank lr = lora_lr)",
             DePTConfig,
             lr=_config_default(DePTConfig, "prompt_lr"),
             weight_decay=1e-5,
-            settings={**_PROMPT, "rank": "r", "lr": "prompt_lr", "lr_lowrank": "lora_lr"},
+            options=(PROMPT_LENGTH, RANK, positive("lora_lr", float, "learning rate of A and B")),
+            lr_field="prompt_lr",
             defaults={"num_virtual_tokens": 10, "r": 8},
         ),
         MethodSpec(
@@ -171,13 +194,35 @@ METHODS: dict[str, MethodSpec] = {
             LoraConfig,
             lr=1e-3,
             weight_decay=0.0,
-            settings={"rank": "r", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout"},
+            options=(
+                RANK,
+                positive("lora_alpha", int, "LoRA alpha (default 2*r)"),
+                Option(
+                    "lora_dropout", float | None, "dropout", check=lambda value: 0 <= value < 1, expected="in [0, 1)"
+                ),
+            ),
             defaults={"lora_alpha": None},  # None: 2r
             adjust=_lora_alpha_twice_rank,
         ),
         MethodSpec("full", "full fine-tuning (every backbone weight)", None, lr=1e-4, weight_decay=1e-2),
     )
 }
+
+OPTIONS: dict[str, Option] = {
+    option.name: option
+    for option in (*OPTIONS_BEFORE, *(o for spec in METHODS.values() for o in spec.options), *OPTIONS_AFTER)
+}
+"""Every method setting by name."""
+
+MethodSettings = settings_class(
+    [
+        *((option, "") for option in OPTIONS_BEFORE),
+        *((option, spec.name) for spec in METHODS.values() for option in spec.options),
+        *((option, "") for option in OPTIONS_AFTER),
+    ]
+)
+"""The settings of every method (the fields of :data:`OPTIONS`), as the command line and ``run_config.json`` have
+them; None means "the method's default"."""
 
 
 def get_method(name: str) -> MethodSpec:

@@ -7,6 +7,7 @@
   and refuses a restart that would mix two runs (or adopt checkpoints of a run it knows nothing about).
 * :func:`clear_run_folder` (``--overwrite-output-dir``) deletes only what the harness writes.
 * :func:`last_complete_checkpoint` finds the checkpoint a restart resumes from.
+* :func:`prepare_folder` does all of this at the start of a run and says where it starts (:class:`RunStart`).
 """
 
 from __future__ import annotations
@@ -19,33 +20,42 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
-from .callbacks import CURVE_FILE, FINAL_FILE, METRICS_FILE, PREDICTIONS_DIR, atomic_write_text
 from .errors import RunFolderError
+from .method_options import with_current_names
+from .run_record import (
+    FINAL_FILE,
+    METRICS_FILE,
+    RECORD_FILES,
+    RUN_CONFIG_FILE,
+    atomic_write_text,
+    read_rows,
+    repair_metrics_file,
+)
+
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "FLOORS_FILE",
-    "HARNESS_FILES",
-    "RUN_CONFIG_FILE",
+    "RunStart",
     "check_run_identity",
     "clear_run_folder",
     "is_main_process",
     "last_complete_checkpoint",
     "locked_run_folder",
+    "prepare_folder",
+    "reached_target_step",
 ]
 
-RUN_CONFIG_FILE = "run_config.json"
-FLOORS_FILE = "floors.json"
 LOCK_FILE = ".run.lock"
 HOLDER_FILE = ".run.lock.holder.json"
-# Files and folders the harness writes besides checkpoint-<step> (what --overwrite-output-dir deletes).
-HARNESS_FILES = (METRICS_FILE, FINAL_FILE, CURVE_FILE, FLOORS_FILE, RUN_CONFIG_FILE, PREDICTIONS_DIR)
 
 
 def is_main_process() -> bool:
@@ -104,7 +114,7 @@ def clear_run_folder(output_dir: Path) -> None:
     """Delete what the harness wrote into ``output_dir`` (checkpoints, records, plots); nothing else."""
     for _, folder in _checkpoints(output_dir):
         shutil.rmtree(folder)
-    for name in HARNESS_FILES:
+    for name in RECORD_FILES:
         path = output_dir / name
         if path.is_dir():
             shutil.rmtree(path)
@@ -133,7 +143,7 @@ def check_run_identity(current: dict[str, Any], output_dir: Path, identity_field
         changed = []
         for key in identity_fields:
             if key == "method_settings":
-                mine, theirs = current.get(key) or {}, saved.get(key) or {}
+                mine, theirs = current.get(key) or {}, with_current_names(saved.get(key) or {})
                 changed += [f"{key}.{k}" for k, v in mine.items() if k in theirs and theirs[k] != v]
             elif _normalised(key, saved.get(key)) != _normalised(key, current.get(key)):
                 changed.append(key)
@@ -167,3 +177,73 @@ def last_complete_checkpoint(output_dir: Path) -> str | None:
             continue
         complete.append((step, folder))
     return str(complete[-1][1]) if complete else None
+
+
+# Settings that must match for a restart to continue a run (the rest, e.g. eval/save steps, may change).
+_IDENTITY_FIELDS = (
+    "task",
+    "model",
+    "method",
+    "method_settings",
+    "batch_size",
+    "max_length",
+    "seed",
+    "max_train_samples",
+    "gradient_accumulation_steps",
+    "group_by_length",
+    "data_dir",
+    "eval_split",
+    "dev_size",
+    "dev_seed",
+    "eval_mode",
+    "max_eval_samples",
+)
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """Where a run starts in its folder: this start's ``session`` number, the ``checkpoint`` it resumes from,
+    ``done_step`` when that checkpoint already reached the target step, and ``finished``: the ``final.json`` of a
+    run with nothing left to do."""
+
+    output_dir: Path
+    session: int
+    checkpoint: str | None
+    done_step: int | None
+    finished: dict[str, Any] | None = None
+
+
+def prepare_folder(config: RunConfig, output_dir: Path) -> RunStart:
+    """Clear the folder (``--overwrite-output-dir``), check that it holds this run, find the checkpoint to
+    resume from and repair ``metrics.jsonl`` after a kill."""
+    if config.overwrite_output_dir and is_main_process():
+        clear_run_folder(output_dir)
+    check_run_identity(json.loads(json.dumps(config.to_dict())), output_dir, _IDENTITY_FIELDS)
+    final_file = output_dir / FINAL_FILE
+    if config.eval_only and final_file.is_file():
+        return RunStart(output_dir, 0, None, None, finished=json.loads(final_file.read_text()))
+    checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
+    done_step = reached_target_step(config, checkpoint)
+    if done_step is not None and final_file.is_file():
+        saved = json.loads(final_file.read_text())
+        if saved.get("global_step") == done_step:
+            logger.info("%s already finished at step %s: nothing to train", output_dir, done_step)
+            return RunStart(output_dir, 0, checkpoint, done_step, finished=saved)
+    if is_main_process():
+        repair_metrics_file(output_dir / METRICS_FILE)
+    previous_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
+    session = 1 + max((int(r.get("session", 0)) for r in previous_rows), default=-1)
+    return RunStart(output_dir, session, checkpoint, done_step)
+
+
+def reached_target_step(config: RunConfig, checkpoint: str | None) -> int | None:
+    """The step of ``checkpoint`` when it already reached the requested number of steps, else None.
+
+    Trainer resumed from a checkpoint at ``max_steps`` would take one more step; a finished run is not trained
+    again (raise ``--max-steps`` to train it further)."""
+    if checkpoint is None:
+        return None
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+    target = config.max_steps if config.max_steps is not None else state.get("max_steps")
+    step = int(state.get("global_step", 0))
+    return step if target is not None and step >= target else None

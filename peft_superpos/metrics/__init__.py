@@ -15,8 +15,9 @@ same eval examples is real or within noise (``peft_superpos.metrics.bootstrap``)
 from pathlib import Path
 
 from .bootstrap import PairedDifference, Verdict, bootstrap_scores, paired_bootstrap
+from .floors import best_constant_prediction, constant_prediction_floor
 from .scoring import compute_metrics, fill_invalid
-from .trainer import trainer_compute_metrics
+from .trainer_metrics import trainer_compute_metrics
 
 #: Folder of the ``evaluate`` metric module ``superpos_glue``: ``evaluate.load(METRIC_PATH, task_name)``.
 METRIC_PATH: str = str(Path(__file__).resolve().parent / "superpos_glue")
@@ -25,7 +26,9 @@ __all__ = [
     "METRIC_PATH",
     "PairedDifference",
     "Verdict",
+    "best_constant_prediction",
     "bootstrap_scores",
+    "constant_prediction_floor",
     "compute_metrics",
     "fill_invalid",
     "paired_bootstrap",

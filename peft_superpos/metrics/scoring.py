@@ -90,8 +90,8 @@ def compute_metrics(
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if not references:
         raise ValueError("no predictions to score")
-    if task.name == "multirc" and (groups is None or len(groups) != len(references)):
-        raise ValueError("MultiRC needs one group (question id) per prediction for exact match")
+    if task.is_grouped and (groups is None or len(groups) != len(references)):
+        raise ValueError(f"{task.display_name} needs one group (question id) per prediction for exact match")
     if not task.is_regression:
         num_labels = len(task.choices)
         bad = [x for x in (*predictions, *references) if x is not None and x not in range(num_labels)]

@@ -1,4 +1,5 @@
-"""Vocabulary ids for prompt initialisation: the model's special ids, reproducible sampling, embedding rows."""
+"""Vocabulary ids for prompt initialisation: the model's special ids, reproducible sampling, and their embeddings
+as the model sees them."""
 
 from __future__ import annotations
 
@@ -50,17 +51,20 @@ def sample_token_ids(
 
 
 def embedding_rows(word_embeddings: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """A detached fp32 copy of the embedding rows at ``ids`` ``(k,)``: ``(k, d)``."""
-    weight = word_embeddings.weight
+    """The embeddings of ``ids`` ``(k,)`` as the model sees them, a detached fp32 copy ``(k, d)``.
+
+    They come from the embedding module's forward, not its raw ``weight`` rows: Gemma's, mBART's (with
+    ``scale_embedding``) and M2M100's modules multiply the rows by ``sqrt(d)`` there, and peft prepends the
+    prompt to that output. For a plain ``nn.Embedding`` the two are the same values."""
     with torch.no_grad():
-        return weight[ids.to(weight.device)].detach().float().clone()
+        return word_embeddings(ids.to(word_embeddings.weight.device)).detach().float().clone()
 
 
 def sample_vocabulary(
     config, word_embeddings: nn.Embedding, count: int, special_token_ids: Iterable[int] = ()
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``count`` ids sampled as ``config`` says (seed, sample_vocab_size, exclusions plus the model's special
-    ids) and their fp32 embedding rows: ``(count,)``, ``(count, d)``."""
+    ids) and their fp32 embeddings as the model sees them: ``(count,)``, ``(count, d)``."""
     exclude = set(special_token_ids) | set(config.exclude_token_ids or ())
     rows = word_embeddings.weight.shape[0]
     ids = sample_token_ids(rows, count, config.seed, exclude, config.sample_vocab_size)

@@ -67,7 +67,7 @@ class SuperposGlue(evaluate.Metric):
             raise ValueError(f"{error}. Pass the task as the config name: evaluate.load(METRIC_PATH, 'cb')") from None
         value = datasets.Value("float64" if task.is_regression else "int64")
         features = {"predictions": value, "references": value}
-        if task.name == "multirc":
+        if task.is_grouped:
             features["groups"] = datasets.Value("string")
         return evaluate.MetricInfo(
             description=_DESCRIPTION,

@@ -33,8 +33,10 @@ def trainer_compute_metrics(
     the question id of every evaluation example, in order, e.g. the dataset's ``group`` column.
     """
     task = get_task(task)
-    if task.name == "multirc" and groups is None:
-        raise ValueError("MultiRC needs groups: pass the question id of every evaluation example (its 'group' column)")
+    if task.is_grouped and groups is None:
+        raise ValueError(
+            f"{task.display_name} needs groups: pass the question id of every evaluation example (its 'group' column)"
+        )
 
     def compute(eval_prediction: EvalPrediction) -> dict[str, float]:
         predictions = eval_prediction.predictions

@@ -32,17 +32,21 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_pt_utils import nested_gather
 
-from .callbacks import PARTIAL_LOSS_KEY, atomic_write_text, write_predictions
+from .callbacks import PARTIAL_LOSS_KEY
 from .evaluation import PaddingCount, evaluate
 from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextFeatures, label_logits
+from .run_record import atomic_write_text, write_predictions
 from .sampling import LengthGroupedSampler
 
-__all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TextToTextTrainer"]
+__all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TaskTrainer"]
 
 LOSS_WINDOW_FILE = "loss_window.json"
 
 
-class TextToTextTrainer(Trainer):
+class TaskTrainer(Trainer):
+    """``Trainer`` for one task: label-token loss (language models) or class loss (classifiers), length-grouped
+    batches, and evaluation with the task's metrics in ``eval_mode``."""
+
     def __init__(
         self,
         *args: Any,

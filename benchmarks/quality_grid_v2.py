@@ -1,0 +1,168 @@
+"""Grid v2 (issue 19): the step sizes and starting points that let SuperPos deliver, and the regime where vanilla
+prompt tuning struggles (a base model, small training sets, many epochs).
+
+In the order it runs:
+
+1. ``zero-shot``: the floors of Gemma 3 270M (base) on the seven shared tasks, every validation example.
+2. Stage A on Gemma 3, then on SmolLM2, SST-2 at grid v1's budget (400 steps of batch 8):
+   - ``sweep``: each method setting across learning rates, evaluated on a development split of :data:`DEV_SIZE`
+     examples carved from the training file (the same for every run), never on the validation examples reported;
+   - ``extend``: one more learning rate beyond an edge, run only when the best of the sweep is at that edge;
+   - ``confirm``: the best learning rate of each setting (chosen on the development split) at two seeds,
+     evaluated on all 872 validation examples: the numbers the report gives.
+3. Stage B on Gemma 3 (``regime``): CB (250 examples), SST-2 and RTE subsampled to 500, for the same step budget
+   per method and task (CB about 10 epochs), two seeds, every validation example; SuperPos with the better init of
+   the Gemma 3 sweep, every prompt method at its tuned learning rate, LoRA (the paper's default lr) as the strong
+   reference.
+
+Sized from step times measured on the 2-core CPU (Gemma 3 270M: 1.6 s per SST-2 step at batch 8, about 0.1 s per
+SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours in all. RESULTS.md
+says what was chosen and why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.quality_grid import (
+    CONFIRM,
+    DEV_SIZE,
+    EXTEND,
+    FROM_LR_CHECK,
+    FROM_SWEEP,
+    MAIN_TASKS,
+    REGIME,
+    SWEEP,
+    ZERO_SHOT,
+    LrCheckError,
+    RunSpec,
+    check_grid,
+    load_result,
+    resolve_lr,
+)
+
+__all__ = ["DEV_SIZE", "GRID_V2", "Settings", "grid_v2", "resolve_settings"]
+
+SWEEP_TASK = "sst2"
+SWEEP_STEPS = 400
+SEEDS = (42, 7)
+#: (method, SuperPos init) -> the learning rates of its sweep, and the one beyond each edge (below, above) that runs
+#: only when the sweep's best is at that edge. SuperPos' step is lr x sum_j |p'_ij|: about 9 x lr with the normal
+#: init at m=128, 1 x lr with one_hot, so its normal-init grid sits lower.
+SWEEPS: Mapping[tuple[str, str | None], tuple[tuple[float, ...], tuple[float, float]]] = {
+    ("superpos", "normal"): ((1e-3, 3e-3, 1e-2, 3e-2), (3e-4, 1e-1)),
+    ("superpos", "one_hot"): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1)),
+    ("prompt_tuning", None): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1)),
+    ("residual", None): ((3e-3, 3e-2, 3e-1), (3e-4, 1.0)),
+}
+#: Stage B: task -> training examples (None: the whole training file).
+REGIME_TASKS: Mapping[str, int | None] = {"cb": None, "sst2": 500, "rte": 500}
+REGIME_STEPS = 300
+REGIME_EVAL_STEPS = 100
+REGIME_METHODS = ("superpos", "prompt_tuning", "residual", "lora")
+
+
+def _series(model: str, method: str, weight_init: str | None) -> list[RunSpec]:
+    """The sweep of one setting: its learning rates, then one beyond each edge (run only if needed)."""
+    lrs, beyond = SWEEPS[(method, weight_init)]
+    common = dict(model=model, task=SWEEP_TASK, method=method, max_steps=SWEEP_STEPS, weight_init=weight_init, dev=True)
+    return [
+        *(RunSpec(SWEEP, lr=lr, **common) for lr in lrs),
+        *(RunSpec(EXTEND, lr=lr, **common) for lr in beyond),
+    ]
+
+
+def _stage_a(model: str) -> list[RunSpec]:
+    sweeps = [spec for method, init in SWEEPS for spec in _series(model, method, init)]
+    confirm = [
+        RunSpec(CONFIRM, model, SWEEP_TASK, method, seed=seed, max_steps=SWEEP_STEPS, lr=FROM_SWEEP,
+                weight_init=init, max_eval_samples=None)
+        for method, init in SWEEPS
+        for seed in SEEDS
+    ]  # fmt: skip
+    return [*sweeps, *confirm]
+
+
+def _stage_b(model: str) -> list[RunSpec]:
+    return [
+        RunSpec(REGIME, model, task, method, seed=seed, max_steps=REGIME_STEPS, eval_steps=REGIME_EVAL_STEPS,
+                lr=None if method == "lora" else FROM_SWEEP, weight_init=FROM_SWEEP if method == "superpos" else None,
+                max_train_samples=samples, max_eval_samples=None)
+        for task, samples in REGIME_TASKS.items()
+        for method in REGIME_METHODS
+        for seed in SEEDS
+    ]  # fmt: skip
+
+
+def grid_v2() -> tuple[RunSpec, ...]:
+    """Grid v2 in the order it runs (see the module docstring)."""
+    zero_shot = [
+        RunSpec(ZERO_SHOT, "gemma3", task, "full", eval_only=True, max_eval_samples=None) for task in MAIN_TASKS
+    ]
+    return check_grid([*zero_shot, *_stage_a("gemma3"), *_stage_b("gemma3"), *_stage_a("smollm2")])
+
+
+GRID_V2 = grid_v2()
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the runner passes to the harness for one spec, once its lazy settings are resolved."""
+
+    lr: float | None
+    weight_init: str | None
+
+
+def sweep_scores(spec: RunSpec, weight_init: str | None, grid: Sequence[RunSpec], results_dir: Path) -> dict:
+    """lr -> best development score of the finished sweep runs (extensions included) of ``spec``'s model and
+    method at ``weight_init``; raises :class:`LrCheckError` while a sweep run (not a skipped extension) is
+    missing."""
+    setting = (spec.model, spec.method, weight_init)
+    scores: dict[float, float] = {}
+    missing = []
+    for run in grid:
+        if run.stage not in (SWEEP, EXTEND) or (run.model, run.method, run.weight_init) != setting:
+            continue
+        result = load_result(run, results_dir)
+        if result is not None and result.best is not None:
+            scores[run.lr] = result.best
+        elif run.stage == SWEEP:
+            missing.append(run.run_id)
+    if missing:
+        raise LrCheckError(f"the sweep of {spec.model}/{spec.method} {weight_init or ''} is not finished: {missing}")
+    return scores
+
+
+def best_lr(scores: Mapping[float, float]) -> float:
+    """The learning rate with the best score (ties: the smaller step)."""
+    top = max(scores.values())
+    return min(lr for lr, score in scores.items() if math.isclose(score, top, rel_tol=0, abs_tol=1e-9))
+
+
+def extension_needed(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> bool:
+    """Whether an ``extend`` spec's learning rate continues the sweep past the edge where its best value lies."""
+    setting = (spec.model, spec.method, spec.weight_init)
+    base = {run.lr for run in grid if run.stage == SWEEP and (run.model, run.method, run.weight_init) == setting}
+    scores = sweep_scores(spec, spec.weight_init, grid, results_dir)
+    best = best_lr({lr: score for lr, score in scores.items() if lr in base})
+    return best == (max(base) if spec.lr > max(base) else min(base))
+
+
+def resolve_settings(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> Settings | None:
+    """The learning rate and SuperPos init the harness gets for ``spec`` (from the lr check or the sweep where the
+    spec says so); None for an extension that is not needed. Raises :class:`LrCheckError` while what a setting
+    depends on is not finished."""
+    if spec.stage == EXTEND and not extension_needed(spec, grid, results_dir):
+        return None
+    weight_init = spec.weight_init
+    if weight_init == FROM_SWEEP:  # the SuperPos init whose sweep reached the higher development score
+        inits = [init for method, init in SWEEPS if method == spec.method]
+        weight_init = max(inits, key=lambda init: max(sweep_scores(spec, init, grid, results_dir).values()))
+    if spec.lr == FROM_SWEEP:
+        return Settings(best_lr(sweep_scores(spec, weight_init, grid, results_dir)), weight_init)
+    if spec.lr == FROM_LR_CHECK:
+        return Settings(resolve_lr(spec, grid, results_dir), weight_init)
+    return Settings(spec.lr, weight_init)

@@ -1,0 +1,80 @@
+"""Grid v2 (benchmarks/quality_grid_v2.py): settings chosen on the development split, sweeps extended past an edge
+only when their best value lies there, and the harness command of each kind of run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from quality_results import write_run
+
+from benchmarks import quality_grid_v2 as v2
+from benchmarks import quality_suite as qs
+from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, REGIME, SWEEP, LrCheckError
+
+
+def finish_sweep(results: Path, model: str, method: str, init: str | None, scores: dict[float, float]) -> None:
+    for spec in v2.GRID_V2:
+        if spec.stage in (SWEEP, EXTEND) and (spec.model, spec.method, spec.weight_init) == (model, method, init):
+            if spec.lr in scores:
+                write_run(results / spec.run_id, {100: scores[spec.lr] - 1, 400: scores[spec.lr]})
+
+
+def spec_of(stage: str, model: str, task: str, method: str, **fields) -> v2.RunSpec:
+    return next(
+        spec
+        for spec in v2.GRID_V2
+        if (spec.stage, spec.model, spec.task, spec.method) == (stage, model, task, method)
+        and all(getattr(spec, name) == value for name, value in fields.items())
+    )
+
+
+def test_every_run_of_grid_v2_has_its_own_folder_and_selection_runs_use_the_dev_split():
+    assert len({spec.run_id for spec in v2.GRID_V2}) == len(v2.GRID_V2)
+    for spec in v2.GRID_V2:
+        assert spec.dev == (spec.stage in (SWEEP, EXTEND))
+        if spec.stage in (CONFIRM, REGIME):
+            assert spec.max_eval_samples is None  # reported on every validation example
+
+
+def test_tuned_settings_come_from_the_sweep(tmp_path):
+    finish_sweep(tmp_path, "gemma3", "prompt_tuning", None, {3e-3: 60.0, 1e-2: 80.0, 3e-2: 70.0, 1e-1: 50.0})
+    confirm = spec_of(CONFIRM, "gemma3", "sst2", "prompt_tuning", seed=7)
+    assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path) == v2.Settings(1e-2, None)
+    below, above = (spec_of(EXTEND, "gemma3", "sst2", "prompt_tuning", lr=lr) for lr in (1e-3, 3e-1))
+    assert v2.resolve_settings(below, v2.GRID_V2, tmp_path) is None  # the best is inside the sweep
+    assert v2.resolve_settings(above, v2.GRID_V2, tmp_path) is None
+
+
+def test_a_best_value_at_an_edge_extends_the_sweep_and_the_extension_can_win(tmp_path):
+    finish_sweep(tmp_path, "gemma3", "prompt_tuning", None, {3e-3: 50.0, 1e-2: 60.0, 3e-2: 70.0, 1e-1: 80.0})
+    above = spec_of(EXTEND, "gemma3", "sst2", "prompt_tuning", lr=3e-1)
+    assert v2.resolve_settings(above, v2.GRID_V2, tmp_path) == v2.Settings(3e-1, None)
+    confirm = spec_of(CONFIRM, "gemma3", "sst2", "prompt_tuning", seed=42)
+    assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path).lr == 1e-1  # until the extension has run
+    finish_sweep(tmp_path, "gemma3", "prompt_tuning", None, {3e-1: 90.0})
+    assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path).lr == 3e-1
+
+
+def test_stage_b_superpos_takes_the_better_init_and_its_lr(tmp_path):
+    regime = spec_of(REGIME, "gemma3", "cb", "superpos", seed=42)
+    assert regime.weight_init == regime.lr == FROM_SWEEP
+    with pytest.raises(LrCheckError, match="not finished"):
+        v2.resolve_settings(regime, v2.GRID_V2, tmp_path)
+    finish_sweep(tmp_path, "gemma3", "superpos", "normal", {1e-3: 60.0, 3e-3: 75.0, 1e-2: 70.0, 3e-2: 65.0})
+    finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-3: 70.0, 1e-2: 85.0, 3e-2: 80.0, 1e-1: 60.0})
+    assert v2.resolve_settings(regime, v2.GRID_V2, tmp_path) == v2.Settings(1e-2, "one_hot")
+
+
+def test_harness_commands_of_grid_v2(tmp_path):
+    sweep = spec_of(SWEEP, "gemma3", "sst2", "superpos", weight_init="one_hot", lr=1e-2)
+    command = qs.harness_command(sweep, tmp_path, "data", 1e-2, weight_init="one_hot")
+    assert command[command.index("--dev-size") + 1] == str(v2.DEV_SIZE)
+    assert command[command.index("--eval-split") + 1] == "dev" and "--max-eval-samples" not in command
+    assert (
+        command[command.index("--weight-init") + 1] == "one_hot" and command[command.index("--model") + 1] == "gemma3"
+    )
+    regime = spec_of(REGIME, "gemma3", "rte", "lora", seed=7)
+    command = qs.harness_command(regime, tmp_path, "data", None)
+    assert command[command.index("--max-train-samples") + 1] == "500"
+    assert "--max-eval-samples" not in command and "--dev-size" not in command and "--lr" not in command
