@@ -6,7 +6,7 @@ length-grouped SuperPos steps after one warm-up step, the harness's loss on the 
 and ``rank`` (the first ``--eval-examples`` validation examples, batch 16). Training and both evaluation modes run
 the LM head only on the positions they need (``logits_to_keep``), which matters for Gemma 3's 262k-row vocabulary.
 
-    python benchmarks/model_cost.py --model gemma3 --tasks sst2 cb --data-dir ../shared/data
+    python -m benchmarks.model_cost --model gemma3 --tasks sst2 cb --data-dir ../shared/data
 
 Writes ``benchmarks/results/cost-<model>.json`` and ``.md``. Time it on a quiet machine (no grid, no tests).
 """
@@ -23,14 +23,15 @@ from pathlib import Path
 
 import torch
 
+from peft_superpos.harness.run_record import atomic_write_text
+
 PHASES = ("load", "train", "generate", "rank")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def measure(task_name: str, phase: str, args: argparse.Namespace) -> dict:
     """One phase in this (fresh) process: tokens, seconds and the process's peak resident memory."""
-    from padding import _step
-
+    from benchmarks.padding import _step
     from peft_superpos.data import first_examples, get_task
     from peft_superpos.harness import MethodSettings, RunConfig
     from peft_superpos.harness.evaluation import evaluate
@@ -101,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [run_in_fresh_process(task, phase, args) for task in args.tasks for phase in PHASES]
     command = (
-        f"python benchmarks/model_cost.py --model {args.model} --tasks {' '.join(args.tasks)} --batch-size "
+        f"python -m benchmarks.model_cost --model {args.model} --tasks {' '.join(args.tasks)} --batch-size "
         f"{args.batch_size} --steps {args.steps} --eval-examples {args.eval_examples} --seed {args.seed}"
     )
     header = (
@@ -115,8 +116,8 @@ def main() -> None:
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     name = f"cost-{Path(args.model).name}"
-    (output / f"{name}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    (output / f"{name}.md").write_text(text)
+    atomic_write_text(output / f"{name}.json", json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    atomic_write_text(output / f"{name}.md", text)
 
 
 if __name__ == "__main__":

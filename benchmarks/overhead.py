@@ -11,8 +11,8 @@ persistent training state (parameters, gradients and the two AdamW moments of ev
 the encoder's buffers), which the step's peak does not see because it exists before the step. The memory
 ratio compares medians.
 
-    python benchmarks/overhead.py --model tiny --rounds 5
-    python benchmarks/overhead.py --model smollm2 --rounds 3 --batch-size 8 --seq-len 128
+    python -m benchmarks.overhead --model tiny --rounds 5
+    python -m benchmarks.overhead --model smollm2 --rounds 3 --batch-size 8 --seq-len 128
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 import peft_superpos
 from peft_superpos import SuperPosPromptConfig, disable_dropout, make_param_groups
 from peft_superpos.harness.methods import METHODS
+from peft_superpos.harness.run_record import atomic_write_text
 
 REFERENCE = "prompt_tuning"
 
@@ -195,7 +196,7 @@ def main() -> None:
         print(f"round {round_index + 1}/{args.rounds} done", flush=True)
 
     results = {
-        "command": "python benchmarks/overhead.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
+        "command": "python -m benchmarks.overhead " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in
                                                                  vars(args).items() if v is not None),
         "model": args.model,
         "torch_threads": torch.get_num_threads(),
@@ -239,8 +240,8 @@ def main() -> None:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", args.model)
-    (out / f"overhead-{name}.json").write_text(json.dumps(results, indent=2))
-    (out / f"overhead-{name}.md").write_text(f"`{results['command']}`\n\n{table}\n")
+    atomic_write_text(out / f"overhead-{name}.json", json.dumps(results, indent=2))
+    atomic_write_text(out / f"overhead-{name}.md", f"`{results['command']}`\n\n{table}\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ backward, AdamW step of a SuperPos adapter, the harness's loss on the last K pos
 two orders batch for batch (random, grouped, random, grouped, ...) so that machine noise hits both alike, and
 reports the seconds per step and the real (non-padding) tokens per second of each, with their ratio.
 
-    python benchmarks/padding.py --tasks cb rte sst2 --steps 12 --data-dir ../shared/data
+    python -m benchmarks.padding --tasks cb rte sst2 --steps 12 --data-dir ../shared/data
 
 Writes ``benchmarks/results/padding-<model>.json`` and ``.md``.
 """
@@ -26,6 +26,7 @@ from peft_superpos.data import get_task
 from peft_superpos.harness import MethodSettings, RunConfig, build_model
 from peft_superpos.harness.features import IGNORE_INDEX, TextToTextFeatures, label_logits
 from peft_superpos.harness.run import load_data
+from peft_superpos.harness.run_record import atomic_write_text
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -125,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(task, args) for task in args.tasks]
     name = f"padding-{Path(args.model).name if args.model else 'smollm2'}"
-    command = "python benchmarks/padding.py " + " ".join(
+    command = "python -m benchmarks.padding " + " ".join(
         f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
         for k, v in vars(args).items()
         if v is not None and k != "output"
@@ -140,8 +141,8 @@ def main() -> None:
     print(text)
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
-    (output / f"{name}.json").write_text(json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    (output / f"{name}.md").write_text(text)
+    atomic_write_text(output / f"{name}.json", json.dumps({"command": command, "results": results}, indent=2) + "\n")
+    atomic_write_text(output / f"{name}.md", text)
 
 
 if __name__ == "__main__":

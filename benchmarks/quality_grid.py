@@ -1,14 +1,12 @@
 """The quality suite's grid and its results on disk: what runs (:data:`GRID_V1`, one :class:`RunSpec` per run,
 in order), where a finished run's small results are (``benchmarks/results/quality/<model>/<task>/<run>/``:
-``final.json``, ``metrics.jsonl``, ``predictions/``) and which learning rate the lr check chose. Shared by the
-runner (``quality_suite.py``) and the report (``quality_report.py``)."""
+``final.json``, ``metrics.jsonl`` and the predictions, see ``quality_predictions.py``) and which learning rate the
+lr check chose. Shared by the runner (``quality_suite.py``) and the report (``quality_report.py``)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from peft_superpos.harness.run_record import best_row, read_jsonl, read_rows
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
-
-from peft_superpos.harness.callbacks import predictions_path, read_rows  # noqa: E402
-
 DEFAULT_RESULTS_DIR = Path(__file__).resolve().parent / "results" / "quality"
 FAILURES_FILE = "failures.jsonl"
-PREDICTION_PATTERNS = ("predictions*", "predictions/*")
 
 # ----------------------------------------------------------------------------------------------------------
 # The grid: data. Order matters: the runner goes through it in order.
@@ -239,13 +233,9 @@ def finished_final(spec: RunSpec, results_dir: Path) -> dict[str, Any] | None:
     return final if final is not None and is_complete(spec, final) else None
 
 
-def prediction_files(folder: Path) -> list[Path]:
-    return sorted({p for pattern in PREDICTION_PATTERNS for p in folder.glob(pattern) if p.is_file()})
-
-
 def failure_counts(results_dir: Path) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for row in read_rows_plain(results_dir / FAILURES_FILE):
+    for row in read_jsonl(results_dir / FAILURES_FILE):
         counts[row["run_id"]] = counts.get(row["run_id"], 0) + 1
     return counts
 
@@ -265,7 +255,7 @@ class RunResult:
 
     @property
     def best_row(self) -> dict[str, Any] | None:
-        return max(self.scored, key=lambda r: r["eval_score"], default=None)
+        return best_row(self.rows)
 
     @property
     def best(self) -> float | None:
@@ -306,13 +296,6 @@ class RunResult:
     def score_at(self, step: int) -> float | None:
         return next((r["eval_score"] for r in self.scored if int(r["step"]) == step), None)
 
-    def predictions_at(self, step: int | None = None) -> Path | None:
-        """The per-example records of the evaluation at ``step`` (None: the best one); the harness writes one
-        file per evaluation."""
-        if step is None:
-            step = int(self.best_row["step"]) if self.best_row else None
-        return None if step is None else predictions_path(self.folder, step)
-
 
 def load_result(spec: RunSpec, results_dir: Path) -> RunResult | None:
     final = finished_final(spec, results_dir)
@@ -320,19 +303,6 @@ def load_result(spec: RunSpec, results_dir: Path) -> RunResult | None:
         return None
     folder = results_dir / spec.run_id
     return RunResult(spec, final, read_rows(folder / "metrics.jsonl"), folder)
-
-
-def read_rows_plain(path: Path) -> list[dict[str, Any]]:
-    """The JSON objects of a JSON-lines file (none if it is missing; torn lines skipped)."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(ValueError):
-            value = json.loads(line)
-            if isinstance(value, dict):
-                rows.append(value)
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -360,7 +330,7 @@ def lr_check_means(model: str, method: str, grid: Sequence[RunSpec], results_dir
     if missing:
         raise LrCheckError(
             f"the lr check of {model}/{method} is not finished in {results_dir} (missing: {', '.join(missing)}); "
-            f"run it first: python benchmarks/quality_suite.py run --only '{model}/*/lrcheck-{method}-*'"
+            f"run it first: python -m benchmarks.quality_suite run --only '{model}/*/lrcheck-{method}-*'"
         )
     return {lr: float(np.mean(values)) for lr, values in scores.items()}
 

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from quality_grid import (
+from benchmarks.quality_grid import (
     CONFIRM,
     DEV_SIZE,
     EXTEND,

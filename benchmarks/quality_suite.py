@@ -8,18 +8,22 @@ harness process (``python -m peft_superpos.train ...``), one run folder per run 
   step budget is finished and skipped, committed or not;
 * an interrupted run is started again with the same command: the harness resumes from its last checkpoint;
 * a run that fails is recorded in ``failures.jsonl`` of the results folder and the next run starts;
-* after each run its small results (``final.json``, ``metrics.jsonl`` and the prediction files when they are
-  small) are copied into the results folder (``final.json`` last, each file atomically) and, with ``--commit
-  REPO``, committed in that repository: exactly those paths, nothing else that is staged or changed.
+* after each run its small results (``final.json``, ``metrics.jsonl`` and, while small, every evaluation's
+  per-example predictions in one compressed file, ``predictions.jsonl.gz``: ``quality_predictions.py``) are copied
+  into the results folder (``final.json`` last, each file atomically) and, with ``--commit REPO``, committed in
+  that repository: exactly those paths, nothing else that is staged or changed.
 
 The suite runs niced, so it can work in the background for hours (many CPU-hours; it spans sessions)::
 
-    nohup python benchmarks/quality_suite.py run --commit . > runs/quality/suite.log 2>&1 &
-    python benchmarks/quality_suite.py run --dry-run            # every run in order: done / partial / todo
-    python benchmarks/quality_suite.py run --only 'smollm2/sst2/*'
-    python benchmarks/quality_suite.py report                   # tables and figures from the results folder
+    nohup python -m benchmarks.quality_suite run --commit . > runs/quality/suite.log 2>&1 &
+    python -m benchmarks.quality_suite run --dry-run            # every run in order: done / partial / todo
+    python -m benchmarks.quality_suite run --only 'smollm2/sst2/*'
+    python -m benchmarks.quality_suite report                   # tables and figures from the results folder
+    python -m benchmarks.quality_suite compact                  # predictions copied one file per evaluation
 
-``report`` writes the tables and figures (``quality_report.py``); the grid itself is ``quality_grid.py``.
+``compact`` folds prediction files copied in the harness's layout (``predictions/step-<step>.jsonl``, by a suite
+of an earlier version) into each run's compressed file and deletes them; it is idempotent. ``report`` writes the
+tables and figures (``quality_report.py``), reading either layout; the grid itself is ``quality_grid.py``.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
-from quality_grid import (
+from benchmarks.quality_grid import (
     BATCH_SIZE,
     DEFAULT_RESULTS_DIR,
     DEV_SIZE,
@@ -52,18 +56,17 @@ from quality_grid import (
     failure_counts,
     finished_final,
     is_complete,
-    prediction_files,
     read_json,
 )
-from quality_grid_v2 import GRID_V2, resolve_settings
-from quality_report import CURVES_DIR, REPORT_FILES, write_outputs
-
-from peft_superpos.harness.callbacks import append_row
+from benchmarks.quality_grid_v2 import GRID_V2, resolve_settings
+from benchmarks.quality_predictions import COMPACT_FILE, compact_bytes, compact_results, read_evaluations, write_compact
+from benchmarks.quality_report import CURVES_DIR, REPORT_FILES, write_outputs
+from peft_superpos.harness.run_record import append_row, atomic_write
 
 GRIDS = {"v1": GRID_V1, "v2": GRID_V2}
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "quality"
 DEFAULT_DATA_DIR = os.environ.get("PEFT_SUPERPOS_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
-#: Prediction files are copied into the results only while together they stay below this size.
+#: A run's predictions are copied into the results only while their compressed file stays below this size.
 PREDICTIONS_MAX_BYTES = 200_000
 
 # ----------------------------------------------------------------------------------------------------------
@@ -82,19 +85,22 @@ def run_status(spec: RunSpec, runs_dir: Path, results_dir: Path) -> str:
 
 def copy_results(run_dir: Path, target: Path) -> list[Path]:
     """Copy a run's small results into ``target``, each file atomically and ``final.json`` last (its presence
-    marks the copy complete). Prediction files come along while together below :data:`PREDICTIONS_MAX_BYTES`."""
-    files = [run_dir / "metrics.jsonl"] if (run_dir / "metrics.jsonl").is_file() else []
-    predictions = prediction_files(run_dir)
-    if sum(p.stat().st_size for p in predictions) <= PREDICTIONS_MAX_BYTES:
-        files += predictions
+    marks the copy complete): ``metrics.jsonl``, and the predictions of every evaluation in one compressed file
+    (``quality_predictions.py``) while it stays below :data:`PREDICTIONS_MAX_BYTES`."""
+    target.mkdir(parents=True, exist_ok=True)
     copied = []
-    for source in [*files, run_dir / "final.json"]:
-        destination = target / source.relative_to(run_dir)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        temporary = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, destination)
-        copied.append(destination)
+
+    def copy(name: str) -> None:
+        atomic_write(target / name, lambda temporary: shutil.copyfile(run_dir / name, temporary))
+        copied.append(target / name)
+
+    if (run_dir / "metrics.jsonl").is_file():
+        copy("metrics.jsonl")
+    evaluations = read_evaluations(run_dir)
+    data = compact_bytes(evaluations)
+    if evaluations and len(data) <= PREDICTIONS_MAX_BYTES:
+        copied.append(write_compact(target / COMPACT_FILE, evaluations, data))
+    copy("final.json")
     return copied
 
 
@@ -184,16 +190,12 @@ def harness_command(
 def subprocess_runner(command: Sequence[str], log_path: Path) -> int:
     """Run ``command`` from the repository root with its output appended to ``log_path``; the child is
     stopped if the suite is interrupted, so no orphan keeps writing into the run folder."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH")) if p)
     with open(log_path, "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(command)}\n")
         log.flush()
         # close_fds=False: the child inherits the run's lock (the only inheritable descriptor, see run_lock), so
         # a harness that outlives a killed suite still keeps a new suite off its run folder
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, close_fds=False
-        )
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, close_fds=False)
         try:
             return process.wait()
         finally:
@@ -348,7 +350,11 @@ def refresh_report(grid: Sequence[RunSpec], results_dir: Path) -> list[Path]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.quality_suite",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run the grid (niced); skips finished runs, resumes interrupted ones")
     run.add_argument("--runs-dir", type=Path, default=DEFAULT_RUNS_DIR, help="run folders (checkpoints)")
@@ -362,6 +368,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="tables and figures from the results folder")
     report.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     report.add_argument("--no-plots", action="store_true")
+    compact = commands.add_parser("compact", help="fold prediction files in the harness's layout into one "
+                                  "compressed file per run (idempotent)")  # fmt: skip
+    compact.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     return parser
 
 
@@ -371,6 +380,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         report, written = write_outputs(GRID_V1, args.results_dir, plots=not args.no_plots)
         print(report["tables"]["status"])
         print("wrote " + ", ".join(str(p) for p in written) + ("" if args.no_plots else f", {CURVES_DIR}/*.png"))
+        return 0
+    if args.command == "compact":
+        written = compact_results(args.results_dir)
+        print(f"{len(written)} runs' predictions folded into {COMPACT_FILE}" + "".join(f"\n  {p}" for p in written))
         return 0
     grid = GRIDS[args.grid]
     if args.dry_run:

@@ -1,19 +1,12 @@
-"""pytest set-up only: the import path, one thread, a seeded RNG per test, and the tiny harness models (saved
-once per session). Helpers live in tiny_models.py."""
+"""pytest set-up only: one thread, a seeded RNG per test, and the tiny harness models (saved once per session).
+Helpers live in tiny_models.py (models, processes) and quality_results.py (quality-suite results); the repository
+root and tests/ are on the import path through ``pythonpath`` in pyproject.toml."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-
-for path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):  # the repo, then tests/
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
-
-from tiny_models import tiny_model_dir  # noqa: E402  (tests/ is on the path now)
+from tiny_models import tiny_model_dir
 
 torch.set_num_threads(1)  # tiny tensors gain nothing from threads, and the machine is shared
 

@@ -9,12 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_models import FIXTURE_DATA, save_tiny_model
+
+from benchmarks import make_results, quality_grid, quality_report
+from benchmarks.quality_render import report_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overhead_script_runs_on_a_tiny_model(tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "overhead.py"), "--model", "tiny", "--rounds", "1"]
+    command = [sys.executable, "-m", "benchmarks.overhead", "--model", "tiny", "--rounds", "1"]
     command += ["--warmup", "0", "--only", "superpos m=16", "--output", str(tmp_path)]
     subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     results = json.loads((tmp_path / "overhead-tiny.json").read_text())
@@ -25,34 +29,25 @@ def test_overhead_script_runs_on_a_tiny_model(tmp_path):
     assert (tmp_path / "overhead-tiny.md").read_text().count("| superpos m=16 |") == 1
 
 
-def _benchmark_module(name: str):
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    return __import__(name)
-
-
 def test_results_md_is_what_make_results_generates():
-    make_results = _benchmark_module("make_results")
     assert (ROOT / "benchmarks" / "RESULTS.md").read_text() == make_results.render(), (
         "benchmarks/RESULTS.md is out of date: edit benchmarks/RESULTS.template.md and run "
-        "python benchmarks/make_results.py"
+        "python -m benchmarks.make_results"
     )
 
 
 def test_committed_quality_report_is_built_from_the_committed_results():
-    quality_grid, quality_report = _benchmark_module("quality_grid"), _benchmark_module("quality_report")
     folder = quality_grid.DEFAULT_RESULTS_DIR
     report = quality_report.build_report(quality_grid.GRID_V1, folder)
     assert json.loads((folder / "report.json").read_text()) == json.loads(json.dumps(report)), (
-        "benchmarks/results/quality/report.json is out of date: run python benchmarks/quality_suite.py report"
+        "benchmarks/results/quality/report.json is out of date: run python -m benchmarks.quality_suite report"
     )
-    assert (folder / "report.md").read_text() == quality_report.report_markdown(report)
+    assert (folder / "report.md").read_text() == report_markdown(report["tables"])
 
 
 def test_generated_tables_come_from_the_result_files(tmp_path):
-    make_results = _benchmark_module("make_results")
     (tmp_path / "quality").mkdir()
-    (tmp_path / "overhead-tiny.md").write_text("`python benchmarks/overhead.py`\n\n| a |\n|---|\n| 1 |\n")
+    (tmp_path / "overhead-tiny.md").write_text("`python -m benchmarks.overhead`\n\n| a |\n|---|\n| 1 |\n")
     (tmp_path / "quality" / "report.json").write_text(json.dumps({"tables": {"status": "3 of 4 finished"}}))
     template = tmp_path / "template.md"
     template.write_text("# R\n<!-- generated: overhead:tiny -->\ntext\n<!-- generated: quality:status -->\n")
@@ -66,10 +61,8 @@ def test_generated_tables_come_from_the_result_files(tmp_path):
 
 
 def test_padding_script_runs_on_a_tiny_model(tmp_path):
-    from tiny_models import FIXTURE_DATA, save_tiny_model
-
     model = save_tiny_model("llama", tmp_path / "llama")
-    command = [sys.executable, str(ROOT / "benchmarks" / "padding.py"), "--model", str(model), "--tasks", "cb"]
+    command = [sys.executable, "-m", "benchmarks.padding", "--model", str(model), "--tasks", "cb"]
     command += ["--data-dir", str(FIXTURE_DATA), "--batch-size", "2", "--steps", "1", "--output", str(tmp_path)]
     subprocess.run(command, check=True, capture_output=True, text=True, cwd=ROOT)
     (result,) = json.loads((tmp_path / "padding-llama.json").read_text())["results"]

@@ -3,17 +3,14 @@ only when their best value lies there, and the harness command of each kind of r
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-from test_quality_suite import write_run
-from tiny_models import REPO_ROOT
+from quality_results import write_run
 
-sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
-import quality_grid_v2 as v2  # noqa: E402
-import quality_suite as qs  # noqa: E402
-from quality_grid import CONFIRM, EXTEND, FROM_SWEEP, REGIME, SWEEP, LrCheckError  # noqa: E402
+from benchmarks import quality_grid_v2 as v2
+from benchmarks import quality_suite as qs
+from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, REGIME, SWEEP, LrCheckError
 
 
 def finish_sweep(results: Path, model: str, method: str, init: str | None, scores: dict[float, float]) -> None:

@@ -1,5 +1,6 @@
-"""The one test-utilities module of the suite: tiny random models, batches, the prompt methods under test, and
-helpers to run code in a fresh Python process (conftest.py keeps only pytest set-up and fixtures).
+"""The test utilities of the package: tiny random models, batches, the prompt methods under test, and helpers to
+run code in a fresh Python process (conftest.py keeps only pytest set-up and fixtures; the quality suite's helpers
+are in quality_results.py).
 
 ``make_tiny(family, task_type)`` returns a seeded model with hidden size 32, 2 layers, a vocabulary of
 ``VOCAB`` ids, and dropout 0.1 wherever the architecture has it. The same ``(family, task_type, seed)``

@@ -11,18 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-# Re-exported for benchmarks/ (quality_grid, quality_report, quality_suite), which import them from here until
-# they import them from .run_record.
-from .run_record import (  # noqa: F401
-    CURVE_FILE,
-    METRICS_FILE,
-    append_row,
-    atomic_write_text,
-    plot_learning_curve,
-    predictions_path,
-    read_rows,
-    write_predictions,
-)
+from .run_record import CURVE_FILE, METRICS_FILE, append_row, plot_learning_curve, read_rows
 
 logger = logging.getLogger(__name__)
 
