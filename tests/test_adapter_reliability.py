@@ -463,6 +463,22 @@ def test_every_patch_of_peft_is_listed_and_installed():
         assert cls.__dict__[attribute] is replacement, (cls.__name__, attribute)
 
 
+def test_generation_patch_is_installed_exactly_where_transformers_renamed_the_cache():
+    """transformers 5.24 renamed the generation cache (``past_key_values`` -> ``cache``); the patch that hands it to
+    peft under the old name is in ``PATCHES`` from that version on, and only there."""
+    import transformers
+    from packaging.version import Version
+    from peft import PeftModelForCausalLM
+
+    from peft_superpos._peft_compat import PATCHES, input_embeds
+
+    prepare_inputs = {(cls, name): patch for cls, name, patch in PATCHES}[
+        (PeftModelForCausalLM, "prepare_inputs_for_generation")
+    ]
+    renamed = Version(transformers.__version__).release >= (5, 24)
+    assert (prepare_inputs is not input_embeds.causal_prepare_inputs) == renamed
+
+
 def test_disable_adapter_on_encoder_only_models_for_stock_prompt_tuning_too():
     """peft 0.21's disable_adapter crashes (UnboundLocalError) for any prompt-learning adapter on a model
     without prepare_inputs_for_generation; the patch covers stock prompt tuning as well."""

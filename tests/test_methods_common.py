@@ -23,6 +23,8 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from tiny_models import (
     ALL_FAMILIES,
+    CAUSAL_FAMILIES,
+    EOS,
     FAMILY_TASKS,
     GENERATIVE_TASKS,
     HIDDEN,
@@ -44,6 +46,7 @@ from tiny_models import (
 )
 
 from peft_superpos import export_prompt_tuning
+from peft_superpos._peft_compat import generation
 
 N = NUM_VIRTUAL_TOKENS
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -151,12 +154,17 @@ class SavedAdapters:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """The saved adapters; one fresh process reloads every adapter, another every export (without
-    peft_superpos), both started at once and awaited by the first test that needs their results."""
+    peft_superpos), both started at once and awaited by the first test that needs their results. Where stock peft
+    needs our generation patch (transformers >= 5.24, see ``_peft_compat.generation``), the process without
+    peft_superpos generates without a KV cache, as the README tells users of exported adapters to."""
     root = tmp_path_factory.mktemp("saved_adapters")
     adapters = SavedAdapters(root)
+    stock_use_cache = not generation.NEEDED
     with (
         fresh_reload(adapters.reload_cases, root, "reload_adapters") as reloaded,
-        fresh_reload(adapters.export_cases, root, "reload_exports", with_package=False) as exported,
+        fresh_reload(
+            adapters.export_cases, root, "reload_exports", with_package=False, use_cache=stock_use_cache
+        ) as exported,
     ):
         adapters.reloaded, adapters.exported = reloaded, exported
         yield adapters
@@ -305,6 +313,58 @@ def test_generate(method, family, task, saved):
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=out[:, :-1]).logits
     assert torch.equal(logits.argmax(-1)[0], out[0, 1:])
+
+
+def greedy_reference(model, input_ids, attention_mask, steps: int) -> torch.Tensor:
+    """Greedy decoding by hand on the base model, without a cache and never choosing EOS (as ``min_new_tokens``):
+    the prompt table, then the input embeddings (adjusted where the method does, e.g. DePT), then the plain
+    embeddings of the generated tokens."""
+    base, batch_size = model.get_base_model(), input_ids.shape[0]
+    adjust = getattr(encoder_of(model), "adjust_input_embeds", None)
+    sequence = input_ids
+    with torch.no_grad():
+        inputs = model.word_embeddings(input_ids)
+        inputs = inputs if adjust is None else adjust(inputs, attention_mask)
+        inputs = torch.cat((model.get_prompt(batch_size=batch_size).to(inputs.dtype), inputs), dim=1)
+        for _ in range(steps):
+            embeds = torch.cat((inputs, model.word_embeddings(sequence[:, input_ids.shape[1] :])), dim=1)
+            generated = sequence.shape[1] - input_ids.shape[1]
+            mask = torch.cat((attention_mask.new_ones(batch_size, N), attention_mask), dim=1)
+            mask = torch.cat((mask, attention_mask.new_ones(batch_size, generated)), dim=1)
+            logits = base(inputs_embeds=embeds, attention_mask=mask).logits
+            logits[:, -1, EOS] = -float("inf")  # as min_new_tokens does
+            sequence = torch.cat((sequence, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return sequence
+
+
+def check_left_padded_generate(model, family: str) -> None:
+    """Left-padded greedy generation gives the same tokens with and without the KV cache, and the tokens of
+    ``greedy_reference``: the prompt goes in once, in front of the input, and the cache stays aligned with the
+    attention mask (transformers 5.24 renamed the cache that peft 0.21 looks for, see
+    ``_peft_compat.generation``; OPT and BLOOM derive positions and ALiBi from the mask)."""
+    input_ids, attention_mask = tiny_batch(family, pad_side="left")
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4}
+    with torch.no_grad():
+        cached = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        uncached = model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **settings)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, greedy_reference(model, input_ids, attention_mask, steps=4))
+
+
+@with_methods
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_left_padded_generate_matches_greedy_reference(method, family, saved):
+    check_left_padded_generate(saved.models[saved.key(method, family, "CAUSAL_LM")], family)
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_stock_prompt_tuning_left_padded_generate(family):
+    """The generation patch covers stock prompt tuning too (the format ``export_prompt_tuning`` writes)."""
+    from peft import PromptTuningConfig
+
+    model = make_peft(family, "CAUSAL_LM", PromptTuningConfig, num_virtual_tokens=N)
+    perturb(model)
+    check_left_padded_generate(model.eval(), family)
 
 
 def forward_inputs(family: str, task: str) -> dict[str, torch.Tensor]:

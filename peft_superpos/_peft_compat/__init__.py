@@ -51,7 +51,7 @@ from peft.config import PromptLearningConfig  # noqa: E402
 from peft.tuners.tuners_utils import BasePromptEncoder  # noqa: E402
 from peft.utils import PeftType  # noqa: E402
 
-from . import input_embeds, loading, registration, routing  # noqa: E402
+from . import generation, input_embeds, loading, registration, routing  # noqa: E402
 from .registration import is_ours, register_prompt_method  # noqa: E402
 
 __all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "register_prompt_method"]
@@ -59,6 +59,10 @@ __all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "
 # the stock forwards, adjusting input embeddings (DePT); token classification also widens its labels
 _FORWARDS = dict(input_embeds.ADJUSTED_FORWARDS)
 _FORWARDS[PeftModelForTokenClassification] = routing.widen_token_labels(_FORWARDS[PeftModelForTokenClassification])
+# causal-LM generation: DePT's input embeddings; with transformers >= 5.24 also the cache under the name peft reads
+_CAUSAL_PREPARE_INPUTS = input_embeds.causal_prepare_inputs
+if generation.NEEDED:
+    _CAUSAL_PREPARE_INPUTS = generation.with_cache_named_for_peft(_CAUSAL_PREPARE_INPUTS)
 
 # (class, attribute, replacement): every attribute of peft this package replaces, installed once at import.
 PATCHES = (
@@ -71,7 +75,7 @@ PATCHES = (
     (PeftModel, "disable_adapter", routing.disable_adapter),
     *((cls, "forward", forward) for cls, forward in _FORWARDS.items()),
     (PeftModelForCausalLM, "generate", input_embeds.causal_generate),
-    (PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs),
+    (PeftModelForCausalLM, "prepare_inputs_for_generation", _CAUSAL_PREPARE_INPUTS),
 )
 
 
