@@ -4,8 +4,9 @@ architecture and task type (``tiny_models.FAMILY_TASKS``); a newly registered me
 
 Covered: forward and backward (every trainable tensor gets a gradient, frozen buffers none), padding and
 ``inputs_embeds``, generation with left and right padding, ``disable_adapter``, gradient checkpointing, fp16 and
-bf16 base models, two adapters of one method on one model, save and reload in a fresh process (bit-exact),
-resuming training (bit-exact next step), and the export to stock prompt tuning where the method allows it.
+bf16 base models, two adapters of one method on one model, peft's own save tests in both formats (safetensors and
+the pickle ``adapter_model.bin``), save and reload in a fresh process (bit-exact), resuming training (bit-exact
+next step), and the export to stock prompt tuning where the method allows it.
 Each method's own formula lives in its own test file.
 """
 
@@ -15,6 +16,7 @@ import copy
 import functools
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -488,6 +490,90 @@ def test_two_adapters_on_one_model(method, family, task, saved):
 
 
 # -- save, reload in a fresh process, resume, export -----------------------------------------------------------
+# peft's own save tests (test_save_pretrained[_pickle], test_save_pretrained_selected_adapters[_pickle] of its
+# PeftCommonTester), for every method and family, in both formats
+with_serializations = pytest.mark.parametrize("safe_serialization", [True, False], ids=["safetensors", "pickle"])
+
+
+def named_base(family: str, task: str, folder: Path):
+    """The tiny base model with a name, as a loaded one has (peft writes it into the model card): its config saved
+    in ``folder`` (a local folder, so that peft does not look the name up on the Hub)."""
+    base = make_tiny(family, task)
+    base.config.save_pretrained(folder)
+    base.config._name_or_path = base.name_or_path = str(folder)
+    return base
+
+
+def save_as_peft_does(model, folder: Path, safe_serialization: bool, **kwargs) -> None:
+    """``save_pretrained`` in the chosen format; the pickle format warns that safetensors is the safe default."""
+    if safe_serialization:
+        model.save_pretrained(folder, **kwargs)
+        return
+    with pytest.warns(UserWarning, match="adapter_model.bin, a pickle.*safetensors .*is the safe format"):
+        model.save_pretrained(folder, safe_serialization=False, **kwargs)
+
+
+def assert_saved_as_peft_does(folder: Path, model, safe_serialization: bool, card: bool = True) -> None:
+    """The files peft's tests expect: the weights in the chosen format (and no other), the adapter config with the
+    base model's name, a model card (``card``: in the top folder) that names peft and the base model; no
+    base-model files."""
+    import yaml
+
+    weights, other = (ADAPTER_FILE, "adapter_model.bin")[:: 1 if safe_serialization else -1]
+    names = {path.name for path in folder.iterdir()}
+    assert {weights, "adapter_config.json"} <= names and other not in names
+    assert not names & {"model.safetensors", "config.json"}
+    name = model.get_base_model().config._name_or_path
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == name
+    if card:
+        text = (folder / "README.md").read_text()
+        metadata = yaml.safe_load(re.search(r"---\n(.*?)\n---", text, re.DOTALL).group(1))
+        assert metadata["library_name"] == "peft" and metadata["base_model"] == name
+
+
+def assert_same_state(model, loaded) -> None:
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(actual[key], tensor), key
+
+
+@with_serializations
+@with_methods
+@with_main_cases
+def test_save_pretrained_as_peft_tests_it(method, family, task, safe_serialization, tmp_path):
+    model = build(method, family, task, base=named_base(family, task, tmp_path / "base"))
+    save_as_peft_does(model, tmp_path / "adapter", safe_serialization)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = PeftModel.from_pretrained(named_base(family, task, tmp_path / "base"), tmp_path / "adapter")
+    assert not [w for w in caught if "Found missing adapter keys" in str(w.message)]
+    assert_same_state(model, loaded)
+    assert_saved_as_peft_does(tmp_path / "adapter", model, safe_serialization)
+
+
+@with_serializations
+@with_methods
+@with_main_cases
+def test_save_pretrained_selected_adapters_as_peft_tests_it(method, family, task, safe_serialization, tmp_path):
+    config_cls, kwargs = method
+    base_folder = tmp_path / "base"
+    model = build(method, family, task, base=named_base(family, task, base_folder))
+    model.add_adapter("new_adapter", config_cls(task_type=task, **kwargs))
+    perturb(model, seed=9, adapter_name="new_adapter")
+    save_as_peft_does(model, tmp_path / "both", safe_serialization)
+    loaded = PeftModel.from_pretrained(named_base(family, task, base_folder), tmp_path / "both")
+    loaded.load_adapter(tmp_path / "both" / "new_adapter", "new_adapter")
+    assert_same_state(model, loaded)
+    assert_saved_as_peft_does(tmp_path / "both", model, safe_serialization)
+    assert_saved_as_peft_does(tmp_path / "both" / "new_adapter", model, safe_serialization, card=False)
+
+    model.save_pretrained(tmp_path / "selected", selected_adapters=["default"])
+    loaded = PeftModel.from_pretrained(named_base(family, task, base_folder), tmp_path / "selected")
+    assert set(loaded.peft_config) == {"default"}
+    assert not (tmp_path / "selected" / "new_adapter").exists()
+
+
 @with_methods
 @with_all_cases
 def test_save_and_reload_in_fresh_process(method, family, task, saved):

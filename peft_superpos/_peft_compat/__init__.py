@@ -18,14 +18,18 @@ attribute of peft that this package replaces:
 - ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
   training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
   ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
-  ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file) and refuses
-  ``safe_serialization=False`` (our adapters are safetensors only).
+  ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file), as safetensors
+  or, with ``safe_serialization=False`` as in peft, as ``adapter_model.bin`` with a warning.
 - ``input_embeds``: an encoder may adjust the embeddings of the input tokens before the prompt goes in front
   (``adjust_input_embeds``, used by DePT). Encoders without that method are unaffected.
+- ``generation`` (transformers >= 5.24 only): causal-LM generation hands peft the KV cache under the name it
+  reads (``past_key_values``; transformers now calls it ``cache``), so that the prompt goes in once; for our
+  methods and stock prompt tuning.
 
 Saving and loading the tensors need no patch: they go through the ``BasePromptEncoder`` hooks that peft
 provides. Every patch checks the adapter's type first and leaves every other PEFT method untouched (except
-that a damaged adapter folder of any method gets a clear error instead of a traceback).
+that a damaged adapter folder of any method gets a clear error instead of a traceback, and that ``disable_adapter``
+and ``generation`` also fix stock prompt tuning).
 """
 
 from __future__ import annotations
