@@ -496,8 +496,10 @@ def test_push_to_hub_uploads_an_adapter_that_loads_bit_exact(tmp_path, monkeypat
         shutil.copytree(working_dir, hub_folder, dirs_exist_ok=True)
 
     card = types.SimpleNamespace(save=lambda path: Path(path).write_text("model card"))
-    api = types.SimpleNamespace(create_repo=lambda repo_id, **_: types.SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(hub, "hf_api", lambda: api)
+    create_repo = lambda repo_id, **_: types.SimpleNamespace(repo_id=repo_id)  # noqa: E731
+    # transformers 5.10 and later create the repo through hub.hf_api(), 5.8 and earlier through hub.create_repo
+    monkeypatch.setattr(hub, "hf_api", lambda: types.SimpleNamespace(create_repo=create_repo), raising=False)
+    monkeypatch.setattr(hub, "create_repo", create_repo, raising=False)
     monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: card)
     monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
 

@@ -31,6 +31,7 @@ from tiny_models import (
     GENERATIVE_TASKS,
     HIDDEN,
     NUM_VIRTUAL_TOKENS,
+    POSITIONS_COUNT_LEFT_PADDING,
     FreshReload,
     default_task,
     fresh_reload,
@@ -297,7 +298,11 @@ def test_generate(method, family, task, saved):
             # the unpadded row (the same in both batches) does not depend on its neighbour
             first_alone = generate(model, input_ids[:1], attention_mask[:1]) if first_alone is None else first_alone
             assert torch.equal(out[:1], first_alone)
-        # left padding, the right side for decoder-only generation: padding changes nothing
+        # left padding, the right side for decoder-only generation: padding changes nothing, except where the
+        # positions count the pads (peft drops position_ids for prompt methods; README, "Task types"): those are
+        # checked against a greedy reference with the same positions (test_left_padded_generate_...)
+        if family in POSITIONS_COUNT_LEFT_PADDING:
+            return
         input_ids, attention_mask = tiny_batch(family, pad_side="left")
         keep = attention_mask[1].bool()
         alone = generate(model, input_ids[1:, keep], attention_mask[1:, keep])

@@ -42,6 +42,9 @@ PAD, BOS, EOS = 0, 1, 2
 SPECIAL_IDS = {PAD, BOS, EOS}
 
 CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "opt", "bloom")
+# absolute position embeddings numbered 0, 1, ... whatever the mask: with peft's prompt methods (which drop
+# position_ids) left padding shifts the positions of the real tokens
+POSITIONS_COUNT_LEFT_PADDING = ("gpt2",)
 SEQ2SEQ_FAMILIES = ("t5", "bart")
 ENCODER_FAMILIES = ("bert", "roberta")
 ALL_FAMILIES = CAUSAL_FAMILIES + SEQ2SEQ_FAMILIES + ENCODER_FAMILIES
