@@ -34,16 +34,10 @@ and ``generation`` also fix stock prompt tuning).
 
 from __future__ import annotations
 
-import peft
-from packaging.version import Version
+from . import versions
 
-SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))  # [min, max)
-_PEFT_VERSION = Version(peft.__version__).release
-if not (SUPPORTED_PEFT[0].release <= _PEFT_VERSION < SUPPORTED_PEFT[1].release):
-    raise ImportError(
-        f"peft_superpos supports peft>={SUPPORTED_PEFT[0]},<{SUPPORTED_PEFT[1]} but peft {peft.__version__} is "
-        f'installed: run `pip install "peft>={SUPPORTED_PEFT[0]},<{SUPPORTED_PEFT[1]}"`.'
-    )
+versions.require_supported_peft()
+versions.warn_if_untested()
 
 from peft import (  # noqa: E402  (after the version check)
     PeftModel,
