@@ -23,6 +23,7 @@ from transformers import GenerationConfig
 from peft_superpos import DePTConfig, ResidualPromptConfig, SuperPosPromptConfig, WeightInit, export_prompt_tuning
 
 ADAPTER_FILE = "adapter_model.safetensors"
+PICKLE_FILE = "adapter_model.bin"
 CONFIG_FILE = "adapter_config.json"
 SMALL = {
     "superpos": (SuperPosPromptConfig, {"num_virtual_tokens": 4, "m": 16}),
@@ -370,17 +371,68 @@ def test_missing_weights_file(saved, is_trainable):
         make_method("superpos", "llama", "CAUSAL_LM").load_adapter(saved, adapter_name="other")
 
 
-def test_pickle_serialization_is_refused(tmp_path):
-    model = make_method("residual", "llama", "CAUSAL_LM")
-    with pytest.raises(ValueError, match="safe_serialization=False.*safetensors"):
-        model.save_pretrained(tmp_path / "pickle", safe_serialization=False)
-    assert not (tmp_path / "pickle").exists()
+def save_pickled(model, folder: Path) -> None:
+    with pytest.warns(UserWarning, match=f"{PICKLE_FILE}, a pickle"):
+        model.save_pretrained(folder, safe_serialization=False)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_pickle_save_loads_bit_exact_and_replaces_the_other_format(method, tmp_path):
+    """``safe_serialization=False`` writes peft's ``adapter_model.bin``; a save in one format removes the other
+    format's file, so the loader (which prefers safetensors) never reads an older save."""
+    model = make_method(method, "llama", "CAUSAL_LM")
+    model.save_pretrained(tmp_path / "adapter")
+    perturb(model.prompt_encoder["default"], seed=8)
+    save_pickled(model, tmp_path / "adapter")
+    assert sorted(folder_bytes(tmp_path / "adapter")) == sorted([CONFIG_FILE, PICKLE_FILE, "README.md"])
+    loaded = PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM"), tmp_path / "adapter")
+    assert torch.equal(logits_of(loaded, "CAUSAL_LM", "llama"), logits_of(model, "CAUSAL_LM", "llama"))
+    perturb(model.prompt_encoder["default"], seed=9)
+    model.save_pretrained(tmp_path / "adapter")
+    assert sorted(folder_bytes(tmp_path / "adapter")) == sorted([ADAPTER_FILE, CONFIG_FILE, "README.md"])
+    loaded = PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM"), tmp_path / "adapter")
+    assert torch.equal(logits_of(loaded, "CAUSAL_LM", "llama"), logits_of(model, "CAUSAL_LM", "llama"))
+
+
+def test_truncated_pickle_file_is_named(tmp_path):
+    save_pickled(make_method("superpos", "llama", "CAUSAL_LM"), tmp_path / "pickled")
+    data = (tmp_path / "pickled" / PICKLE_FILE).read_bytes()
+    (tmp_path / "pickled" / PICKLE_FILE).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=rf"{PICKLE_FILE}.*truncated or corrupt"):
+        PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM"), tmp_path / "pickled")
+
+
+class _RunsCodeWhenUnpickled:
+    """What a malicious pickle holds: unpickling it would create ``path``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_pickle_file_is_loaded_weights_only(tmp_path):
+    """peft reads ``adapter_model.bin`` with ``torch.load(weights_only=True)``: a file holding anything but tensors
+    is refused with a clear error, and nothing in it runs."""
+    model = make_method("superpos", "llama", "CAUSAL_LM")
+    save_pickled(model, tmp_path / "pickled")
+    tensors = torch.load(tmp_path / "pickled" / PICKLE_FILE, weights_only=True)
+    tensors["payload"] = _RunsCodeWhenUnpickled(tmp_path / "ran")
+    torch.save(tensors, tmp_path / "pickled" / PICKLE_FILE)
+    with pytest.raises(ValueError, match=rf"{PICKLE_FILE} .*holds objects other than tensors"):
+        PeftModel.from_pretrained(make_tiny("llama", "CAUSAL_LM"), tmp_path / "pickled")
+    assert not (tmp_path / "ran").exists()
+
+
+@pytest.mark.filterwarnings(f"ignore:.*{PICKLE_FILE}, a pickle:UserWarning")
+@pytest.mark.parametrize("safe_serialization", [True, False], ids=["safetensors", "pickle"])
 @pytest.mark.parametrize("adapter_name", ["default", "named"])
-def test_save_interrupted_midway_leaves_the_saved_adapter_intact(tmp_path, monkeypatch, adapter_name):
+def test_save_interrupted_midway_leaves_the_saved_adapter_intact(
+    tmp_path, monkeypatch, adapter_name, safe_serialization
+):
     """A save that dies while writing the weights (disk full, kill) must not destroy the adapter saved there
-    before: peft writes in place; ours stage the files and rename them in."""
+    before, in either format: peft writes in place; ours stage the files and rename them in."""
     import peft.peft_model
 
     base = make_tiny("llama", "CAUSAL_LM")
@@ -390,13 +442,16 @@ def test_save_interrupted_midway_leaves_the_saved_adapter_intact(tmp_path, monke
     before = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
     perturb(model.prompt_encoder[adapter_name], seed=8)
 
-    def die_halfway(tensors, filename, metadata=None):
+    def die_halfway(tensors, filename, *args, **kwargs):
         Path(filename).write_bytes(b"\0" * 100)
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(peft.peft_model, "safe_save_file", die_halfway)
+    if safe_serialization:
+        monkeypatch.setattr(peft.peft_model, "safe_save_file", die_halfway)
+    else:
+        monkeypatch.setattr(peft.peft_model.torch, "save", die_halfway)
     with pytest.raises(OSError, match="No space left"):
-        model.save_pretrained(tmp_path / "adapter")
+        model.save_pretrained(tmp_path / "adapter", safe_serialization=safe_serialization)
     after = {p.relative_to(tmp_path): p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
     assert after == before  # untouched, and no staging folder left behind
     monkeypatch.undo()
@@ -441,8 +496,10 @@ def test_push_to_hub_uploads_an_adapter_that_loads_bit_exact(tmp_path, monkeypat
         shutil.copytree(working_dir, hub_folder, dirs_exist_ok=True)
 
     card = types.SimpleNamespace(save=lambda path: Path(path).write_text("model card"))
-    api = types.SimpleNamespace(create_repo=lambda repo_id, **_: types.SimpleNamespace(repo_id=repo_id))
-    monkeypatch.setattr(hub, "hf_api", lambda: api)
+    create_repo = lambda repo_id, **_: types.SimpleNamespace(repo_id=repo_id)  # noqa: E731
+    # transformers 5.10 and later create the repo through hub.hf_api(), 5.8 and earlier through hub.create_repo
+    monkeypatch.setattr(hub, "hf_api", lambda: types.SimpleNamespace(create_repo=create_repo), raising=False)
+    monkeypatch.setattr(hub, "create_repo", create_repo, raising=False)
     monkeypatch.setattr(hub, "create_and_tag_model_card", lambda *args, **kwargs: card)
     monkeypatch.setattr(hub.PushToHubMixin, "_upload_modified_files", upload)
 
@@ -461,6 +518,22 @@ def test_every_patch_of_peft_is_listed_and_installed():
     assert len({(cls, attribute) for cls, attribute, _ in _peft_compat.PATCHES}) == len(_peft_compat.PATCHES)
     for cls, attribute, replacement in _peft_compat.PATCHES:
         assert cls.__dict__[attribute] is replacement, (cls.__name__, attribute)
+
+
+def test_generation_patch_is_installed_exactly_where_transformers_renamed_the_cache():
+    """transformers 5.24 renamed the generation cache (``past_key_values`` -> ``cache``); the patch that hands it to
+    peft under the old name is in ``PATCHES`` from that version on, and only there."""
+    import transformers
+    from packaging.version import Version
+    from peft import PeftModelForCausalLM
+
+    from peft_superpos._peft_compat import PATCHES, input_embeds
+
+    prepare_inputs = {(cls, name): patch for cls, name, patch in PATCHES}[
+        (PeftModelForCausalLM, "prepare_inputs_for_generation")
+    ]
+    renamed = Version(transformers.__version__).release >= (5, 24)
+    assert (prepare_inputs is not input_embeds.causal_prepare_inputs) == renamed
 
 
 def test_disable_adapter_on_encoder_only_models_for_stock_prompt_tuning_too():

@@ -160,6 +160,22 @@ def test_causal_generate_updates_only_the_original_input():
     assert torch.equal(outputs[True], sequence)
 
 
+def test_causal_generate_refuses_to_update_generated_tokens(monkeypatch):
+    """Without ``_peft_compat.generation``'s patch, peft 0.21 on transformers >= 5.24 misses the KV cache and
+    injects the prompt again at every step, embedding only the new token: the update would land on it."""
+    from peft import PeftModelForCausalLM
+
+    from peft_superpos._peft_compat import generation, input_embeds
+
+    if not generation.NEEDED:
+        pytest.skip("this transformers names the generation cache as peft 0.21 expects")
+    monkeypatch.setattr(PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs)
+    model, _ = make_dept("llama", "CAUSAL_LM")
+    input_ids, mask = tiny_batch("llama", length=5)
+    with torch.no_grad(), pytest.raises(RuntimeError, match="embedded 1 of the 5 input ids"):
+        model.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=2, min_new_tokens=2)
+
+
 def test_causal_generate_left_padded_positions_follow_the_mask():
     model, encoder = make_dept("llama", "CAUSAL_LM")
     input_ids, mask = tiny_batch("llama", length=6, pad_side="left")

@@ -27,6 +27,7 @@ CONFIG_DROPOUTS = {
     "qwen2": {"attention_dropout"},
     "mistral": {"attention_dropout"},
     "opt": {"dropout", "attention_dropout"},
+    "bloom": {"hidden_dropout", "attention_dropout"},
     "t5": {"dropout_rate"},
     "bart": {"dropout", "attention_dropout", "activation_dropout"},
     "bert": {"hidden_dropout_prob", "attention_probs_dropout_prob"},

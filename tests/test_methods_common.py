@@ -4,8 +4,9 @@ architecture and task type (``tiny_models.FAMILY_TASKS``); a newly registered me
 
 Covered: forward and backward (every trainable tensor gets a gradient, frozen buffers none), padding and
 ``inputs_embeds``, generation with left and right padding, ``disable_adapter``, gradient checkpointing, fp16 and
-bf16 base models, two adapters of one method on one model, save and reload in a fresh process (bit-exact),
-resuming training (bit-exact next step), and the export to stock prompt tuning where the method allows it.
+bf16 base models, two adapters of one method on one model, peft's own save tests in both formats (safetensors and
+the pickle ``adapter_model.bin``), save and reload in a fresh process (bit-exact), resuming training (bit-exact
+next step), and the export to stock prompt tuning where the method allows it.
 Each method's own formula lives in its own test file.
 """
 
@@ -15,6 +16,7 @@ import copy
 import functools
 import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,10 +25,13 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from tiny_models import (
     ALL_FAMILIES,
+    CAUSAL_FAMILIES,
+    EOS,
     FAMILY_TASKS,
     GENERATIVE_TASKS,
     HIDDEN,
     NUM_VIRTUAL_TOKENS,
+    POSITIONS_COUNT_LEFT_PADDING,
     FreshReload,
     default_task,
     fresh_reload,
@@ -44,6 +49,7 @@ from tiny_models import (
 )
 
 from peft_superpos import export_prompt_tuning
+from peft_superpos._peft_compat import generation
 
 N = NUM_VIRTUAL_TOKENS
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -151,12 +157,17 @@ class SavedAdapters:
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """The saved adapters; one fresh process reloads every adapter, another every export (without
-    peft_superpos), both started at once and awaited by the first test that needs their results."""
+    peft_superpos), both started at once and awaited by the first test that needs their results. Where stock peft
+    needs our generation patch (transformers >= 5.24, see ``_peft_compat.generation``), the process without
+    peft_superpos generates without a KV cache, as the README tells users of exported adapters to."""
     root = tmp_path_factory.mktemp("saved_adapters")
     adapters = SavedAdapters(root)
+    stock_use_cache = not generation.NEEDED
     with (
         fresh_reload(adapters.reload_cases, root, "reload_adapters") as reloaded,
-        fresh_reload(adapters.export_cases, root, "reload_exports", with_package=False) as exported,
+        fresh_reload(
+            adapters.export_cases, root, "reload_exports", with_package=False, use_cache=stock_use_cache
+        ) as exported,
     ):
         adapters.reloaded, adapters.exported = reloaded, exported
         yield adapters
@@ -287,7 +298,11 @@ def test_generate(method, family, task, saved):
             # the unpadded row (the same in both batches) does not depend on its neighbour
             first_alone = generate(model, input_ids[:1], attention_mask[:1]) if first_alone is None else first_alone
             assert torch.equal(out[:1], first_alone)
-        # left padding, the right side for decoder-only generation: padding changes nothing
+        # left padding, the right side for decoder-only generation: padding changes nothing, except where the
+        # positions count the pads (peft drops position_ids for prompt methods; README, "Task types"): those are
+        # checked against a greedy reference with the same positions (test_left_padded_generate_...)
+        if family in POSITIONS_COUNT_LEFT_PADDING:
+            return
         input_ids, attention_mask = tiny_batch(family, pad_side="left")
         keep = attention_mask[1].bool()
         alone = generate(model, input_ids[1:, keep], attention_mask[1:, keep])
@@ -305,6 +320,58 @@ def test_generate(method, family, task, saved):
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=out[:, :-1]).logits
     assert torch.equal(logits.argmax(-1)[0], out[0, 1:])
+
+
+def greedy_reference(model, input_ids, attention_mask, steps: int) -> torch.Tensor:
+    """Greedy decoding by hand on the base model, without a cache and never choosing EOS (as ``min_new_tokens``):
+    the prompt table, then the input embeddings (adjusted where the method does, e.g. DePT), then the plain
+    embeddings of the generated tokens."""
+    base, batch_size = model.get_base_model(), input_ids.shape[0]
+    adjust = getattr(encoder_of(model), "adjust_input_embeds", None)
+    sequence = input_ids
+    with torch.no_grad():
+        inputs = model.word_embeddings(input_ids)
+        inputs = inputs if adjust is None else adjust(inputs, attention_mask)
+        inputs = torch.cat((model.get_prompt(batch_size=batch_size).to(inputs.dtype), inputs), dim=1)
+        for _ in range(steps):
+            embeds = torch.cat((inputs, model.word_embeddings(sequence[:, input_ids.shape[1] :])), dim=1)
+            generated = sequence.shape[1] - input_ids.shape[1]
+            mask = torch.cat((attention_mask.new_ones(batch_size, N), attention_mask), dim=1)
+            mask = torch.cat((mask, attention_mask.new_ones(batch_size, generated)), dim=1)
+            logits = base(inputs_embeds=embeds, attention_mask=mask).logits
+            logits[:, -1, EOS] = -float("inf")  # as min_new_tokens does
+            sequence = torch.cat((sequence, logits[:, -1].argmax(-1, keepdim=True)), dim=1)
+    return sequence
+
+
+def check_left_padded_generate(model, family: str) -> None:
+    """Left-padded greedy generation gives the same tokens with and without the KV cache, and the tokens of
+    ``greedy_reference``: the prompt goes in once, in front of the input, and the cache stays aligned with the
+    attention mask (transformers 5.24 renamed the cache that peft 0.21 looks for, see
+    ``_peft_compat.generation``; OPT and BLOOM derive positions and ALiBi from the mask)."""
+    input_ids, attention_mask = tiny_batch(family, pad_side="left")
+    settings = {"max_new_tokens": 4, "min_new_tokens": 4}
+    with torch.no_grad():
+        cached = model.generate(input_ids=input_ids, attention_mask=attention_mask, **settings)
+        uncached = model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **settings)
+    assert torch.equal(cached, uncached)
+    assert torch.equal(cached, greedy_reference(model, input_ids, attention_mask, steps=4))
+
+
+@with_methods
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_left_padded_generate_matches_greedy_reference(method, family, saved):
+    check_left_padded_generate(saved.models[saved.key(method, family, "CAUSAL_LM")], family)
+
+
+@pytest.mark.parametrize("family", CAUSAL_FAMILIES)
+def test_stock_prompt_tuning_left_padded_generate(family):
+    """The generation patch covers stock prompt tuning too (the format ``export_prompt_tuning`` writes)."""
+    from peft import PromptTuningConfig
+
+    model = make_peft(family, "CAUSAL_LM", PromptTuningConfig, num_virtual_tokens=N)
+    perturb(model)
+    check_left_padded_generate(model.eval(), family)
 
 
 def forward_inputs(family: str, task: str) -> dict[str, torch.Tensor]:
@@ -428,6 +495,90 @@ def test_two_adapters_on_one_model(method, family, task, saved):
 
 
 # -- save, reload in a fresh process, resume, export -----------------------------------------------------------
+# peft's own save tests (test_save_pretrained[_pickle], test_save_pretrained_selected_adapters[_pickle] of its
+# PeftCommonTester), for every method and family, in both formats
+with_serializations = pytest.mark.parametrize("safe_serialization", [True, False], ids=["safetensors", "pickle"])
+
+
+def named_base(family: str, task: str, folder: Path):
+    """The tiny base model with a name, as a loaded one has (peft writes it into the model card): its config saved
+    in ``folder`` (a local folder, so that peft does not look the name up on the Hub)."""
+    base = make_tiny(family, task)
+    base.config.save_pretrained(folder)
+    base.config._name_or_path = base.name_or_path = str(folder)
+    return base
+
+
+def save_as_peft_does(model, folder: Path, safe_serialization: bool, **kwargs) -> None:
+    """``save_pretrained`` in the chosen format; the pickle format warns that safetensors is the safe default."""
+    if safe_serialization:
+        model.save_pretrained(folder, **kwargs)
+        return
+    with pytest.warns(UserWarning, match="adapter_model.bin, a pickle.*safetensors .*is the safe format"):
+        model.save_pretrained(folder, safe_serialization=False, **kwargs)
+
+
+def assert_saved_as_peft_does(folder: Path, model, safe_serialization: bool, card: bool = True) -> None:
+    """The files peft's tests expect: the weights in the chosen format (and no other), the adapter config with the
+    base model's name, a model card (``card``: in the top folder) that names peft and the base model; no
+    base-model files."""
+    import yaml
+
+    weights, other = (ADAPTER_FILE, "adapter_model.bin")[:: 1 if safe_serialization else -1]
+    names = {path.name for path in folder.iterdir()}
+    assert {weights, "adapter_config.json"} <= names and other not in names
+    assert not names & {"model.safetensors", "config.json"}
+    name = model.get_base_model().config._name_or_path
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == name
+    if card:
+        text = (folder / "README.md").read_text()
+        metadata = yaml.safe_load(re.search(r"---\n(.*?)\n---", text, re.DOTALL).group(1))
+        assert metadata["library_name"] == "peft" and metadata["base_model"] == name
+
+
+def assert_same_state(model, loaded) -> None:
+    expected, actual = model.state_dict(), loaded.state_dict()
+    assert actual.keys() == expected.keys()
+    for key, tensor in expected.items():
+        assert torch.equal(actual[key], tensor), key
+
+
+@with_serializations
+@with_methods
+@with_main_cases
+def test_save_pretrained_as_peft_tests_it(method, family, task, safe_serialization, tmp_path):
+    model = build(method, family, task, base=named_base(family, task, tmp_path / "base"))
+    save_as_peft_does(model, tmp_path / "adapter", safe_serialization)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded = PeftModel.from_pretrained(named_base(family, task, tmp_path / "base"), tmp_path / "adapter")
+    assert not [w for w in caught if "Found missing adapter keys" in str(w.message)]
+    assert_same_state(model, loaded)
+    assert_saved_as_peft_does(tmp_path / "adapter", model, safe_serialization)
+
+
+@with_serializations
+@with_methods
+@with_main_cases
+def test_save_pretrained_selected_adapters_as_peft_tests_it(method, family, task, safe_serialization, tmp_path):
+    config_cls, kwargs = method
+    base_folder = tmp_path / "base"
+    model = build(method, family, task, base=named_base(family, task, base_folder))
+    model.add_adapter("new_adapter", config_cls(task_type=task, **kwargs))
+    perturb(model, seed=9, adapter_name="new_adapter")
+    save_as_peft_does(model, tmp_path / "both", safe_serialization)
+    loaded = PeftModel.from_pretrained(named_base(family, task, base_folder), tmp_path / "both")
+    loaded.load_adapter(tmp_path / "both" / "new_adapter", "new_adapter")
+    assert_same_state(model, loaded)
+    assert_saved_as_peft_does(tmp_path / "both", model, safe_serialization)
+    assert_saved_as_peft_does(tmp_path / "both" / "new_adapter", model, safe_serialization, card=False)
+
+    model.save_pretrained(tmp_path / "selected", selected_adapters=["default"])
+    loaded = PeftModel.from_pretrained(named_base(family, task, base_folder), tmp_path / "selected")
+    assert set(loaded.peft_config) == {"default"}
+    assert not (tmp_path / "selected" / "new_adapter").exists()
+
+
 @with_methods
 @with_all_cases
 def test_save_and_reload_in_fresh_process(method, family, task, saved):

@@ -42,7 +42,10 @@ DROPOUT = 0.1
 PAD, BOS, EOS = 0, 1, 2
 SPECIAL_IDS = {PAD, BOS, EOS}
 
-CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "opt")
+CAUSAL_FAMILIES = ("gpt2", "llama", "qwen2", "mistral", "opt", "bloom")
+# absolute position embeddings numbered 0, 1, ... whatever the mask: with peft's prompt methods (which drop
+# position_ids) left padding shifts the positions of the real tokens
+POSITIONS_COUNT_LEFT_PADDING = ("gpt2",)
 SEQ2SEQ_FAMILIES = ("t5", "bart")
 ENCODER_FAMILIES = ("bert", "roberta")
 ALL_FAMILIES = CAUSAL_FAMILIES + SEQ2SEQ_FAMILIES + ENCODER_FAMILIES
@@ -66,6 +69,7 @@ _CONFIG_CLASSES = {
     "opt": "OPTConfig",
     "gemma": "GemmaConfig",
     "gemma3": "Gemma3TextConfig",
+    "bloom": "BloomConfig",
     "t5": "T5Config",
     "bart": "BartConfig",
     "mbart": "MBartConfig",
@@ -92,6 +96,8 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
             "attention_dropout": DROPOUT,
             **_SPECIAL,
         }
+    if family == "bloom":
+        return {"hidden_dropout": DROPOUT, "attention_dropout": DROPOUT, "tie_word_embeddings": False, **_SPECIAL}
     if family == "t5":
         return {
             "d_kv": hidden // heads,
@@ -320,11 +326,12 @@ def labels_for(task_type, input_ids: torch.Tensor, attention_mask: torch.Tensor 
 
 
 def reference_outputs(
-    model, family: str, task_type=None, max_new_tokens: int = 5, generate: bool = True
+    model, family: str, task_type=None, max_new_tokens: int = 5, generate: bool = True, use_cache: bool = True
 ) -> dict[str, torch.Tensor]:
     """What persistence tests compare across processes: the logits (last hidden states for
     FEATURE_EXTRACTION) on ``tiny_batch`` and, for generative tasks unless ``generate=False``, greedy generations
-    (causal LM: with left and with right padding). Works on any peft model; imports nothing from peft_superpos."""
+    (causal LM: with left and with right padding; ``use_cache`` goes to ``generate``). Works on any peft model;
+    imports nothing from peft_superpos."""
     task = task_name(family, task_type)
     model.eval()
     result = {}
@@ -341,7 +348,10 @@ def reference_outputs(
             result[f"logits_{side}"] = output.last_hidden_state if logits is None else logits
             if generate and task in GENERATIVE_TASKS:
                 result[f"generated_{side}"] = model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens
+                    input_ids=input_ids,
+                    attention_mask=attention_mask,
+                    max_new_tokens=max_new_tokens,
+                    use_cache=use_cache,
                 )
     return result
 
@@ -421,16 +431,16 @@ def finish_python(process: subprocess.Popen, timeout: float = 240) -> str:
     return stdout
 
 
-def reload_outputs(folder: str | os.PathLike, family: str, task_type) -> dict:
+def reload_outputs(folder: str | os.PathLike, family: str, task_type, use_cache: bool = True) -> dict:
     """What a fresh process reports about the adapter saved in ``folder``: ``reference_outputs`` of
-    ``PeftModel.from_pretrained`` on the tiny base, the prompt encoder's type and state, and its config's
-    ``peft_type`` and ``inference_mode``."""
+    ``PeftModel.from_pretrained`` on the tiny base (generating with ``use_cache``), the prompt encoder's type and
+    state, and its config's ``peft_type`` and ``inference_mode``."""
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(make_tiny(family, task_type), str(folder))
     encoder = model.prompt_encoder["default"]
     config = model.peft_config["default"]
-    outputs = reference_outputs(model, family, task_type)
+    outputs = reference_outputs(model, family, task_type, use_cache=use_cache)
     outputs["state"] = {name: tensor.detach().clone() for name, tensor in encoder.state_dict().items()}
     outputs["encoder"] = type(encoder).__name__
     outputs["peft_type"], outputs["inference_mode"] = str(config.peft_type.value), config.inference_mode
@@ -442,18 +452,18 @@ import sys
 from tiny_models import run_reloads
 if {with_package!r}:
     import peft_superpos
-run_reloads({cases!r})
+run_reloads({cases!r}, use_cache={use_cache!r})
 assert {with_package!r} or "peft_superpos" not in sys.modules, "the adapters must load without peft_superpos"
 """
 RELOADED_FILE, RELOAD_ERROR_FILE = "reloaded.pt", "reload_error.txt"
 
 
-def run_reloads(cases: Iterable[tuple[str, str, str]]) -> None:
+def run_reloads(cases: Iterable[tuple[str, str, str]], use_cache: bool = True) -> None:
     """In the child: ``reload_outputs`` of every ``(family, task, folder)`` saved into ``folder``; a case that
     fails writes its traceback there instead, so that one broken case does not hide the others."""
     for family, task, folder in cases:
         try:
-            torch.save(reload_outputs(folder, family, task), Path(folder) / RELOADED_FILE)
+            torch.save(reload_outputs(folder, family, task, use_cache), Path(folder) / RELOADED_FILE)
         except Exception:
             (Path(folder) / RELOAD_ERROR_FILE).write_text(traceback.format_exc())
 
@@ -479,13 +489,19 @@ class FreshReload:
 
 @contextlib.contextmanager
 def fresh_reload(
-    cases: Sequence[tuple[str, str, str]], tmp_path: Path, name: str, with_package: bool = True
+    cases: Sequence[tuple[str, str, str]],
+    tmp_path: Path,
+    name: str,
+    with_package: bool = True,
+    use_cache: bool = True,
 ) -> Iterator[FreshReload]:
     """Start one fresh process that reloads every saved adapter ``(family, task, folder)`` of ``cases`` with
     ``PeftModel.from_pretrained`` (script ``name`` in ``tmp_path``), so that its start-up overlaps other tests.
     ``with_package=False``: the child never imports peft_superpos (for exported, stock adapters) and checks
-    that nothing did. The child is killed on exit if still running."""
-    child = start_python(RELOAD_SCRIPT.format(cases=list(cases), with_package=with_package), tmp_path, name)
+    that nothing did. ``use_cache`` goes to the child's ``generate``. The child is killed on exit if still
+    running."""
+    script = RELOAD_SCRIPT.format(cases=list(cases), with_package=with_package, use_cache=use_cache)
+    child = start_python(script, tmp_path, name)
     try:
         yield FreshReload(child)
     finally:

@@ -23,31 +23,30 @@ attribute of peft that this package replaces:
 - ``loading``: ``from_pretrained(..., is_trainable=True)`` and ``load_adapter(..., is_trainable=True)`` resume
   training (peft refuses it for every prompt method because stock prompt tuning saves only the final table;
   ours save all the trainable state); damaged or incomplete adapter folders get clear errors;
-  ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file) and refuses
-  ``safe_serialization=False`` (our adapters are safetensors only), and a ``state_dict`` argument without the
+  ``save_pretrained`` writes our adapters atomically (staging folder, then one rename per file), as safetensors
+  or, with ``safe_serialization=False`` as in peft, as ``adapter_model.bin`` with a warning; it refuses a
+  ``state_dict`` argument without the
   whole tensors of a prompt that ZeRO-3 or FSDP splits (saving would otherwise gather on one rank and hang).
 - ``input_embeds``: an encoder may adjust the embeddings of the input tokens before the prompt goes in front
   (``adjust_input_embeds``, used by DePT). Encoders without that method are unaffected.
 - ``fsdp``: ``peft.utils.other.fsdp_auto_wrap_policy`` (which the Trainer and accelerate apply to PEFT models)
   also gives our encoders their own FSDP unit, as it does stock prompt tuning's.
+- ``generation`` (transformers >= 5.24 only): causal-LM generation hands peft the KV cache under the name it
+  reads (``past_key_values``; transformers now calls it ``cache``), so that the prompt goes in once; for our
+  methods and stock prompt tuning.
 
 Saving and loading the tensors need no patch: they go through the ``BasePromptEncoder`` hooks that peft
 provides. Every patch checks the adapter's type first and leaves every other PEFT method untouched (except
-that a damaged adapter folder of any method gets a clear error instead of a traceback).
+that a damaged adapter folder of any method gets a clear error instead of a traceback, and that ``disable_adapter``
+and ``generation`` also fix stock prompt tuning).
 """
 
 from __future__ import annotations
 
-import peft
-from packaging.version import Version
+from . import versions
 
-SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))  # [min, max)
-_PEFT_VERSION = Version(peft.__version__).release
-if not (SUPPORTED_PEFT[0].release <= _PEFT_VERSION < SUPPORTED_PEFT[1].release):
-    raise ImportError(
-        f"peft_superpos supports peft>={SUPPORTED_PEFT[0]},<{SUPPORTED_PEFT[1]} but peft {peft.__version__} is "
-        f'installed: run `pip install "peft>={SUPPORTED_PEFT[0]},<{SUPPORTED_PEFT[1]}"`.'
-    )
+versions.require_supported_peft()
+versions.warn_if_untested()
 
 from peft import (  # noqa: E402  (after the version check)
     PeftModel,
@@ -59,7 +58,7 @@ from peft.config import PromptLearningConfig  # noqa: E402
 from peft.tuners.tuners_utils import BasePromptEncoder  # noqa: E402
 from peft.utils import PeftType, other  # noqa: E402
 
-from . import fsdp, input_embeds, loading, registration, routing  # noqa: E402
+from . import fsdp, generation, input_embeds, loading, registration, routing  # noqa: E402
 from .registration import is_ours, register_prompt_method  # noqa: E402
 
 __all__ = ["BasePromptEncoder", "PeftType", "PromptLearningConfig", "is_ours", "register_prompt_method"]
@@ -70,6 +69,10 @@ _FORWARDS = dict(input_embeds.ADJUSTED_FORWARDS)
 _FORWARDS[PeftModelForTokenClassification] = routing.widen_token_labels(_FORWARDS[PeftModelForTokenClassification])
 _FORWARDS = {cls: routing.refuse_packed_batches(forward) for cls, forward in _FORWARDS.items()}
 _FORWARDS[PeftModelForSeq2SeqLM] = routing.refuse_packed_batches(routing.seq2seq_forward)
+# causal-LM generation: DePT's input embeddings; with transformers >= 5.24 also the cache under the name peft reads
+_CAUSAL_PREPARE_INPUTS = input_embeds.causal_prepare_inputs
+if generation.NEEDED:
+    _CAUSAL_PREPARE_INPUTS = generation.with_cache_named_for_peft(_CAUSAL_PREPARE_INPUTS)
 
 # (class, attribute, replacement): every attribute of peft this package replaces, installed once at import.
 PATCHES = (
@@ -82,7 +85,7 @@ PATCHES = (
     (PeftModel, "get_prompt", routing.get_prompt),
     *((cls, "forward", forward) for cls, forward in _FORWARDS.items()),
     (PeftModelForCausalLM, "generate", input_embeds.causal_generate),
-    (PeftModelForCausalLM, "prepare_inputs_for_generation", input_embeds.causal_prepare_inputs),
+    (PeftModelForCausalLM, "prepare_inputs_for_generation", _CAUSAL_PREPARE_INPUTS),
     (other, "fsdp_auto_wrap_policy", fsdp.fsdp_auto_wrap_policy),
 )
 

@@ -6,9 +6,11 @@ runs in a call of the encoder module, where DeepSpeed ZeRO-3 and FSDP gather its
 embeddings of the original input tokens only, before the prompt is prepended: in
 ``routing.prepend_prompt`` (seq2seq forward/generate), in the stock causal-LM / classification / feature
 extraction forwards (which then get ``inputs_embeds`` instead of ``input_ids``), and in causal-LM generation
-where peft embeds the input ids (its ``prepare_inputs_for_generation``, at the step that injects the prompt).
-Decoder tokens and generated tokens never get it, with or without a KV cache. Every patch here returns the stock
-call unchanged unless the active adapter's encoder defines the method and adapters are enabled.
+where peft embeds the input ids (its ``prepare_inputs_for_generation``, at the step that injects the prompt: the
+first step with a KV cache, every step without one). Decoder tokens and generated tokens never get it, with or
+without a KV cache; a step that embeds less than the whole input (peft misreading the cache, as with transformers
+>= 5.24 without ``generation``'s patch) is an error rather than an update on the wrong tokens. Every patch here
+returns the stock call unchanged unless the active adapter's encoder defines the method and adapters are enabled.
 """
 
 from __future__ import annotations
@@ -106,7 +108,13 @@ def causal_prepare_inputs(self: PeftModelForCausalLM, *args, **kwargs):
         attention_mask = None
 
     def adjust_original_input(module, inputs, output):  # peft embeds the ids of the whole sequence so far
-        length = output.shape[1] if input_length is None else min(input_length, output.shape[1])
+        if input_length is not None and output.shape[1] < input_length:
+            raise RuntimeError(
+                f"peft embedded {output.shape[1]} of the {input_length} input ids to inject the prompt during "
+                "generation, so the input-embedding update would land on generated tokens. This peft/transformers "
+                "pair is not supported by peft_superpos: install the versions setup.cfg states as tested."
+            )
+        length = output.shape[1] if input_length is None else input_length
         mask = None if attention_mask is None else attention_mask[:, :length]
         return torch.cat((adjust(output[:, :length], mask), output[:, length:]), dim=1)
 

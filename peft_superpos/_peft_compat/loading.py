@@ -1,6 +1,7 @@
 """Loading, resuming and saving: ``from_pretrained`` / ``load_adapter`` with ``is_trainable=True`` resume training
 an adapter of ours; a damaged or incomplete adapter folder gets an error that names the file and the fix;
-``save_pretrained`` writes our adapters as safetensors only, atomically."""
+``save_pretrained`` writes our adapters atomically, as safetensors or (``safe_serialization=False``, with a
+warning) as peft's pickle ``adapter_model.bin``, which peft loads with ``torch.load(weights_only=True)``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import glob
 import inspect
 import json
 import os
+import pickle
 import shutil
 import socket
 import tempfile
+import warnings
+import zipfile
 from pathlib import Path
 
 from peft import PeftModel
@@ -59,13 +63,36 @@ def saved_peft_type(model_id, kwargs: dict) -> str:
     return peft_type
 
 
-def _require_weights_file(model_id, kwargs: dict) -> None:
+_WEIGHTS_FILES = (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)  # the order in which peft looks for them
+
+
+def _unreadable_weights(where, detail) -> ValueError:
+    return ValueError(
+        f"Could not read the adapter weights saved in {str(where)!r} ({detail}). The file is truncated or corrupt: "
+        "save the adapter again (or download it again)."
+    )
+
+
+def _check_weights_file(model_id, kwargs: dict) -> None:
+    """A local adapter folder must hold a weights file, and a pickle one (read only where there is no safetensors
+    file) must be a complete ``torch.save`` archive (a zip file): torch's own error names no file."""
     folder = _local_folder(model_id, kwargs)
-    if folder is not None and not any((folder / name).is_file() for name in (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)):
+    if folder is None:
+        return
+    present = [name for name in _WEIGHTS_FILES if (folder / name).is_file()]
+    if not present:
         raise FileNotFoundError(
-            f"{folder} holds {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME}: the adapter folder is incomplete. "
-            "Copy the whole folder that save_pretrained wrote, or save the adapter again."
+            f"{folder} holds {CONFIG_NAME} but no {SAFETENSORS_WEIGHTS_NAME} (nor {WEIGHTS_NAME}): the adapter "
+            "folder is incomplete. Copy the whole folder that save_pretrained wrote, or save the adapter again."
         )
+    if present[0] == WEIGHTS_NAME:
+        try:
+            with zipfile.ZipFile(folder / WEIGHTS_NAME) as archive:
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, EOFError, OSError) as error:
+            raise _unreadable_weights(folder / WEIGHTS_NAME, error) from error
+        if damaged is not None:
+            raise _unreadable_weights(folder / WEIGHTS_NAME, f"bad checksum of {damaged}")
 
 
 def make_trainable(model: PeftModel, adapter_name: str) -> None:
@@ -87,13 +114,16 @@ def load_adapter(self: PeftModel, model_id, adapter_name, is_trainable: bool = F
     ours = is_ours(known) if known is not None else saved_peft_type(model_id, kwargs) in OUR_CONFIGS
     if not ours:
         return _original_load_adapter(self, model_id, adapter_name, is_trainable, *args, **kwargs)
-    _require_weights_file(model_id, kwargs)
+    _check_weights_file(model_id, kwargs)
     try:
         result = _original_load_adapter(self, model_id, adapter_name, False, *args, **kwargs)
     except SafetensorError as error:
+        raise _unreadable_weights(model_id, error) from error
+    except pickle.UnpicklingError as error:  # torch.load(weights_only=True) met something other than tensors
         raise ValueError(
-            f"Could not read the adapter weights saved in {str(model_id)!r} ({error}). The file is truncated or "
-            "corrupt: save the adapter again (or download it again)."
+            f"The {WEIGHTS_NAME} saved in {str(model_id)!r} holds objects other than tensors, which peft refuses to "
+            f"load (torch.load with weights_only=True; {str(error).splitlines()[0]}). peft_superpos adapters hold "
+            "tensors only: save the adapter again, or use a copy from a source you trust."
         ) from error
     if is_trainable:
         make_trainable(self, adapter_name)
@@ -120,17 +150,22 @@ _save_pretrained_signature = inspect.signature(_original_save_pretrained)
 
 @functools.wraps(_original_save_pretrained)
 def save_pretrained(self: PeftModel, *args, **kwargs):
-    """peft's ``save_pretrained``; for adapters of ours, safetensors only and atomic: the files are written into a
-    staging folder beside ``save_directory`` and then moved in one by one (weights first, ``adapter_config.json``
-    last), so an adapter saved earlier in the same folder is never left half-overwritten."""
+    """peft's ``save_pretrained``; for adapters of ours atomic: the files are written into a staging folder beside
+    ``save_directory`` and then moved in one by one (weights first, ``adapter_config.json`` last), so an adapter
+    saved earlier in the same folder is never left half-overwritten. ``safe_serialization=False`` writes peft's
+    pickle ``adapter_model.bin`` (with a warning); the weights file of the other format is removed as the new one
+    moves in, so the loader (which prefers safetensors) never picks an older save."""
     bound = _save_pretrained_signature.bind(self, *args, **kwargs)
     arguments = bound.arguments
     names = arguments.get("selected_adapters") or list(self.peft_config)
     ours = [name for name in names if is_ours(self.peft_config.get(name))]
     if ours and not arguments.get("safe_serialization", True):
-        raise ValueError(
-            f"save_pretrained(safe_serialization=False) would write adapter {ours} as a pickle, but peft_superpos "
-            "adapters are saved as safetensors only: leave safe_serialization at its default (True)."
+        warnings.warn(
+            f"save_pretrained(safe_serialization=False) writes adapter {ours} as {WEIGHTS_NAME}, a pickle. peft "
+            "loads it with torch.load(weights_only=True), but other tools may unpickle it fully, which can run "
+            "code: safetensors (the default, safe_serialization=True) is the safe format to share.",
+            UserWarning,
+            stacklevel=2,
         )
     _refuse_partial_state_dict(self, ours, arguments.get("kwargs", {}).get("state_dict"))
     target = Path(arguments["save_directory"])
@@ -192,7 +227,8 @@ def _process_alive(pid: int) -> bool:
 
 def _move_into(staging: Path, target: Path) -> None:
     """Move every file of ``staging`` to the same relative path under ``target``, each by an atomic rename after
-    an fsync; adapter configs go last, so a config never describes weights that are not there yet."""
+    an fsync; adapter configs go last, so a config never describes weights that are not there yet. A weights file
+    replaces the other format's file of the same adapter too."""
     files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == CONFIG_NAME, str(p)))
     for file in files:
         with open(file, "rb") as handle:
@@ -200,3 +236,7 @@ def _move_into(staging: Path, target: Path) -> None:
         destination = target / file.relative_to(staging)
         destination.parent.mkdir(parents=True, exist_ok=True)
         os.replace(file, destination)
+        if file.name in _WEIGHTS_FILES:
+            for other in _WEIGHTS_FILES:
+                if other != file.name:
+                    destination.with_name(other).unlink(missing_ok=True)
