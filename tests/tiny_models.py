@@ -110,7 +110,6 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
         }
     if family in ("bart", "mbart"):
         return {
-            "scale_embedding": family == "mbart",
             "decoder_layers": LAYERS,
             "decoder_attention_heads": heads,
             "encoder_ffn_dim": FFN,
@@ -154,7 +153,12 @@ def make_config(family: str, **overrides):
     heads = overrides.get(native("num_attention_heads"), HEADS)
     defaults = {"vocab_size": VOCAB, "hidden_size": hidden, "num_hidden_layers": LAYERS, "num_attention_heads": heads}
     defaults.update(_family_defaults(family, hidden, heads))
-    return cls(**{native(name): value for name, value in defaults.items()} | overrides)
+    config = cls(**{native(name): value for name, value in defaults.items()} | overrides)
+    if family == "mbart" and "scale_embedding" not in overrides:
+        # embeddings times sqrt(d); set past the config's type check, which wants an int in transformers 5.4 and a
+        # bool from some later version on
+        object.__setattr__(config, "scale_embedding", True)
+    return config
 
 
 _AUTO_BY_TASK = {
