@@ -14,7 +14,6 @@ Writes ``benchmarks/results/cost-<model>.json`` and ``.md``. Time it on a quiet 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from peft_superpos.harness.run_record import atomic_write_text
+from benchmarks.table_files import command_line, write_table
 
 PHASES = ("load", "train", "generate", "rank")
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -101,10 +100,7 @@ def main() -> None:
     parser.add_argument("--output", default=str(RESULTS), help="folder for cost-<model>.json and .md")
     args = parser.parse_args()
     results = [run_in_fresh_process(task, phase, args) for task in args.tasks for phase in PHASES]
-    command = (
-        f"python -m benchmarks.model_cost --model {args.model} --tasks {' '.join(args.tasks)} --batch-size "
-        f"{args.batch_size} --steps {args.steps} --eval-examples {args.eval_examples} --seed {args.seed}"
-    )
+    command = command_line("model_cost", args)
     header = (
         f"Cost of {args.model} in the harness: SuperPos m=128 n=10, training batch {args.batch_size} "
         f"({args.steps} length-grouped steps after one warm-up), evaluation batch 16 on the first "
@@ -113,11 +109,7 @@ def main() -> None:
     )
     text = table(results, header)
     print(text)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    name = f"cost-{Path(args.model).name}"
-    atomic_write_text(output / f"{name}.json", json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    atomic_write_text(output / f"{name}.md", text)
+    write_table(Path(args.output), f"cost-{Path(args.model).name}", command, results, text)
 
 
 if __name__ == "__main__":

@@ -15,18 +15,18 @@ Writes ``benchmarks/results/padding-<model>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
+from benchmarks.table_files import command_line, write_table
 from peft_superpos.data import get_task
-from peft_superpos.harness import MethodSettings, RunConfig, build_model
+from peft_superpos.harness import MethodSettings, RunConfig
 from peft_superpos.harness.features import IGNORE_INDEX, TextToTextFeatures, label_logits
-from peft_superpos.harness.run import load_data
-from peft_superpos.harness.run_record import atomic_write_text
+from peft_superpos.harness.run_data import load_run_data
+from peft_superpos.harness.run_model import build_adapter, load_base_model
 from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fraction
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,8 +52,9 @@ def measure(task: str, args: argparse.Namespace) -> dict:
         max_length=args.max_length,
         seed=args.seed,
     )
-    train, _ = load_data(config, get_task(task))
-    model, tokenizer, _, _ = build_model(config)
+    train = load_run_data(config, get_task(task)).train
+    adapter = build_adapter(config, load_base_model(config))
+    model, tokenizer = adapter.model, adapter.tokenizer
     encoder = TextToTextFeatures(tokenizer, False, args.max_length)
     features = encoder.encode_dataset(train)
     lengths = [len(ids) for ids in features["input_ids"]]
@@ -126,11 +127,7 @@ def main() -> None:
     args = parser.parse_args()
     results = [measure(task, args) for task in args.tasks]
     name = f"padding-{Path(args.model).name if args.model else 'smollm2'}"
-    command = "python -m benchmarks.padding " + " ".join(
-        f"--{k.replace('_', '-')} {' '.join(v) if isinstance(v, list) else v}"
-        for k, v in vars(args).items()
-        if v is not None and k != "output"
-    )
+    command = command_line("padding", args)
     header = (
         f"Random vs length-grouped training batches; model {args.model or 'SmolLM2-135M-Instruct (embedded)'}, "
         f"SuperPos m=128 n=10, batch {args.batch_size}, max length {args.max_length}, seed {args.seed}; padding "
@@ -139,10 +136,7 @@ def main() -> None:
     )
     text = table(results, header)
     print(text)
-    output = Path(args.output)
-    output.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(output / f"{name}.json", json.dumps({"command": command, "results": results}, indent=2) + "\n")
-    atomic_write_text(output / f"{name}.md", text)
+    write_table(Path(args.output), name, command, results, text)
 
 
 if __name__ == "__main__":

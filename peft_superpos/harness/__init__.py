@@ -15,7 +15,7 @@ from .errors import DataError, ModelLoadError, RunConfigError, RunFolderError, U
 from .evaluation import evaluate
 from .features import TextToTextCollator, TextToTextFeatures, install_padding_aware_positions
 from .methods import METHODS, MethodSpec, get_method
-from .run import build_model, run_experiment
+from .run import run_experiment
 from .run_data import RunData, load_run_data
 from .run_model import Adapter, build_adapter, load_base_model
 from .run_record import RunRecord, read_rows
@@ -40,7 +40,6 @@ __all__ = [
     "TaskTrainer",
     "UserInputError",
     "build_adapter",
-    "build_model",
     "evaluate",
     "get_method",
     "install_padding_aware_positions",

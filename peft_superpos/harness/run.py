@@ -35,7 +35,7 @@ from .training import train
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RunConfig", "RunConfigError", "build_model", "last_complete_checkpoint", "run_experiment"]
+__all__ = ["RunConfig", "RunConfigError", "last_complete_checkpoint", "run_experiment"]
 
 
 def run_experiment(config: RunConfig) -> dict[str, Any]:
@@ -99,15 +99,3 @@ def compute_floors(
         if is_main_process():
             write_floors(output_dir, floors["zero_shot"], eval_mode)
     return floors
-
-
-# The tuple-returning entry points of benchmarks/padding.py and benchmarks/model_cost.py; they go once those use
-# load_run_data, load_base_model and build_adapter.
-def load_data(config: RunConfig, task: Task) -> tuple[Any, Any]:
-    data = load_run_data(config, task)
-    return data.train, data.evaluation
-
-
-def build_model(config: RunConfig) -> tuple[Any, Any, Any, dict[str, float] | None]:
-    adapter = build_adapter(config, load_base_model(config))
-    return adapter.model, adapter.tokenizer, adapter.peft_config, adapter.lr_by_name
