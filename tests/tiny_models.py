@@ -52,6 +52,17 @@ ALL_FAMILIES = CAUSAL_FAMILIES + SEQ2SEQ_FAMILIES + ENCODER_FAMILIES
 # families whose embedding module multiplies its rows by sqrt(d) in its forward
 SCALED_EMBEDDING_FAMILIES = ("gemma", "gemma3", "mbart")
 
+
+def config_builds(family: str) -> bool:
+    """Whether transformers can build this family's config at all: transformers 5.4 cannot build an MBartConfig
+    (its bool default of scale_embedding fails the field's own int annotation under huggingface_hub's checks)."""
+    try:
+        getattr(transformers, _CONFIG_CLASSES[family])()
+    except Exception:  # any validation error of the library's own defaults
+        return False
+    return True
+
+
 _SPECIAL = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
 _DECODER_ONLY = {
     "intermediate_size": FFN,
@@ -110,6 +121,7 @@ def _family_defaults(family: str, hidden: int, heads: int) -> dict:
         }
     if family in ("bart", "mbart"):
         return {
+            **({"scale_embedding": True} if family == "mbart" else {}),
             "decoder_layers": LAYERS,
             "decoder_attention_heads": heads,
             "encoder_ffn_dim": FFN,
@@ -153,12 +165,7 @@ def make_config(family: str, **overrides):
     heads = overrides.get(native("num_attention_heads"), HEADS)
     defaults = {"vocab_size": VOCAB, "hidden_size": hidden, "num_hidden_layers": LAYERS, "num_attention_heads": heads}
     defaults.update(_family_defaults(family, hidden, heads))
-    config = cls(**{native(name): value for name, value in defaults.items()} | overrides)
-    if family == "mbart" and "scale_embedding" not in overrides:
-        # embeddings times sqrt(d); set past the config's type check, which wants an int in transformers 5.4 and a
-        # bool from some later version on
-        object.__setattr__(config, "scale_embedding", True)
-    return config
+    return cls(**{native(name): value for name, value in defaults.items()} | overrides)
 
 
 _AUTO_BY_TASK = {
