@@ -2,8 +2,8 @@
 
 Every line ``<!-- generated: NAME -->`` of the template is replaced by a table the benchmark scripts wrote:
 
-* ``overhead:<model>`` / ``padding:<model>``: the table of ``results/overhead-<model>.md`` /
-  ``results/padding-<model>.md`` (written by ``overhead.py`` / ``padding.py``);
+* ``overhead:<model>`` / ``padding:<model>`` / ``cost:<model>``: the table of ``results/<source>-<model>.md``
+  (written by ``overhead.py`` / ``padding.py`` / ``model_cost.py``);
 * ``run:<folder>``: one harness run whose ``final.json`` and ``metrics.jsonl`` were copied to
   ``results/<folder>/`` (the README's main job): its evaluations beside the floors;
 * ``quality:<table>``: ``tables[<table>]`` of ``results/quality/report.json`` (written by
@@ -35,13 +35,18 @@ HEADER = (
     "not this file. -->\n"
 )
 
+#: Marker source -> the benchmark module that writes ``results/<source>-<name>.md``.
+SCRIPTS = {"overhead": "overhead", "padding": "padding", "cost": "model_cost"}
+
 
 def generated_table(source: str, name: str, results_dir: Path) -> str:
     """The Markdown table a marker stands for; a clear error when its file or table is missing."""
-    if source in ("overhead", "padding"):
+    if source in SCRIPTS:
         path = results_dir / f"{source}-{name}.md"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} is missing: run python -m benchmarks.{source} (see RESULTS.template.md)")
+            raise FileNotFoundError(
+                f"{path} is missing: run python -m benchmarks.{SCRIPTS[source]} (see RESULTS.template.md)"
+            )
         return "\n".join(line for line in path.read_text().splitlines() if line.startswith("|"))
     if source == "run":
         return run_table(results_dir / name)
@@ -53,7 +58,9 @@ def generated_table(source: str, name: str, results_dir: Path) -> str:
         if name not in tables:
             raise KeyError(f"{path} has no table {name!r} (it has: {', '.join(tables)})")
         return tables[name]
-    raise ValueError(f"unknown source {source!r} in a generated marker; expected overhead, padding, run or quality")
+    raise ValueError(
+        f"unknown source {source!r} in a generated marker; expected overhead, padding, cost, run or quality"
+    )
 
 
 def run_table(folder: Path) -> str:
