@@ -15,8 +15,8 @@ In the order it runs:
    the Gemma 3 sweep, every prompt method at its tuned learning rate, LoRA (the paper's default lr) as the strong
    reference.
 
-Sized from step times measured on the 2-core CPU (Gemma 3 270M: 1.6 s per SST-2 step at batch 8, about 0.1 s per
-SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours in all. RESULTS.md
+Sized from step times measured on the 2-core CPU while it was shared (Gemma 3 270M: 1.6 s per SST-2 step at batch 8,
+about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours in all. RESULTS.md
 says what was chosen and why.
 """
 
