@@ -16,8 +16,8 @@ In the order it runs:
    reference.
 
 Sized from step times measured on the 2-core CPU while it was shared (Gemma 3 270M: 1.6 s per SST-2 step at batch 8,
-about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours in all. RESULTS.md
-says what was chosen and why.
+about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours in all.
+RESULTS.md says what was chosen and why.
 """
 
 from __future__ import annotations
