@@ -8,6 +8,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .distributed import full_shape, gathered
 from .tuners.superpos_prompt import SuperPosPromptEmbedding
 
 NO_DECAY_NAME_PARTS = ("bias", "norm", "ln_")
@@ -51,15 +52,15 @@ def make_param_groups(
 
 def embedding_rms(word_embeddings: nn.Module, chunk: int = 16384) -> float:
     """Root mean square of every coordinate of the vocabulary's embeddings as the model sees them (the module's
-    forward: Gemma and scaled mBART multiply by sqrt(d) there), computed ``chunk`` rows at a time."""
-    rows = word_embeddings.weight.shape[0]
-    device = word_embeddings.weight.device
+    forward: Gemma and scaled mBART multiply by sqrt(d) there), computed ``chunk`` rows at a time
+    (a table partitioned by ZeRO-3 is gathered for this call, as when prompts are built)."""
+    rows, dim = full_shape(word_embeddings.weight)
     total = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), gathered(word_embeddings.parameters()):
         for start in range(0, rows, chunk):
-            ids = torch.arange(start, min(start + chunk, rows), device=device)
+            ids = torch.arange(start, min(start + chunk, rows), device=word_embeddings.weight.device)
             total += float(word_embeddings(ids).double().pow(2).sum())
-    return math.sqrt(total / (rows * word_embeddings.weight.shape[1]))
+    return math.sqrt(total / (rows * dim))
 
 
 def prompt_step_size(model: nn.Module, lr: float) -> dict[str, float] | None:
