@@ -2,7 +2,11 @@
 ``ds_shape``), FSDP2 shards (``DTensor``) and FSDP1 flat shards. Their full shape, and their full values where and
 when a caller needs them. Every gather here is a collective: all ranks must run it together. Plain tensors pass
 through unchanged, and nothing here imports DeepSpeed unless it is already loaded (a ZeRO-3 parameter means it
-is)."""
+is) or :func:`start_deepspeed_on_cpu` is called.
+
+Starting the processes on a machine without GPUs: DeepSpeed needs its gloo group before ``TrainingArguments``
+(:func:`start_deepspeed_on_cpu`), and accelerate (so the Trainer) runs FSDP on GPUs only
+(:data:`ACCELERATE_FSDP_NEEDS_GPUS`)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,22 @@ import torch
 from torch import nn
 from torch.distributed.fsdp import FullyShardedDataParallel
 from torch.distributed.tensor import DTensor
+
+ACCELERATE_FSDP_NEEDS_GPUS = "accelerate runs FSDP on GPUs only (on CPU it would silently train with plain DDP)"
+"""Why FSDP through accelerate (``accelerate launch`` with an FSDP config, or the Trainer's ``fsdp``) is refused on
+CPU; torch's FSDP itself runs there (README, "Scaling out")."""
+
+
+def start_deepspeed_on_cpu() -> None:
+    """Join the processes a launcher started (``deepspeed``, ``torchrun`` or ``accelerate launch``: ``RANK``,
+    ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT`` set) into DeepSpeed's gloo group, for DeepSpeed on CPU:
+    call it before ``TrainingArguments``, which on CPU does not start DeepSpeed's group itself. Skips the
+    shared-memory all-reduce DeepSpeed otherwise compiles at every CPU start (about 80 s, used by inference only)."""
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401  (loaded; as an attribute, deepspeed.comm.torch is the torch package)
+
+    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    deepspeed.init_distributed(dist_backend="gloo")
 
 
 def is_zero3_partitioned(tensor: torch.Tensor) -> bool:

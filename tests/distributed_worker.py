@@ -80,20 +80,11 @@ def initial_state(model) -> dict[str, torch.Tensor]:
 
 
 # -- on the ranks -------------------------------------------------------------------------------------------
-def _skip_deepspeed_shm_build() -> None:
-    """DeepSpeed JIT-compiles a shared-memory all-reduce (used for inference only) in every CPU
-    ``init_distributed``: about 80 s with nothing to gain here."""
-    import deepspeed.comm.torch  # noqa: F401
-
-    sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-
-
 def _init(engine: str) -> int:
     if engine.startswith("zero3"):
-        _skip_deepspeed_shm_build()
-        import deepspeed
+        from peft_superpos.distributed import start_deepspeed_on_cpu
 
-        deepspeed.init_distributed(dist_backend="gloo")
+        start_deepspeed_on_cpu()
     else:
         torch.distributed.init_process_group("gloo")
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ import torch
 from peft import get_peft_model
 from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-from peft_superpos import SuperPosPromptConfig, disable_dropout, make_param_groups
+from peft_superpos import SuperPosPromptConfig, disable_dropout
+from peft_superpos.distributed import ACCELERATE_FSDP_NEEDS_GPUS, start_deepspeed_on_cpu
 from peft_superpos.models import load_model_and_tokenizer
 
 TEXTS = [  # language modelling on a few sentences: enough to see the prompt train and the adapter save
@@ -34,14 +35,9 @@ def start_processes_on_cpu() -> None:
     if torch.cuda.is_available() or "LOCAL_RANK" not in os.environ:
         return
     if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
-        sys.exit("accelerate runs FSDP on GPUs only (on CPU it would train with plain DDP): use a GPU machine.")
+        sys.exit(f"{ACCELERATE_FSDP_NEEDS_GPUS}: use a GPU machine.")
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-        import deepspeed
-        import deepspeed.comm.torch
-
-        # DeepSpeed compiles a shared-memory all-reduce (used for inference only) at every CPU start: ~80 s
-        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
-        deepspeed.init_distributed(dist_backend="gloo")
+        start_deepspeed_on_cpu()
 
 
 def main() -> None:
@@ -59,7 +55,9 @@ def main() -> None:
         use_cpu=not torch.cuda.is_available(),
         per_device_train_batch_size=2,
         max_steps=args.max_steps,
-        lr_scheduler_type="constant",  # the rate is the optimizer's (below)
+        learning_rate=0.01,  # the paper's AdamW; the Trainer builds the optimizer itself (DeepSpeed replaces one
+        weight_decay=1e-5,  # passed in with optimizers=, and FSDP refuses it): no decay on biases and norms
+        lr_scheduler_type="constant",
         save_strategy="no",
         report_to="none",
     )
@@ -73,7 +71,6 @@ def main() -> None:
         args=training_args,
         train_dataset=[tokenizer(text) for text in TEXTS],
         data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),  # pads; labels = the input ids
-        optimizers=(torch.optim.AdamW(make_param_groups(model, weight_decay=1e-5), lr=0.01), None),
     )
     result = trainer.train()
     trainer.save_model(os.path.join(args.output_dir, "adapter"))  # every rank: ZeRO-3 and FSDP gather for it
