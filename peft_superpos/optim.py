@@ -79,7 +79,8 @@ def prompt_step_size(model: nn.Module, lr: float) -> dict[str, float] | None:
     encoder = encoders[model.active_adapter]
     weight_l1 = 1.0
     if isinstance(encoder, SuperPosPromptEmbedding):  # p_i = (E_freeze + ΔE_i)ᵀ p'_i
-        weights = encoder.weights.detach().float()
+        with gathered([encoder.weights]):  # a ZeRO-3 partition: its whole value, on every rank
+            weights = encoder.weights.detach().float().clone()
         weights = weights.softmax(dim=-1) if encoder.use_softmax else weights
         weight_l1 = float(weights.abs().sum(dim=-1).mean())
     rms = embedding_rms(model.get_input_embeddings())

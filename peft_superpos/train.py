@@ -4,7 +4,8 @@
     python -m peft_superpos.train rte --method lora --eval-mode rank --output-dir runs/rte-lora
     peft-superpos-train run.yaml                      # the same settings from a JSON or YAML file
     peft-superpos-train --config runs/cb-superpos/run_config.json --output-dir runs/cb-again   # a run again
-    accelerate launch --num_processes 2 --cpu -m peft_superpos.train cb ... (same --batch-size: it is global)
+    torchrun --nproc_per_node 2 -m peft_superpos.train cb ...   # DDP (same --batch-size: it is global)
+    deepspeed --num_gpus 2 --module peft_superpos.train cb ... --deepspeed examples/deepspeed/zero3.json   # ZeRO-3
 
 The options are the fields of :class:`peft_superpos.harness.RunSettings` and
 :class:`peft_superpos.harness.MethodSettings`, parsed by :class:`transformers.HfArgumentParser` (each field is
@@ -67,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the task (same as --task), or a JSON/YAML file of settings (same as --config)",
     )
     parser.add_argument("--config", help="JSON or YAML file of these settings, e.g. a run's run_config.json")
+    # the deepspeed launcher passes every process --local_rank (also in LOCAL_RANK, which the run reads)
+    parser.add_argument("--local_rank", "--local-rank", type=int, help=argparse.SUPPRESS)
     for action in parser._actions:
         if action.dest in _REQUIRED:
             action.required = False  # may come positionally or from a config file; checked after parsing
@@ -127,6 +130,7 @@ def parse_run_config(argv: Sequence[str] | None = None, parser: argparse.Argumen
         parser.set_defaults(**load_config_file(config_file))
     values = vars(parser.parse_args(argv))
     values.pop("config")
+    values.pop("local_rank")
     if values.pop("task_or_config") is not None and not from_file:
         values["task"] = positional
     missing = [f"--{name.replace('_', '-')}" for name in _REQUIRED if values.get(name) is None]

@@ -9,9 +9,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import FIXTURE_DATA, cli_args, finish_python, read_jsonl, run_cli, start_python, tiny_model_dir
+from tiny_models import (
+    FIXTURE_DATA,
+    REPO_ROOT,
+    cli_args,
+    finish_python,
+    read_jsonl,
+    run_cli,
+    start_python,
+    tiny_model_dir,
+)
 
 from peft_superpos.harness import DataError, MethodSettings, RunSettings, read_rows
+from peft_superpos.harness.engines import SAVE_GATHERED
 
 REAL_DATA = Path("/work/shared/data")
 
@@ -144,9 +154,12 @@ def test_invalid_utf8_and_null_fields_name_file_and_line(capsys, tmp_path_factor
         run_experiment(config)
 
 
-def test_every_setting_is_reachable_from_the_command_line(tmp_path):
+def test_every_setting_is_reachable_from_the_command_line(tmp_path, monkeypatch):
     from peft_superpos.train import parse_run_config
 
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as a launcher sets it: DeepSpeed on CPU needs one
+    ds_config = tmp_path / "zero2.json"
+    ds_config.write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     values = {"task": "rte", "output_dir": str(tmp_path), "data_dir": str(tmp_path), "model": "m", "method": "lora"}
     values.update(max_steps=7, eval_steps=3, save_steps=5, save_total_limit=4, batch_size=6, eval_batch_size=5)
     values.update(gradient_accumulation_steps=2, max_length=99, eval_mode="rank", eval_split="train", seed=3)
@@ -154,9 +167,9 @@ def test_every_setting_is_reachable_from_the_command_line(tmp_path):
     values.update(zero_shot_floor=True, overwrite_output_dir=True, disable_tqdm=True)
     values.update(dev_size=9, dev_seed=2, lr=0.5, weight_decay=0.25, num_virtual_tokens=4, m=16, use_softmax=True)
     values.update(weight_init="uniform", weight_init_std=0.5, bottleneck_size=32, r=3, lora_lr=0.125, lora_alpha=7)
-    values.update(lora_dropout=0.1, keep_dropout=True)
+    values.update(lora_dropout=0.1, keep_dropout=True, deepspeed=str(ds_config))
     fields = {f.name for f in dataclasses.fields(RunSettings)} | {f.name for f in dataclasses.fields(MethodSettings)}
-    assert set(values) == fields - {"epochs"}
+    assert set(values) == fields - {"epochs", "fsdp", "fsdp_config"}  # FSDP needs GPUs: see test_engine_options
     argv = []
     for name, value in values.items():
         flag = "--" + name.replace("_", "-")
@@ -283,3 +296,106 @@ def test_run_config_json_of_earlier_runs_loads_with_the_current_setting_names(tm
     current["method_settings"]["r"] = 5
     with pytest.raises(RunFolderError, match=r"changed: method_settings\.r\b"):
         check_run_identity(current, folder, ("method_settings",))
+
+
+EXAMPLE_ZERO3 = REPO_ROOT / "examples" / "deepspeed" / "zero3.json"
+
+
+def _json_file(folder: Path, name: str, text: str) -> str:
+    (folder / name).write_text(text)
+    return str(folder / name)
+
+
+def _zero3_with(folder: Path, change) -> str:
+    """examples/deepspeed/zero3.json after ``change(config)``, as a file in ``folder``."""
+    config = json.loads(EXAMPLE_ZERO3.read_text())
+    change(config)
+    return _json_file(folder, "changed.json", json.dumps(config))
+
+
+ENGINE_ERRORS = {  # case: (the options, given the test's folder; fragments of the error)
+    "missing file": (lambda d: ["--deepspeed", str(d / "nowhere.json")], ["nowhere.json: no such file"]),
+    "not JSON": (lambda d: ["--deepspeed", _json_file(d, "bad.json", "{stage: 3")], ["not valid JSON"]),
+    "optimizer": (
+        lambda d: ["--deepspeed", _zero3_with(d, lambda c: c.update(optimizer={"type": "AdamW"}))],
+        ["remove its optimizer section", "its own AdamW", "FusedAdam"],
+    ),
+    "scheduler": (
+        lambda d: ["--deepspeed", _zero3_with(d, lambda c: c.update(scheduler={"type": "WarmupLR"}))],
+        ["remove its scheduler section"],
+    ),
+    "fixed batch": (
+        lambda d: ["--deepspeed", _zero3_with(d, lambda c: c.update(train_micro_batch_size_per_gpu=4))],
+        ['train_micro_batch_size_per_gpu=4 to "auto"', "--batch-size"],
+    ),
+    "adapter not gathered": (
+        lambda d: ["--deepspeed", _zero3_with(d, lambda c: c["zero_optimization"].pop(SAVE_GATHERED))],
+        [f'"{SAVE_GATHERED}": true', "would hold none"],
+    ),
+    "zero-shot floor": (
+        lambda d: ["--deepspeed", str(EXAMPLE_ZERO3), "--zero-shot-floor"],
+        ["--zero-shot-floor with --deepspeed", "partitioned", "without --deepspeed"],
+    ),
+    "eval only": (lambda d: ["--deepspeed", str(EXAMPLE_ZERO3), "--eval-only"], ["--eval-only with", "partitioned"]),
+    "stock prompt tuning": (
+        lambda d: ["--deepspeed", str(EXAMPLE_ZERO3), "--method", "prompt_tuning"],
+        ["--method prompt_tuning with", "hang", "superpos"],
+    ),
+    "no launcher": (
+        lambda d: ["--deepspeed", str(EXAMPLE_ZERO3)],
+        ["without GPUs: start the processes with a launcher", "torchrun --nproc_per_node 2"],
+    ),
+    "FSDP on CPU": (
+        lambda d: ["--fsdp", "full_shard auto_wrap"],
+        ["accelerate runs FSDP on GPUs only", "silently train with plain DDP", "leave out --fsdp", "--deepspeed"],
+    ),
+    "FSDP options": (lambda d: ["--fsdp", "full_shard sideways"], ["expected space-separated options of", "auto_wrap"]),
+    "FSDP config alone": (lambda d: ["--fsdp-config", "fsdp.json"], ["--fsdp-config fsdp.json needs --fsdp"]),
+    "FSDP config missing": (
+        lambda d: ["--fsdp", "full_shard", "--fsdp-config", str(d / "nowhere.json")],
+        ["--fsdp-config", "nowhere.json: no such file"],
+    ),
+    "both engines": (lambda d: ["--deepspeed", str(EXAMPLE_ZERO3), "--fsdp", "full_shard"], ["not both"]),
+}
+
+
+@pytest.mark.parametrize("case", list(ENGINE_ERRORS))
+def test_engine_options_name_the_problem_and_the_way_out(case, capsys, tmp_path, monkeypatch):
+    """--deepspeed / --fsdp / --fsdp-config that cannot run as given: one line naming the file or option and
+    what to do, before anything is written."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)  # not started by a launcher
+    options, fragments = ENGINE_ERRORS[case]
+    message = _error_of(capsys, ["cb", "--output-dir", str(tmp_path / "run"), *options(tmp_path)])
+    for fragment in fragments:
+        assert fragment in message, message
+    assert not (tmp_path / "run").exists()
+
+
+def test_engine_options_are_recorded_and_define_the_run(tmp_path, monkeypatch):
+    """The engine options go into run_config.json and come back from it (the deepspeed launcher's --local_rank is
+    taken and ignored); a restart with another engine is refused (its checkpoints resume only with their own)."""
+    from peft_superpos.harness.errors import RunFolderError
+    from peft_superpos.harness.run_folder import prepare_folder
+    from peft_superpos.train import parse_run_config
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    config = parse_run_config(["cb", "--output-dir", str(folder), "--deepspeed", str(EXAMPLE_ZERO3), "--local_rank=0"])
+    prepare_folder(config, folder)
+    again = parse_run_config(["--config", str(folder / "run_config.json")])
+    assert again.deepspeed == str(EXAMPLE_ZERO3) and again.to_dict() == config.to_dict()
+    other = _zero3_with(tmp_path, lambda c: None)
+    with pytest.raises(RunFolderError, match="changed: deepspeed"):
+        prepare_folder(parse_run_config(["cb", "--output-dir", str(folder), "--deepspeed", other]), folder)
+    with pytest.raises(RunFolderError, match="changed: deepspeed"):
+        prepare_folder(parse_run_config(["cb", "--output-dir", str(folder)]), folder)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # FSDP's options as on a GPU machine
+    fsdp_config = _json_file(tmp_path, "fsdp.json", json.dumps({"transformer_layer_cls_to_wrap": "LlamaDecoderLayer"}))
+    fsdp = ["--fsdp", "full_shard auto_wrap", "--fsdp-config", fsdp_config]
+    config = parse_run_config(["cb", "--output-dir", str(tmp_path / "fsdp"), *fsdp])
+    assert (config.fsdp, config.fsdp_config) == ("full_shard auto_wrap", fsdp_config)
+    path = tmp_path / "fsdp-run.json"
+    path.write_text(json.dumps(config.to_dict()))
+    assert parse_run_config(["--config", str(path)]).to_dict() == config.to_dict()

@@ -13,6 +13,7 @@ its FSDP config there (accelerate would silently run DDP on CPU).
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -22,10 +23,21 @@ import torch
 from distributed_worker import METHODS, STEPS, initial_state, method_config, reference_run
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
-from tiny_models import REPO_ROOT, TESTS_DIR, batch_logits, make_tiny, perturb, subprocess_env, tiny_model_dir
+from tiny_models import (
+    REPO_ROOT,
+    TESTS_DIR,
+    batch_logits,
+    cli_args,
+    make_tiny,
+    perturb,
+    run_cli,
+    subprocess_env,
+    tiny_model_dir,
+)
 from transformers import AutoModelForCausalLM
 
 import peft_superpos  # noqa: F401  (registers the methods)
+from peft_superpos.harness import RunRecord
 
 pytestmark = pytest.mark.distributed
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -44,16 +56,21 @@ def inputs(tmp_path_factory):
     return base_dir, adapters
 
 
-def launch(engine: str, base_dir, adapters, out, timeout: float = 300) -> None:
-    """Run distributed_worker.py on 2 ranks (``--standalone``: a free port, so parallel runs do not collide)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command += [str(TESTS_DIR / "distributed_worker.py"), engine, str(base_dir), str(adapters), str(out)]
+def torchrun(arguments: list[str], cwd, what: str, timeout: float = 300) -> None:
+    """``torch.distributed.run`` of ``arguments`` on 2 ranks (``--standalone``: a free port, so parallel runs do not
+    collide); the test fails with the ranks' output when they fail or hang."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *arguments]
     env = {**subprocess_env(), "DS_ACCELERATOR": "cpu"}
     try:
-        process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=out)
+        process = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd)
     except subprocess.TimeoutExpired as error:  # a collective that only some ranks entered
-        pytest.fail(f"{engine} on 2 ranks hung for {timeout} s\n{(error.stderr or b'')[-6000:]}")
-    assert process.returncode == 0, f"{engine} failed\n{process.stdout[-3000:]}\n{process.stderr[-8000:]}"
+        pytest.fail(f"{what} on 2 ranks hung for {timeout} s\n{(error.stderr or b'')[-6000:]}")
+    assert process.returncode == 0, f"{what} failed\n{process.stdout[-3000:]}\n{process.stderr[-8000:]}"
+
+
+def launch(engine: str, base_dir, adapters, out) -> None:
+    """Run distributed_worker.py on 2 ranks."""
+    torchrun([str(TESTS_DIR / "distributed_worker.py"), engine, str(base_dir), str(adapters), str(out)], out, engine)
 
 
 def plain_model(base_dir, adapter_dir):
@@ -153,3 +170,40 @@ def test_accelerate_example_trains_with_zero3(tmp_path_factory, tmp_path):
 def test_accelerate_example_refuses_fsdp_on_cpu(tmp_path_factory, tmp_path):
     process = run_accelerate_example("fsdp2.yaml", tiny_model_dir(tmp_path_factory, "llama"), tmp_path)
     assert process.returncode != 0 and "accelerate runs FSDP on GPUs only" in process.stderr
+
+
+def test_harness_with_zero3_matches_one_process(tmp_path_factory, tmp_path):
+    """``peft_superpos.train --deepspeed`` (examples/deepspeed/zero3.json) on 2 CPU ranks, then resumed from its
+    ZeRO-3 checkpoint: every record written once, the same train losses, prompt tables and generated texts as one
+    process without DeepSpeed, and checkpoints that load in one process without it. The 5 eval examples split
+    3 and 2 over the ranks in batches of 2: the ranks still generate in lockstep (ZeRO-3 gathers in every
+    forward)."""
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    config = json.loads((REPO_ROOT / "examples" / "deepspeed" / "zero3.json").read_text())
+    config["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # partition even the tiny prompt
+    ds_config = tmp_path / "zero3.json"
+    ds_config.write_text(json.dumps(config))
+    # global batch 6 = every CB training example: each step sees the same examples however they are split
+    common = ("--batch-size", "6", "--eval-batch-size", "2", "--eval-steps", "2", "--eval-mode", "generate")
+    single, zero3 = tmp_path / "single", tmp_path / "zero3"
+    run_cli(cli_args(model, single, "cb", *common, "--max-steps", "3"))
+    for steps in ("2", "3"):  # 3: resumes from the ZeRO-3 checkpoint of step 2
+        arguments = cli_args(model, zero3, "cb", *common, "--max-steps", steps, "--deepspeed", str(ds_config))
+        torchrun(["-m", "--", "peft_superpos.train", *arguments], tmp_path, f"the harness ({steps} steps)")
+
+    mine, reference = RunRecord(zero3), RunRecord(single)
+    rows = mine.rows(dedupe=False)
+    assert [(row["step"], row["session"]) for row in rows] == [(2, 0), (3, 1)]  # one row per evaluation
+    for row, expected in zip(rows, reference.rows(), strict=True):
+        assert row["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-5)
+        assert mine.predictions(row["step"]) == reference.predictions(row["step"])  # raw generated texts included
+    final, expected = mine.final, reference.final
+    assert final["world_size"] == 2 and final["global_step"] == 3 and final["config"]["deepspeed"] == str(ds_config)
+    assert final["resumed_from"] == str(zero3 / "checkpoint-2")
+    for key in ("trainable_parameters", "total_parameters", "step_size"):
+        assert final[key] == expected[key], key
+    for step in (2, 3):
+        table = load_file(zero3 / f"checkpoint-{step}" / ADAPTER_FILE)["prompt_embeddings"]
+        single_table = load_file(single / f"checkpoint-{step}" / ADAPTER_FILE)["prompt_embeddings"]
+        torch.testing.assert_close(table, single_table, rtol=1e-5, atol=1e-6)
+        assert_reloads_exactly(model, zero3 / f"checkpoint-{step}", table)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..data import DATA_DIR_ENV, get_task
+from .engines import check_engine
 from .errors import RunConfigError
 from .method_options import with_current_names
 from .methods import MethodSettings, get_method
@@ -112,6 +113,18 @@ class RunSettings:
         default=False, metadata=_help("start afresh, deleting what the harness wrote into --output-dir")
     )
     disable_tqdm: bool = field(default=False, metadata=_help("no progress bars"))
+    deepspeed: str | None = field(
+        default=None,
+        metadata=_help(
+            "DeepSpeed JSON config (e.g. examples/deepspeed/zero3.json: ZeRO-3), on GPUs or CPU; start the processes "
+            "with a launcher (deepspeed or torchrun)"
+        ),
+    )
+    fsdp: str | None = field(
+        default=None,
+        metadata=_help("FSDP through the Trainer, GPUs only: its options, e.g. 'full_shard auto_wrap' (torchrun)"),
+    )
+    fsdp_config: str | None = field(default=None, metadata=_help("the Trainer's FSDP JSON config, with --fsdp"))
 
     def __post_init__(self) -> None:
         try:
@@ -143,6 +156,7 @@ class RunSettings:
         if self.eval_split == DEV_SPLIT and self.dev_size is None:
             raise RunConfigError("--eval-split dev needs --dev-size: how many training examples to set aside")
         _check(self.eval_mode in (None, *EVAL_MODES), "eval_mode", self.eval_mode, f"one of {', '.join(EVAL_MODES)}")
+        check_engine(self)
 
 
 @dataclass

@@ -13,11 +13,16 @@ dataset order before scoring. :func:`evaluate` returns the task metrics (``score
 metrics), the predicted-class counts (a collapse to one class shows as ``majority_pred_share`` near 100), the
 padding share of the evaluation batches, and one record per example (id, gold, prediction or the raw invalid
 text). Under ``torch.distributed`` each process evaluates every ``world_size``-th example and the predictions
-are gathered, so every process returns the same result.
+are gathered, so every process returns the same result. The processes run in lockstep, as ZeRO-3 and FSDP need
+(every forward gathers parameters from all of them): each runs as many examples (a process with fewer repeats
+one and drops its result), hence as many batches, and generation runs with ``synced_gpus`` (as many decoding
+steps); an FSDP1 root unit is generated from with its parameters whole (``summon_full_params``, as
+``Seq2SeqTrainer`` does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch.distributed.fsdp import FullyShardedDataParallel
 
 from ..metrics import compute_metrics
 
@@ -139,6 +145,7 @@ def generate_predictions(
             num_beams=1,
             pad_token_id=features.pad_id,
             eos_token_id=features.eos_id,
+            synced_gpus=_world_size() > 1,  # every process decodes until all are done (see the module doc)
         )
         if not features.is_encoder_decoder and output.shape[1] >= batch["input_ids"].shape[1]:
             if torch.equal(output[:, : batch["input_ids"].shape[1]], batch["input_ids"]):
@@ -172,8 +179,34 @@ def classify_predictions(
     return predictions
 
 
+def _is_distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _world_size() -> int:
+    return torch.distributed.get_world_size() if _is_distributed() else 1
+
+
+def _share(size: int) -> tuple[list[int], int]:
+    """The dataset positions this process evaluates (every ``world_size``-th) and how many examples it runs: the
+    same number on every process (the largest share)."""
+    rank, world = (torch.distributed.get_rank(), _world_size()) if _is_distributed() else (0, 1)
+    return list(range(rank, size, world)), -(-size // world)
+
+
+@contextlib.contextmanager
+def _whole_for_generation(model: torch.nn.Module, mode: str) -> Iterator[None]:
+    """An FSDP1 root unit's parameters gathered whole on every process while it generates (``generate`` does not
+    go through the unit's forward); anything else as it is."""
+    if mode != "generate" or not isinstance(model, FullyShardedDataParallel):
+        yield
+        return
+    with FullyShardedDataParallel.summon_full_params(model, writeback=False):
+        yield
+
+
 def _gather(values: list[Any], indices: list[int]) -> tuple[list[Any], list[int]]:
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if not _is_distributed():
         return values, indices
     world = torch.distributed.get_world_size()
     gathered: list[Any] = [None] * world
@@ -213,27 +246,26 @@ def evaluate(
         raise ValueError(f"unknown eval mode {mode!r}; expected one of {EVAL_MODES}")
     if (mode == "classify") != isinstance(features, ClassificationFeatures):
         raise ValueError(f"eval mode {mode!r} does not fit a {type(features).__name__}")
-    rank, world = 0, 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    indices = list(range(rank, len(dataset), world))
+    indices, share = _share(len(dataset))
     sources = [dataset[i]["source"] for i in indices]
+    sources += [dataset[indices[0] if indices else 0]["source"]] * (share - len(indices))  # lockstep: dropped
     padding = PaddingCount()
     was_training = model.training
     model.eval()
     start = time.perf_counter()
     try:
-        if mode == "classify":
-            local: list[Any] = classify_predictions(model, features, sources, batch_size, padding)
-        elif mode == "rank":
-            choice_ids = rank_predictions(model, features, sources, task.choices, batch_size, padding)
-            local = [task.choices[c] for c in choice_ids]
-        else:
-            longest = max(len(features.target_ids(c)) for c in task.choices)
-            local = generate_predictions(model, features, sources, longest, batch_size, padding)
+        with _whole_for_generation(model, mode):
+            if mode == "classify":
+                local: list[Any] = classify_predictions(model, features, sources, batch_size, padding)
+            elif mode == "rank":
+                choice_ids = rank_predictions(model, features, sources, task.choices, batch_size, padding)
+                local = [task.choices[c] for c in choice_ids]
+            else:
+                longest = max(len(features.target_ids(c)) for c in task.choices)
+                local = generate_predictions(model, features, sources, longest, batch_size, padding)
     finally:
         model.train(was_training)
-    outputs, order = _gather(local, indices)
+    outputs, order = _gather(local[: len(indices)], indices)
     assert order == list(range(len(dataset))), "evaluation lost examples"
     if mode == "classify":
         predictions = [min(max(o, 0.0), 5.0) if task.is_regression else o for o in outputs]

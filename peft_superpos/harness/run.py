@@ -1,9 +1,11 @@
 """One training/evaluation run: task data + model + method -> Trainer -> the run record (:mod:`.run_record`).
 
 :func:`run_experiment` is what the CLI (``peft-superpos-train``) calls, in phases: prepare the folder, load the
-data, load the model, build the adapter, train, summarise. It works the same under ``accelerate launch
+data, make the Trainer's arguments (and start the engine: :mod:`.engines`), load the model, build the adapter,
+train, summarise. It works the same under ``torchrun --nproc_per_node N`` or ``accelerate launch --multi_gpu
 --num_processes N`` (``batch_size`` is the *global* batch of one optimizer step and is split over the processes,
-so the same command trains the same model with 1 or N processes).
+so the same command trains the same model with 1 or N processes), and under DeepSpeed (``--deepspeed``, also
+ZeRO-3 on CPU) or FSDP (``--fsdp``, GPUs).
 
 Resuming: when ``output_dir`` holds Trainer checkpoints (``checkpoint-<step>``) the run continues from the
 latest one (model/adapter, optimizer, RNG and data-order state), unless ``overwrite_output_dir`` is set.
@@ -31,7 +33,7 @@ from .run_folder import is_main_process, last_complete_checkpoint, locked_run_fo
 from .run_model import build_adapter, load_base_model, make_features, resolve_eval_mode
 from .run_record import read_floors, write_floors
 from .summary import summarise
-from .training import train
+from .training import train, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +51,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         if start.finished is not None:
             return start.finished
         data = load_run_data(config, task)
+        args = training_arguments(config, spec)  # before the model: under ZeRO-3 it is built partitioned
         load_start = time.perf_counter()
         base = load_base_model(config)
         eval_mode = resolve_eval_mode(config, base)
@@ -57,7 +60,7 @@ def run_experiment(config: RunConfig) -> dict[str, Any]:
         adapter = build_adapter(config, base)
         load_time = time.perf_counter() - load_start
         train_features = features.encode_dataset(data.train)
-        training = train(config, task, spec, start, data, train_features, features, adapter, eval_mode)
+        training = train(config, task, spec, start, data, train_features, features, adapter, eval_mode, args)
         return summarise(
             config=config,
             task=task,

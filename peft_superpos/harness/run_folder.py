@@ -122,8 +122,11 @@ def clear_run_folder(output_dir: Path) -> None:
             path.unlink(missing_ok=True)
 
 
+_PATH_FIELDS = ("data_dir", "deepspeed", "fsdp_config")
+
+
 def _normalised(key: str, value: Any) -> Any:
-    if key == "data_dir" and value is not None:
+    if key in _PATH_FIELDS and value is not None:
         return os.path.realpath(os.path.expanduser(value))
     return value
 
@@ -197,6 +200,9 @@ _IDENTITY_FIELDS = (
     "dev_seed",
     "eval_mode",
     "max_eval_samples",
+    "deepspeed",  # a checkpoint resumes only with the engine that wrote it (else optimizer state would be lost)
+    "fsdp",
+    "fsdp_config",
 )
 
 

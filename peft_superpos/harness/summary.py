@@ -13,6 +13,7 @@ import torch
 import transformers
 
 from ..data import Task
+from ..distributed import full_shape
 from .config import RunConfig
 from .features import ClassificationFeatures, TextToTextFeatures
 from .run_data import RunData
@@ -66,8 +67,8 @@ def summarise(
         model={
             "peft_config": adapter.peft_config.to_dict() if adapter.peft_config is not None else None,
             "model_class": type(adapter.base_model).__name__,
-            "trainable_parameters": sum(p.numel() for p in parameters if p.requires_grad),
-            "total_parameters": sum(p.numel() for p in parameters),
+            "trainable_parameters": sum(full_shape(p).numel() for p in parameters if p.requires_grad),
+            "total_parameters": sum(full_shape(p).numel() for p in parameters),
         },
         progress={
             "world_size": trainer.args.world_size,

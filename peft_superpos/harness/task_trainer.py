@@ -1,5 +1,7 @@
 """``transformers.Trainer`` subclass: label-token loss with ``logits_to_keep``, and task evaluation.
 
+* Optimizer: AdamW over :func:`peft_superpos.make_param_groups` at the arguments' learning rate and weight
+  decay, made when the Trainer asks for it (after FSDP wrapped the model; under DeepSpeed in place of its own).
 * Loss: the sum of the cross-entropies of the label tokens divided by the number of label tokens in the
   global batch (Trainer's ``num_items_in_batch``, gathered across processes), so a 2-process DDP run and a
   1-process run with the same global batch take the same step, and gradient accumulation is exact.
@@ -32,6 +34,7 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_pt_utils import nested_gather
 
+from ..optim import make_param_groups
 from .callbacks import PARTIAL_LOSS_KEY
 from .evaluation import PaddingCount, evaluate
 from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextFeatures, label_logits
@@ -55,9 +58,11 @@ class TaskTrainer(Trainer):
         eval_mode: str = "generate",
         raw_eval_dataset: Any = None,
         group_by_length: bool = True,
+        lr_by_name: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.lr_by_name = lr_by_name
         self.task = task
         self.features = features
         self.eval_mode = eval_mode
@@ -107,6 +112,15 @@ class TaskTrainer(Trainer):
             window = {"loss_sum": loss_sum, "steps": self.state.global_step - self._globalstep_last_logged}
             atomic_write_text(os.path.join(folder, LOSS_WINDOW_FILE), json.dumps(window))
         super()._save_checkpoint(model, trial)
+
+    def create_optimizer(self, model: Any = None) -> torch.optim.Optimizer:
+        """AdamW over :func:`peft_superpos.make_param_groups` of the trainable parameters (weight decay by name,
+        the config's learning rates by name, e.g. DePT's), built when the Trainer asks: after FSDP wrapped the
+        model, and in place of DeepSpeed's own."""
+        if self.optimizer is None:
+            groups = make_param_groups(model or self.model, self.args.weight_decay, lr_by_name=self.lr_by_name)
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate)
+        return self.optimizer
 
     def _get_train_sampler(self, train_dataset=None):
         if not self.group_by_length:

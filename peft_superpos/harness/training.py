@@ -14,9 +14,10 @@ import torch
 from transformers import TrainerState, TrainingArguments
 
 from ..data import Task
-from ..optim import make_param_groups, prompt_step_size
+from ..optim import prompt_step_size
 from .callbacks import MetricsRecorder
 from .config import RunConfig
+from .engines import start_engine
 from .errors import RunConfigError
 from .features import ClassificationFeatures, TextToTextFeatures
 from .methods import MethodSpec
@@ -27,7 +28,7 @@ from .task_trainer import EndOfTrainingCallback, TaskTrainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Training", "train"]
+__all__ = ["Training", "train", "training_arguments"]
 
 
 @dataclass(frozen=True)
@@ -53,28 +54,26 @@ def train(
     features: TextToTextFeatures | ClassificationFeatures,
     adapter: Adapter,
     eval_mode: str,
+    args: TrainingArguments,
 ) -> Training:
     """Train (or, with ``--eval-only``, evaluate once) with AdamW at the method's constant learning rate,
-    resuming from ``start.checkpoint``; a run that already reached its last step only gets its trainer state."""
-    lr = spec.resolved_lr(config.method_settings)
-    weight_decay = spec.resolved_weight_decay(config.method_settings)
-    step_size = prompt_step_size(adapter.model, lr)  # at init: built from the config, before a checkpoint is restored
-    groups = make_param_groups(adapter.model, weight_decay, lr_by_name=adapter.lr_by_name)
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    resuming from ``start.checkpoint``; a run that already reached its last step only gets its trainer state.
+    ``args`` are :func:`training_arguments`."""
+    step_size = prompt_step_size(adapter.model, args.learning_rate)  # at init: before a checkpoint is restored
     recorder = MetricsRecorder(start.output_dir, session=start.session, title=f"{task.display_name} / {spec.name}")
     trainer = TaskTrainer(
         model=adapter.model,
-        args=_training_arguments(config, lr, spec.is_prompt_method),
+        args=args,
         train_dataset=train_features,
         eval_dataset=data.evaluation,
         data_collator=features.collator(),
-        optimizers=(optimizer, None),
         callbacks=[recorder, EndOfTrainingCallback()],
         task=task,
         features=features,
         eval_mode=eval_mode,
         raw_eval_dataset=data.evaluation,
         group_by_length=config.group_by_length,
+        lr_by_name=adapter.lr_by_name,
     )
     train_metrics: dict[str, Any] = {}
     if config.eval_only:
@@ -93,10 +92,15 @@ def train(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Position ids are not supported")
             train_metrics = trainer.train(resume_from_checkpoint=start.checkpoint).metrics
-    return Training(trainer, train_metrics, lr, weight_decay, step_size)
+    return Training(trainer, train_metrics, args.learning_rate, args.weight_decay, step_size)
 
 
-def _training_arguments(config: RunConfig, lr: float, prompt_method: bool) -> TrainingArguments:
+def training_arguments(config: RunConfig, spec: MethodSpec) -> TrainingArguments:
+    """The Trainer's arguments of the run: the method's learning rate and weight decay (the optimizer is
+    :meth:`.TaskTrainer.create_optimizer`), ``--batch-size`` split over the processes, and the engine
+    (``--deepspeed``, ``--fsdp``), started first where the Trainer does not start it (:mod:`.engines`). Make them
+    before the model: under ZeRO-3 the model is then built partitioned (their DeepSpeed config is alive)."""
+    start_engine(config)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if config.batch_size % world:
         raise RunConfigError(f"--batch-size {config.batch_size} is not divisible by the {world} processes")
@@ -107,7 +111,8 @@ def _training_arguments(config: RunConfig, lr: float, prompt_method: bool) -> Tr
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         max_steps=config.max_steps if config.max_steps is not None else -1,  # -1: by epochs
         num_train_epochs=config.epochs if config.epochs is not None else 1.0,
-        learning_rate=lr,
+        learning_rate=spec.resolved_lr(config.method_settings),
+        weight_decay=spec.resolved_weight_decay(config.method_settings),
         lr_scheduler_type="constant",
         warmup_steps=0,
         eval_strategy="steps",
@@ -124,7 +129,10 @@ def _training_arguments(config: RunConfig, lr: float, prompt_method: bool) -> Tr
         report_to="none",
         dataloader_num_workers=0,
         average_tokens_across_devices=True,
-        ddp_find_unused_parameters=False if prompt_method else None,
+        ddp_find_unused_parameters=False if spec.is_prompt_method else None,
         disable_tqdm=config.disable_tqdm or None,  # None: as the logging level says
         use_cpu=not torch.cuda.is_available(),
+        deepspeed=config.deepspeed,
+        fsdp=config.fsdp,
+        fsdp_config=config.fsdp_config,
     )
