@@ -9,6 +9,8 @@ the adapter the test saved in ``ADAPTERS/<method>``, ``STEPS`` AdamW steps on th
 through ``from_pretrained``), ``fsdp1`` (``FullyShardedDataParallel`` with peft's ``fsdp_auto_wrap_policy``) or
 ``fsdp2`` (``fully_shard`` on every decoder layer and the root). ``zero3-trainer`` trains SuperPos with a
 ``transformers.Trainer`` under ZeRO-3 instead and saves through its checkpoints and ``save_model``.
+``fsdp-evaluation`` runs the harness's evaluation of the tiny harness model in ``BASE`` under FSDP1 and FSDP2
+(:func:`run_evaluation`).
 
 ``reference_run`` is the same training in one process: the mean of the ranks' losses, which is what the engines'
 gradient averaging computes.
@@ -16,6 +18,7 @@ gradient averaging computes.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -91,6 +94,23 @@ def _init(engine: str) -> int:
     return torch.distributed.get_rank()
 
 
+def _shard(engine: str, model):
+    """``model`` wrapped by FSDP1 with peft's auto-wrap policy (``fsdp1``) or sharded by FSDP2 on every decoder
+    layer and the root (``fsdp2``)."""
+    if engine == "fsdp1":
+        from peft.utils.other import fsdp_auto_wrap_policy
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        return FullyShardedDataParallel(
+            model, auto_wrap_policy=fsdp_auto_wrap_policy(model), device_id=torch.device("cpu"), use_orig_params=True
+        )
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.get_base_model().model.layers:
+        fully_shard(layer)
+    return fully_shard(model)
+
+
 def _wrap(engine: str, model):
     """``(backward(ids) -> loss, step())``: one forward and backward of ``model`` wrapped by ``engine``, and one
     optimizer step."""
@@ -107,19 +127,7 @@ def _wrap(engine: str, model):
             return loss
 
         return backward, wrapped.step
-    if engine == "fsdp1":
-        from peft.utils.other import fsdp_auto_wrap_policy
-        from torch.distributed.fsdp import FullyShardedDataParallel
-
-        wrapped = FullyShardedDataParallel(
-            model, auto_wrap_policy=fsdp_auto_wrap_policy(model), device_id=torch.device("cpu"), use_orig_params=True
-        )
-    else:
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.get_base_model().model.layers:
-            fully_shard(layer)
-        wrapped = fully_shard(model)
+    wrapped = _shard(engine, model)
     optimizer = optimizer_for(model)  # after wrapping: FSDP replaces the parameters
 
     def backward(ids):
@@ -215,6 +223,43 @@ def run_trainer(base_dir: Path, adapters: Path, out: Path) -> None:
     trainer.save_model(str(out / "final"))
 
 
+def evaluation_records(model_dir: Path, shard=None) -> dict[str, list[dict]]:
+    """The records of the harness's evaluation (generate and rank) of a SuperPos adapter on the tiny harness model
+    in ``model_dir``, over the 5 CB fixture eval examples in batches of 2 (``shard`` wraps the model first)."""
+    from tiny_models import FIXTURE_DATA, adapted, harness_config
+
+    from peft_superpos.data import get_task, load_task_split
+    from peft_superpos.harness import TextToTextFeatures, evaluate
+
+    model, tokenizer = adapted(harness_config(model_dir, model_dir / "unused"))
+    model = shard(model) if shard else model
+    task = get_task("cb")
+    data = load_task_split(task, "validation", FIXTURE_DATA)
+    features = TextToTextFeatures(tokenizer, False, 256)
+    return {mode: evaluate(model, features, task, data, mode, batch_size=2).records for mode in ("generate", "rank")}
+
+
+def run_evaluation(model_dir: Path, out: Path) -> None:
+    """The harness's evaluation in one process (``evaluation-single.json``), then on 2 ranks under FSDP1 and FSDP2
+    (``<engine>-rank<r>.json``): the ranks split the examples 3 and 2, so they only finish together if they run
+    in lockstep. FSDP2's ``generate`` is registered as a forward method of the root, as the Trainer does."""
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
+    single = evaluation_records(model_dir)  # before the process group: one process evaluates everything
+    rank = _init("fsdp")
+    if rank == 0:
+        (out / "evaluation-single.json").write_text(json.dumps(single))
+    for engine in ("fsdp1", "fsdp2"):
+
+        def shard(model, engine=engine):
+            sharded = _shard(engine, model)
+            if engine == "fsdp2":
+                register_fsdp_forward_method(sharded, "generate")
+            return sharded
+
+        (out / f"{engine}-rank{rank}.json").write_text(json.dumps(evaluation_records(model_dir, shard)))
+
+
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     engine, paths = sys.argv[1], [Path(p) for p in sys.argv[2:5]]
@@ -223,6 +268,8 @@ if __name__ == "__main__":
 
     if engine == "zero3-trainer":
         run_trainer(*paths)
+    elif engine == "fsdp-evaluation":
+        run_evaluation(paths[0], paths[2])
     else:
         run_engine(engine, *paths)
     torch.distributed.destroy_process_group()

@@ -8,7 +8,9 @@ steps give the same table on both ranks and match a single-process run, and ``sa
 ``export_prompt_tuning`` called on every rank write adapters that load bit-exact in a process without the engine.
 Under ZeRO-3 the ``transformers.Trainer`` saves too: a checkpoint and ``save_model`` neither hang nor write an
 empty table. The accelerate example (examples/accelerate/) trains on 2 CPU ranks with its ZeRO-3 config, and refuses
-its FSDP config there (accelerate would silently run DDP on CPU).
+its FSDP config there (accelerate would silently run DDP on CPU). The harness (``peft_superpos.train``) with
+``--deepspeed`` trains and resumes under ZeRO-3 like one process, and its evaluation gives one process's records
+under FSDP1 and FSDP2 too.
 """
 
 from __future__ import annotations
@@ -207,3 +209,15 @@ def test_harness_with_zero3_matches_one_process(tmp_path_factory, tmp_path):
         single_table = load_file(single / f"checkpoint-{step}" / ADAPTER_FILE)["prompt_embeddings"]
         torch.testing.assert_close(table, single_table, rtol=1e-5, atol=1e-6)
         assert_reloads_exactly(model, zero3 / f"checkpoint-{step}", table)
+
+
+def test_evaluation_under_fsdp_matches_one_process(tmp_path_factory, tmp_path):
+    """The harness's evaluation (generate and rank) of a model sharded by FSDP1 or FSDP2 on 2 ranks: every rank
+    gets the records of one process, raw generated texts included."""
+    model = tiny_model_dir(tmp_path_factory, "llama")
+    launch("fsdp-evaluation", model, tmp_path, tmp_path)
+    expected = json.loads((tmp_path / "evaluation-single.json").read_text())
+    assert len(expected["generate"]) == len(expected["rank"]) == 5
+    for engine in ("fsdp1", "fsdp2"):
+        for rank in range(2):
+            assert json.loads((tmp_path / f"{engine}-rank{rank}.json").read_text()) == expected, (engine, rank)
