@@ -2,9 +2,10 @@
 model kind (decoder-only, encoder-decoder, sequence classifier), built on ``transformers.Trainer``.
 
 Layout, in the order of a run (:mod:`.run`): :mod:`.config` (run settings), :mod:`.run_folder` (lock, identity,
-checkpoints, where the run starts), :mod:`.run_data` (the examples), :mod:`.run_model` (base model, eval mode,
-features, the method's adapter; the method table is :mod:`.methods`), :mod:`.training` (optimizer and Trainer;
-the subclass is :mod:`.task_trainer`, its callback :mod:`.callbacks`), :mod:`.summary` (final.json), and
+checkpoints, where the run starts), :mod:`.run_data` (the examples), :mod:`.engines` (DeepSpeed and FSDP options:
+checked, started), :mod:`.run_model` (base model, eval mode, features, the method's adapter; the method table is
+:mod:`.methods`), :mod:`.training` (the Trainer's arguments, made before the model, and the Trainer; the subclass
+is :mod:`.task_trainer`, its callback :mod:`.callbacks`), :mod:`.summary` (final.json), and
 :mod:`.run_record`, which owns every file of the run folder. :mod:`.features` (tokenisation, collator,
 positions), :mod:`.evaluation` (generation / rank classification), :mod:`.errors` (user errors). The CLI is
 :mod:`peft_superpos.train`.
