@@ -4,7 +4,8 @@ prompt tuning struggles (a base model, small training sets, many epochs).
 In the order it runs:
 
 1. ``zero-shot``: the floors of Gemma 3 270M (base) on the seven shared tasks, every validation example.
-2. Stage A on Gemma 3, then on SmolLM2, SST-2 at grid v1's budget (400 steps of batch 8):
+2. Stage A on Gemma 3, then on SmolLM2 (so that whether a setting transfers across the two decoders, which the
+   defaults depend on, is known early), SST-2 at grid v1's budget (400 steps of batch 8):
    - ``sweep``: each method setting across learning rates, evaluated on a development split of :data:`DEV_SIZE`
      examples carved from the training file (the same for every run), never on the validation examples reported;
    - ``extend``: one more learning rate beyond an edge, run only when the best of the sweep is at that edge;
@@ -14,11 +15,11 @@ In the order it runs:
    per method and task (CB about 10 epochs), two seeds, every validation example; SuperPos with the better init of
    the Gemma 3 sweep, every prompt method at its tuned learning rate, LoRA (the paper's default lr) as the strong
    reference.
-4. Stage C on Gemma 3 (``matched``), after SmolLM2's Stage A: SuperPos with m = 16, 64, 256 and with the softmax
-   variant (m=128) at the **effective step** of its tuned setting, SST-2 at Stage A's budget, two seeds, every
-   validation example: the learning rate is the tuned one times ``expected_weight_l1`` of the tuned setting over
-   that of the variant (``tuners.superpos_prompt.model``), so that "does m matter" is about m, not about step size.
-   The tuned setting's own confirmations (m=128) are the reference.
+4. Stage C on Gemma 3 (``matched``): SuperPos with m = 16, 64, 256 and with the softmax variant (m=128) at the
+   **effective step** of its tuned setting, SST-2 at Stage A's budget, two seeds, every validation example: the
+   learning rate is the tuned one times ``expected_weight_l1`` of the tuned setting over that of the variant
+   (``tuners.superpos_prompt.model``), so that "does m matter" is about m, not about step size. The tuned
+   setting's own confirmations (m=128) are the reference.
 
 Sized from step times measured on the 2-core CPU while it was shared (Gemma 3 270M: 1.6 s per SST-2 step at batch 8,
 about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours for
@@ -122,7 +123,7 @@ def grid_v2() -> tuple[RunSpec, ...]:
     zero_shot = [
         RunSpec(ZERO_SHOT, "gemma3", task, "full", eval_only=True, max_eval_samples=None) for task in MAIN_TASKS
     ]
-    return check_grid([*zero_shot, *_stage_a("gemma3"), *_stage_b("gemma3"), *_stage_a("smollm2"), *_stage_c("gemma3")])
+    return check_grid([*zero_shot, *_stage_a("gemma3"), *_stage_a("smollm2"), *_stage_b("gemma3"), *_stage_c("gemma3")])
 
 
 GRID_V2 = grid_v2()
