@@ -6,8 +6,8 @@ Every line ``<!-- generated: NAME -->`` of the template is replaced by a table t
   (written by ``overhead.py`` / ``padding.py`` / ``model_cost.py``);
 * ``run:<folder>``: one harness run whose ``final.json`` and ``metrics.jsonl`` were copied to
   ``results/<folder>/`` (the README's main job): its evaluations beside the floors;
-* ``quality:<table>``: ``tables[<table>]`` of ``results/quality/report.json`` (written by
-  ``quality_suite.py report``, which also runs this script).
+* ``quality:<table>`` / ``quality_v2:<table>``: ``tables[<table>]`` of ``results/quality/report.json`` (grid v1)
+  / ``report-v2.json`` (grid v2), written by ``quality_suite.py report``, which also runs this script.
 
 Edit the template, never RESULTS.md; a test checks that RESULTS.md is what this script generates.
 
@@ -37,6 +37,8 @@ HEADER = (
 
 #: Marker source -> the benchmark module that writes ``results/<source>-<name>.md``.
 SCRIPTS = {"overhead": "overhead", "padding": "padding", "cost": "model_cost"}
+#: Marker source -> the quality report (in ``results/quality/``) whose tables it names.
+QUALITY_REPORTS = {"quality": "report.json", "quality_v2": "report-v2.json"}
 
 
 def generated_table(source: str, name: str, results_dir: Path) -> str:
@@ -50,8 +52,8 @@ def generated_table(source: str, name: str, results_dir: Path) -> str:
         return "\n".join(line for line in path.read_text().splitlines() if line.startswith("|"))
     if source == "run":
         return run_table(results_dir / name)
-    if source == "quality":
-        path = results_dir / "quality" / "report.json"
+    if source in QUALITY_REPORTS:
+        path = results_dir / "quality" / QUALITY_REPORTS[source]
         if not path.is_file():
             raise FileNotFoundError(f"{path} is missing: run python -m benchmarks.quality_suite report")
         tables = json.loads(path.read_text())["tables"]
@@ -59,7 +61,7 @@ def generated_table(source: str, name: str, results_dir: Path) -> str:
             raise KeyError(f"{path} has no table {name!r} (it has: {', '.join(tables)})")
         return tables[name]
     raise ValueError(
-        f"unknown source {source!r} in a generated marker; expected overhead, padding, cost, run or quality"
+        f"unknown source {source!r} in a generated marker; expected overhead, padding, cost, run, quality or quality_v2"
     )
 
 

@@ -42,9 +42,10 @@ ZERO_SHOT, LR_CHECK, MAIN, SEED, ABLATION, MINILM = "zero-shot", "lr-check", "ma
 #: The stages in the report's order (the run order is :func:`grid_v1`'s).
 STAGES = (ZERO_SHOT, MINILM, LR_CHECK, MAIN, SEED, ABLATION)
 #: Grid v2's stages (``quality_grid_v2.py``): the learning-rate sweep on the development split, extensions of a sweep
-#: whose best value is at an edge, the best settings confirmed on the validation split, and the base-model regime.
-SWEEP, EXTEND, CONFIRM, REGIME = "sweep", "extend", "confirm", "regime"
-V2_STAGES = (SWEEP, EXTEND, CONFIRM, REGIME)
+#: whose best value is at an edge, the best settings confirmed on the validation split, the base-model regime, and
+#: SuperPos' m and softmax at the effective step of its tuned setting.
+SWEEP, EXTEND, CONFIRM, REGIME, MATCHED = "sweep", "extend", "confirm", "regime", "matched"
+V2_STAGES = (SWEEP, EXTEND, CONFIRM, REGIME, MATCHED)
 #: ``lr`` / ``weight_init`` of a spec that takes the best setting of its model's sweep (resolved when reached).
 FROM_SWEEP = "from_sweep"
 
@@ -127,7 +128,13 @@ class RunSpec:
         parts.append(self.method)
         if self.weight_init not in (None, FROM_SWEEP):
             parts.append(self.weight_init)
-        if FROM_SWEEP in (self.lr, self.weight_init):
+        if self.m is not None:
+            parts.append(f"m{self.m}")
+        if self.softmax:
+            parts.append("softmax")
+        if self.stage == MATCHED:
+            parts.append("matched")
+        elif FROM_SWEEP in (self.lr, self.weight_init):
             parts.append("tuned")
         elif self.lr is not None:
             parts.append(f"lr{self.lr:g}")

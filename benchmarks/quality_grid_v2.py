@@ -4,7 +4,8 @@ prompt tuning struggles (a base model, small training sets, many epochs).
 In the order it runs:
 
 1. ``zero-shot``: the floors of Gemma 3 270M (base) on the seven shared tasks, every validation example.
-2. Stage A on Gemma 3, then on SmolLM2, SST-2 at grid v1's budget (400 steps of batch 8):
+2. Stage A on Gemma 3, then on SmolLM2 (so that whether a setting transfers across the two decoders, which the
+   defaults depend on, is known early), SST-2 at grid v1's budget (400 steps of batch 8):
    - ``sweep``: each method setting across learning rates, evaluated on a development split of :data:`DEV_SIZE`
      examples carved from the training file (the same for every run), never on the validation examples reported;
    - ``extend``: one more learning rate beyond an edge, run only when the best of the sweep is at that edge;
@@ -14,9 +15,15 @@ In the order it runs:
    per method and task (CB about 10 epochs), two seeds, every validation example; SuperPos with the better init of
    the Gemma 3 sweep, every prompt method at its tuned learning rate, LoRA (the paper's default lr) as the strong
    reference.
+4. Stage C on Gemma 3 (``matched``): SuperPos with m = 16, 64, 256 and with the softmax variant (m=128) at the
+   **effective step** of its tuned setting, SST-2 at Stage A's budget, two seeds, every validation example: the
+   learning rate is the tuned one times ``expected_weight_l1`` of the tuned setting over that of the variant
+   (``tuners.superpos_prompt.model``), so that "does m matter" is about m, not about step size. The tuned
+   setting's own confirmations (m=128) are the reference.
 
 Sized from step times measured on the 2-core CPU while it was shared (Gemma 3 270M: 1.6 s per SST-2 step at batch 8,
-about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours in all.
+about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours for
+stages A and B, about 3 more for stage C.
 RESULTS.md says what was chosen and why.
 """
 
@@ -34,6 +41,7 @@ from benchmarks.quality_grid import (
     FROM_LR_CHECK,
     FROM_SWEEP,
     MAIN_TASKS,
+    MATCHED,
     REGIME,
     SWEEP,
     ZERO_SHOT,
@@ -43,6 +51,8 @@ from benchmarks.quality_grid import (
     load_result,
     resolve_lr,
 )
+from peft_superpos import SuperPosPromptConfig
+from peft_superpos.tuners.superpos_prompt.model import expected_weight_l1
 
 __all__ = ["DEV_SIZE", "GRID_V2", "Settings", "grid_v2", "resolve_settings"]
 
@@ -63,6 +73,8 @@ REGIME_TASKS: Mapping[str, int | None] = {"cb": None, "sst2": 500, "rte": 500}
 REGIME_STEPS = 300
 REGIME_EVAL_STEPS = 100
 REGIME_METHODS = ("superpos", "prompt_tuning", "residual", "lora")
+#: Stage C: SuperPos' variants at the effective step of its tuned setting (m=128, no softmax), as (m, softmax).
+MATCHED_VARIANTS = ((16, False), (64, False), (256, False), (None, True))
 
 
 def _series(model: str, method: str, weight_init: str | None) -> list[RunSpec]:
@@ -97,12 +109,21 @@ def _stage_b(model: str) -> list[RunSpec]:
     ]  # fmt: skip
 
 
+def _stage_c(model: str) -> list[RunSpec]:
+    return [
+        RunSpec(MATCHED, model, SWEEP_TASK, "superpos", seed=seed, max_steps=SWEEP_STEPS, lr=FROM_SWEEP, m=m,
+                softmax=softmax, weight_init=FROM_SWEEP, max_eval_samples=None)
+        for m, softmax in MATCHED_VARIANTS
+        for seed in SEEDS
+    ]  # fmt: skip
+
+
 def grid_v2() -> tuple[RunSpec, ...]:
     """Grid v2 in the order it runs (see the module docstring)."""
     zero_shot = [
         RunSpec(ZERO_SHOT, "gemma3", task, "full", eval_only=True, max_eval_samples=None) for task in MAIN_TASKS
     ]
-    return check_grid([*zero_shot, *_stage_a("gemma3"), *_stage_b("gemma3"), *_stage_a("smollm2")])
+    return check_grid([*zero_shot, *_stage_a("gemma3"), *_stage_a("smollm2"), *_stage_b("gemma3"), *_stage_c("gemma3")])
 
 
 GRID_V2 = grid_v2()
@@ -151,6 +172,14 @@ def extension_needed(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) 
     return best == (max(base) if spec.lr > max(base) else min(base))
 
 
+def weight_l1(weight_init: str | None, m: int | None, softmax: bool) -> float:
+    """``expected_weight_l1`` of SuperPos with these settings (None: the config's default)."""
+    settings = {"weight_init": weight_init, "m": m}
+    config = SuperPosPromptConfig(task_type="CAUSAL_LM", use_softmax=softmax,
+                                  **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
+    return expected_weight_l1(config)
+
+
 def resolve_settings(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> Settings | None:
     """The learning rate and SuperPos init the harness gets for ``spec`` (from the lr check or the sweep where the
     spec says so); None for an extension that is not needed. Raises :class:`LrCheckError` while what a setting
@@ -162,7 +191,10 @@ def resolve_settings(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) 
         inits = [init for method, init in SWEEPS if method == spec.method]
         weight_init = max(inits, key=lambda init: max(sweep_scores(spec, init, grid, results_dir).values()))
     if spec.lr == FROM_SWEEP:
-        return Settings(best_lr(sweep_scores(spec, weight_init, grid, results_dir)), weight_init)
+        lr = best_lr(sweep_scores(spec, weight_init, grid, results_dir))
+        if spec.stage == MATCHED:
+            lr *= weight_l1(weight_init, None, False) / weight_l1(weight_init, spec.m, spec.softmax)
+        return Settings(lr, weight_init)
     if spec.lr == FROM_LR_CHECK:
         return Settings(resolve_lr(spec, grid, results_dir), weight_init)
     return Settings(spec.lr, weight_init)

@@ -273,11 +273,12 @@ def head_to_head_table(rows: Sequence[Comparison]) -> str:
     )  # fmt: skip
 
 
-def table_title(name: str) -> str:
-    if name in TABLE_TITLES:
-        return TABLE_TITLES[name]
+def table_title(name: str, titles: Mapping[str, str] = TABLE_TITLES) -> str:
+    """The title of table ``name``: ``titles[name]``, or ``titles[kind]`` for ``<model>-<kind>``."""
+    if name in titles:
+        return titles[name]
     model, kind = name.split("-", 1)
-    return TABLE_TITLES[kind].format(model=model)
+    return titles[kind].format(model=model)
 
 
 def report_markdown(tables: Mapping[str, str]) -> str:

@@ -16,14 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import make_results
-from benchmarks.quality_figures import CURVES_DIR, write_plots
-from benchmarks.quality_grid import DEFAULT_RESULTS_DIR, RunSpec
+from benchmarks.quality_figures import CURVES_DIR, write_plots, write_step_plot
+from benchmarks.quality_grid import DEFAULT_RESULTS_DIR, V2_STAGES, RunSpec
 from benchmarks.quality_numbers import quality_numbers
 from benchmarks.quality_render import report_json, report_markdown, report_tables
+from benchmarks.quality_v2_numbers import quality_v2_numbers
+from benchmarks.quality_v2_render import report_v2_json, report_v2_markdown, report_v2_tables
 from peft_superpos.harness.run_record import atomic_write_text
 
 REPORT_FILES = ("report.md", "report.json")
-__all__ = ["CURVES_DIR", "REPORT_FILES", "build_report", "write_outputs", "write_report"]
+REPORT_V2_FILES = ("report-v2.md", "report-v2.json")
+__all__ = ["CURVES_DIR", "REPORT_FILES", "REPORT_V2_FILES", "build_report", "write_outputs", "write_report",
+           "write_report_v2"]  # fmt: skip
 
 
 def build_report(grid: Sequence[RunSpec], results_dir: Path) -> dict[str, Any]:
@@ -46,11 +50,30 @@ def write_report(grid: Sequence[RunSpec], results_dir: Path, plots: bool = True)
     return report
 
 
+def write_report_v2(grid: Sequence[RunSpec], results_dir: Path, plots: bool = True) -> dict[str, Any]:
+    """Write report-v2.md, report-v2.json (and Stage A's score-against-step PNGs) into ``results_dir``; returns the
+    content of report-v2.json."""
+    numbers = quality_v2_numbers(grid, results_dir)
+    tables = report_v2_tables(numbers)
+    report = report_v2_json(numbers, tables)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    figures = [f"{CURVES_DIR}/v2-step-{stage.model}.png" for stage in numbers.stage_a if stage.stepped]
+    if plots:
+        for stage, figure in zip([s for s in numbers.stage_a if s.stepped], figures, strict=True):
+            write_step_plot(stage, results_dir / figure)
+    atomic_write_text(results_dir / "report-v2.json", json.dumps(report, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(results_dir / "report-v2.md", report_v2_markdown(tables, figures))
+    return report
+
+
 def write_outputs(grid: Sequence[RunSpec], results_dir: Path, plots: bool) -> tuple[dict[str, Any], list[Path]]:
-    """The report files and, for the default results folder, RESULTS.md; returns the report and the text files
-    written."""
-    report = write_report(grid, results_dir, plots=plots)
-    paths = [results_dir / name for name in REPORT_FILES]
+    """The report files of ``grid`` (grid v2's when it has v2 stages) and, for the default results folder,
+    RESULTS.md; returns the report and the text files written."""
+    if any(spec.stage in V2_STAGES for spec in grid):
+        report, names = write_report_v2(grid, results_dir, plots=plots), REPORT_V2_FILES
+    else:
+        report, names = write_report(grid, results_dir, plots=plots), REPORT_FILES
+    paths = [results_dir / name for name in names]
     if results_dir.resolve() == DEFAULT_RESULTS_DIR:
         paths.append(make_results.write_results())
     return report, paths

@@ -50,7 +50,6 @@ from benchmarks.quality_grid import (
     GRID_V1,
     MODELS,
     REPO_ROOT,
-    V2_STAGES,
     LrCheckError,
     RunSpec,
     failure_counts,
@@ -60,7 +59,7 @@ from benchmarks.quality_grid import (
 )
 from benchmarks.quality_grid_v2 import GRID_V2, resolve_settings
 from benchmarks.quality_predictions import COMPACT_FILE, compact_bytes, compact_results, read_evaluations, write_compact
-from benchmarks.quality_report import CURVES_DIR, REPORT_FILES, write_outputs
+from benchmarks.quality_report import CURVES_DIR, REPORT_FILES, REPORT_V2_FILES, write_outputs
 from peft_superpos.harness.run_record import append_row, atomic_write
 
 GRIDS = {"v1": GRID_V1, "v2": GRID_V2}
@@ -266,8 +265,7 @@ def run_suite(
     committer = ResultCommitter(commit_repo)
 
     def publish(paths: Sequence[Path], message: str) -> None:
-        has_report = not any(spec.stage in V2_STAGES for spec in grid)  # grid v2 has no report yet
-        committer.commit([*paths, *(refresh_report(grid, results_dir) if has_report else [])], message)
+        committer.commit([*paths, *refresh_report(grid, results_dir)], message)
 
     def fail(spec: RunSpec, reason: str, log_path: Path | None = None) -> None:
         print(f"FAILED {spec.run_id}: {reason}", flush=True)
@@ -275,7 +273,7 @@ def run_suite(
         publish([record_failure(results_dir, spec, reason, log_path)], f"quality: failed {spec.run_id}")
 
     # Results copied by a suite that was killed before committing them: finished, so commit them now.
-    left_over = [results_dir / name for name in (FAILURES_FILE, *REPORT_FILES)]
+    left_over = [results_dir / name for name in (FAILURES_FILE, *REPORT_FILES, *REPORT_V2_FILES)]
     for spec in grid:  # the files of finished copies, not the temporary files of an interrupted copy
         left_over += [p for p in (results_dir / spec.run_id).rglob("*") if p.is_file() and not p.name.startswith(".")]
     committer.commit([p for p in left_over if p.exists()], "quality: results left uncommitted by an earlier suite")
@@ -377,9 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
-        report, written = write_outputs(GRID_V1, args.results_dir, plots=not args.no_plots)
-        print(report["tables"]["status"])
-        print("wrote " + ", ".join(str(p) for p in written) + ("" if args.no_plots else f", {CURVES_DIR}/*.png"))
+        written = []
+        for grid in GRIDS.values():
+            report, paths = write_outputs(grid, args.results_dir, plots=not args.no_plots)
+            print(report["tables"]["status"])
+            written += paths
+        print(
+            "wrote " + ", ".join(map(str, dict.fromkeys(written))) + ("" if args.no_plots else f", {CURVES_DIR}/*.png")
+        )
         return 0
     if args.command == "compact":
         written = compact_results(args.results_dir)

@@ -3,6 +3,7 @@ only when their best value lies there, and the harness command of each kind of r
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from quality_results import write_run
 
 from benchmarks import quality_grid_v2 as v2
 from benchmarks import quality_suite as qs
-from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, REGIME, SWEEP, LrCheckError
+from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, MATCHED, REGIME, SWEEP, LrCheckError
 
 
 def finish_sweep(results: Path, model: str, method: str, init: str | None, scores: dict[float, float]) -> None:
@@ -78,3 +79,16 @@ def test_harness_commands_of_grid_v2(tmp_path):
     command = qs.harness_command(regime, tmp_path, "data", None)
     assert command[command.index("--max-train-samples") + 1] == "500"
     assert "--max-eval-samples" not in command and "--dev-size" not in command and "--lr" not in command
+
+
+def test_stage_c_runs_each_variant_at_the_effective_step_of_the_tuned_setting(tmp_path):
+    m16 = spec_of(MATCHED, "gemma3", "sst2", "superpos", seed=42, m=16)
+    softmax = spec_of(MATCHED, "gemma3", "sst2", "superpos", seed=42, softmax=True)
+    assert (m16.run_name, softmax.run_name) == ("superpos-m16-matched-s42", "superpos-softmax-matched-s42")
+    finish_sweep(tmp_path, "gemma3", "superpos", "normal", {1e-3: 60.0, 3e-3: 85.0, 1e-2: 70.0, 3e-2: 65.0})
+    finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-3: 70.0, 1e-2: 75.0, 3e-2: 80.0, 1e-1: 60.0})
+    # normal init: sum_j |p'_ij| is about sqrt(2m/pi), so m=16 gets sqrt(128/16) = 2.8x the learning rate
+    assert v2.resolve_settings(m16, v2.GRID_V2, tmp_path) == v2.Settings(pytest.approx(3e-3 * 8**0.5), "normal")
+    assert v2.resolve_settings(softmax, v2.GRID_V2, tmp_path).lr == pytest.approx(3e-3 * (2 * 128 / math.pi) ** 0.5)
+    finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-2: 90.0})  # one_hot: a step of 1x lr at any m
+    assert v2.resolve_settings(m16, v2.GRID_V2, tmp_path) == v2.Settings(3e-2, "one_hot")

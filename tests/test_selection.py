@@ -11,6 +11,7 @@ from tiny_models import harness_config, make_peft, make_superpos, make_tiny
 from peft_superpos.data import split_off_dev
 from peft_superpos.harness import MethodSettings, RunConfigError, run_experiment
 from peft_superpos.optim import embedding_rms, prompt_step_size
+from peft_superpos.tuners.superpos_prompt.model import expected_weight_l1
 
 
 def numbered(count: int, group_size: int = 1) -> datasets.Dataset:
@@ -62,6 +63,11 @@ def test_superpos_step_grows_with_the_l1_norm_of_its_weights():
     assert normal["weight_l1"] == pytest.approx((2 / torch.pi) ** 0.5 * 64**0.5, rel=0.15)  # E|N(0, 1/m)| sums
     assert normal["per_coordinate"] == pytest.approx(0.01 * normal["weight_l1"])
     assert prompt_step_size(make_superpos("llama", m=64, use_softmax=True), lr=0.01)["weight_l1"] == pytest.approx(1)
+    for settings in ({"m": 64}, {"m": 64, "weight_init": "uniform"}, {"m": 16, "weight_init": "one_hot"},
+                     {"m": 64, "use_softmax": True}):  # fmt: skip
+        model = make_superpos("llama", **settings)
+        measured = prompt_step_size(model, lr=0.01)["weight_l1"]
+        assert expected_weight_l1(model.peft_config["default"]) == pytest.approx(measured, rel=0.15), settings
     from peft import PromptTuningConfig
 
     stock = prompt_step_size(make_peft("llama", "CAUSAL_LM", PromptTuningConfig, num_virtual_tokens=4), lr=0.01)

@@ -14,12 +14,27 @@ from ..vocabulary import check_token_ids, embedding_rows, sample_vocabulary
 from .config import SuperPosPromptConfig, WeightInit
 
 
+def init_std(config: SuperPosPromptConfig) -> float:
+    """The std of p' at creation for the ``normal`` and ``uniform`` inits."""
+    return config.weight_init_std if config.weight_init_std is not None else 1.0 / math.sqrt(config.m)
+
+
+def expected_weight_l1(config: SuperPosPromptConfig) -> float:
+    """The expected Σ_j |p'_ij| of a prompt at creation (1 for ``one_hot``, and for the weights softmax(p'_i) of
+    ``use_softmax``). Under AdamW a prompt first moves like a free prompt table trained at ``lr`` times this
+    (``optim.prompt_step_size`` measures it): about 9.0 for the ``normal`` init at m=128, growing as sqrt(m)."""
+    if config.use_softmax or config.weight_init is WeightInit.ONE_HOT:
+        return 1.0
+    mean_abs = math.sqrt(2 / math.pi) if config.weight_init is WeightInit.NORMAL else math.sqrt(3) / 2  # E|x| / std
+    return config.m * init_std(config) * mean_abs
+
+
 def init_superposition_weights(config: SuperPosPromptConfig, num_tokens: int) -> torch.Tensor:
     """p' at creation, ``(n, m)``, reproducible from ``config.seed``."""
     m = config.m
     if config.weight_init is WeightInit.ONE_HOT:
         return torch.eye(num_tokens, m)
-    std = config.weight_init_std if config.weight_init_std is not None else 1.0 / math.sqrt(m)
+    std = init_std(config)
     generator = torch.Generator().manual_seed(config.seed + 1)
     if config.weight_init is WeightInit.NORMAL:
         return torch.randn(num_tokens, m, generator=generator) * std

@@ -1,0 +1,151 @@
+"""Grid v2's report as Markdown tables and JSON, from :class:`QualityV2Numbers` (``quality_v2_numbers.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from benchmarks.quality_render import difference_cell, fmt, md_table, table_title, tested_table
+from benchmarks.quality_stats import Floor
+from benchmarks.quality_v2_numbers import COLLAPSE_SHARE, MethodRow, QualityV2Numbers, StageA, StageB, StageC
+
+#: Table name (``{model}``: the model) -> its title in report-v2.md.
+TABLE_TITLES = {
+    "status": "Finished runs by stage",
+    "sweep": "{model}, Stage A: every learning rate on the development split (SST-2, 300 examples of train)",
+    "tuned": "{model}, Stage A: each method at its learning rate, on the 872 validation examples of SST-2",
+    "versus": "{model}, Stage A: SuperPos against the other settings (final score, validation)",
+    "regime": "{model}, Stage B: small training sets, many epochs (validation, every example)",
+    "regime-versus": "{model}, Stage B: SuperPos against each method (final score, per task and pooled)",
+    "matched": "{model}, Stage C: SuperPos' m and softmax at its tuned effective step (SST-2, validation)",
+}
+ROW_HEADER = ["method", "lr", "step / RMS", "final (95 % CI)", "per seed", "best", "steps to 90 %", "invalid %",
+              "collapsed %"]  # fmt: skip
+
+
+def step_cell(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3g}"
+
+
+def interval_cell(value: float | None, low: float | None, high: float | None) -> str:
+    return fmt(value) + ("" if low is None or high is None else f" ({low:.1f}-{high:.1f})")
+
+
+def method_cells(row: MethodRow) -> list[str]:
+    """The cells of :data:`ROW_HEADER` after the method's name."""
+    per_seed = ", ".join(f"{seed}: {fmt(score)}" for seed, score in zip(row.seeds, row.final_by_seed, strict=True))
+    return [
+        "—" if row.lr is None else f"{row.lr:g}",
+        step_cell(row.relative_step),
+        interval_cell(row.final, row.final_low, row.final_high),
+        per_seed,
+        fmt(row.best),
+        fmt(row.steps_to_90, 0),
+        fmt(row.invalid),
+        fmt(row.collapsed, 0),
+    ]
+
+
+def floor_rows(floor: Floor) -> list[list[str]]:
+    blank = [""] * (len(ROW_HEADER) - 4)
+    return [
+        ["majority floor", "", "", fmt(floor.majority), *blank],
+        ["zero-shot", "", "", fmt(floor.zero_shot), *blank],
+    ]
+
+
+def sweep_table(stage: StageA) -> str:
+    """Every finished learning rate of every setting, the chosen one in bold."""
+    rows = []
+    for setting in stage.settings:
+        for point in setting.sweep:
+            chosen = point.lr == setting.chosen_lr
+            lr = f"**{point.lr:g}**" if chosen else f"{point.lr:g}"
+            edge = " (edge)" if chosen and setting.at_edge else ""
+            rows.append([setting.label, lr + edge, step_cell(point.relative_step), fmt(point.best), fmt(point.final),
+                         fmt(point.top_class_at_best, 0)])  # fmt: skip
+        if not setting.sweep:
+            rows.append([setting.label, "not run yet", "", "", "", ""])
+    rows.append(["majority floor", "", "", fmt(stage.dev_majority), "", ""])
+    return md_table(["setting", "lr", "step / RMS", "best (dev)", "final (dev)", "top class % at best"], rows)
+
+
+def tuned_table(stage: StageA) -> str:
+    rows = [[s.label, *method_cells(s.confirm)] if s.confirm else [s.label, "not run yet", *[""] * 7]
+            for s in stage.settings]  # fmt: skip
+    return md_table(ROW_HEADER, [*rows, *floor_rows(stage.floor)])
+
+
+def versus_table(stage: StageA) -> str:
+    return md_table(["comparison", "difference (95 % CI)"], [[label, difference_cell(d)] for label, d in stage.versus])
+
+
+def regime_table(stage: StageB) -> str:
+    rows = []
+    for task in stage.tasks:
+        note = ", not informative" if task.not_informative else ""
+        size = f"{task.train_examples} examples, {task.epochs:.1f} epochs" if task.epochs else "size when run"
+        rows.append([f"**{task.task}** ({size}{note})", *[""] * (len(ROW_HEADER) - 1)])
+        rows += [[row.label, *method_cells(row)] for row in task.rows]
+        rows += floor_rows(task.floor)
+    return md_table(ROW_HEADER, rows)
+
+
+def regime_versus_table(stage: StageB) -> str:
+    return tested_table([t.task for t in stage.tasks], stage.versus)
+
+
+def matched_table(stage: StageC) -> str:
+    """The tuned setting (m=128), then each variant with its difference from it."""
+    versus = dict(stage.versus)
+    rows = [[stage.reference.label, *method_cells(stage.reference), ""]] if stage.reference else []
+    rows += [[row.label, *method_cells(row), difference_cell(versus[f"{row.label} vs m=128"])] for row in stage.rows]
+    return md_table([*ROW_HEADER, "vs m=128 (95 % CI)"], rows or [["not run yet", *[""] * len(ROW_HEADER)]])
+
+
+def report_v2_tables(numbers: QualityV2Numbers) -> dict[str, str]:
+    """Table name -> Markdown table, in the order of report-v2.md."""
+    status = [[stage, f"{done} / {planned}"] for stage, (done, planned) in numbers.finished_by_stage.items()]
+    tables = {"status": md_table(["stage", "finished / planned"], status)}
+    for stage in numbers.stage_a:
+        tables[f"{stage.model}-sweep"] = sweep_table(stage)
+        tables[f"{stage.model}-tuned"] = tuned_table(stage)
+        tables[f"{stage.model}-versus"] = versus_table(stage)
+        for regime in (r for r in numbers.stage_b if r.model == stage.model):
+            tables[f"{regime.model}-regime"] = regime_table(regime)
+            tables[f"{regime.model}-regime-versus"] = regime_versus_table(regime)
+        for matched in (c for c in numbers.stage_c if c.model == stage.model):
+            tables[f"{matched.model}-matched"] = matched_table(matched)
+    return tables
+
+
+def report_v2_markdown(tables: Mapping[str, str], figures: Sequence[str]) -> str:
+    parts = [
+        "# Quality grid v2 report",
+        "",
+        "Generated by `python -m benchmarks.quality_suite report` from the results in this folder "
+        "(`benchmarks/quality_grid_v2.py` says what runs and why). Settings are chosen on a development split of "
+        "the training file; reported scores are the last evaluation (the step budget) on every validation "
+        "example, the mean over seeds with a 95 % bootstrap interval over the examples; the best evaluation is "
+        "beside it. step / RMS: the effective AdamW step per coordinate (lr x mean_i sum_j |p'_ij| for SuperPos, "
+        f"lr for a free prompt table) over the RMS of the embeddings as the model sees them. collapsed %: the "
+        f"evaluations where one label took at least {COLLAPSE_SHARE:.0f} % of the predictions. Differences in bold "
+        'exclude 0. "—": not finished yet.',
+        "",
+        *(f"![score against effective step]({path})" for path in figures),
+    ]
+    for name, table in tables.items():
+        parts += ["", f"## {table_title(name, TABLE_TITLES)}", "", table]
+    return "\n".join(parts) + "\n"
+
+
+def report_v2_json(numbers: QualityV2Numbers, tables: Mapping[str, str]) -> dict[str, Any]:
+    """The content of report-v2.json: the numbers by stage, and the tables."""
+    return {
+        "finished_by_stage": {stage: list(counts) for stage, counts in numbers.finished_by_stage.items()},
+        "stage_a": [asdict(stage) for stage in numbers.stage_a],
+        "stage_b": [asdict(stage) for stage in numbers.stage_b],
+        "stage_c": [asdict(stage) for stage in numbers.stage_c],
+        "tables": dict(tables),
+    }
