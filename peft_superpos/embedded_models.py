@@ -107,10 +107,11 @@ def _package_folders(package: str, what: str, hint: str) -> list[pathlib.Path]:
 
 
 def _find_file(package: str, filename: str, what: str, hint: str) -> pathlib.Path:
-    """``filename`` inside an installed package (at any depth), located without importing the package."""
+    """``filename`` inside an installed package, located without importing the package: the shallowest one (a
+    model folder's ``config.json``, not that of a sentence-transformers module folder inside it)."""
     folders = _package_folders(package, what, hint)
     for folder in folders:
-        for candidate in [folder / filename, *sorted(folder.rglob("*"))]:
+        for candidate in sorted(folder.rglob("*"), key=lambda path: (len(path.parts), str(path))):
             if candidate.name.lower() == filename.lower() and candidate.is_file():
                 return candidate
     raise FileNotFoundError(
