@@ -131,7 +131,7 @@ def majority_floor(results: Iterable[RunResult]) -> float | None:
     for result in results:
         floor = (result.final.get("floors") or {}).get("majority")
         if floor is not None:
-            return float(floor["score"] if isinstance(floor, dict) else floor)
+            return float(floor)
     for result in results:
         for records in read_evaluations(result.folder).values():
             saved = parse_records(records, result.spec.task)

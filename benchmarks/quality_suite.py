@@ -10,8 +10,8 @@ harness process (``python -m peft_superpos.train ...``), one run folder per run 
 * a run that fails is recorded in ``failures.jsonl`` of the results folder and the next run starts;
 * after each run its small results (``final.json``, ``metrics.jsonl`` and, while small, every evaluation's
   per-example predictions in one compressed file, ``predictions.jsonl.gz``: ``quality_predictions.py``) are copied
-  into the results folder (``final.json`` last, each file atomically) and, with ``--commit REPO``, committed in
-  that repository: exactly those paths, nothing else that is staged or changed.
+  into the results folder (``final.json`` last, each file atomically: ``quality_run_results.py``) and, with
+  ``--commit REPO``, committed in that repository: exactly those paths, nothing else that is staged or changed.
 
 The suite runs niced, so it can work in the background for hours (many CPU-hours; it spans sessions)::
 
@@ -33,7 +33,6 @@ import contextlib
 import fcntl
 import fnmatch
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -53,66 +52,21 @@ from benchmarks.quality_grid import (
     LrCheckError,
     RunSpec,
     failure_counts,
-    finished_final,
     is_complete,
     read_json,
 )
 from benchmarks.quality_grid_v2 import GRID_V2, resolve_settings
-from benchmarks.quality_predictions import COMPACT_FILE, compact_bytes, compact_results, read_evaluations, write_compact
+from benchmarks.quality_predictions import COMPACT_FILE, compact_results
 from benchmarks.quality_report import CURVES_DIR, REPORT_FILES, REPORT_V2_FILES, write_outputs
-from peft_superpos.harness.run_record import append_row, atomic_write
+from benchmarks.quality_run_results import copy_results, record_failure, run_status
 
 GRIDS = {"v1": GRID_V1, "v2": GRID_V2}
 DEFAULT_RUNS_DIR = REPO_ROOT / "runs" / "quality"
 DEFAULT_DATA_DIR = os.environ.get("PEFT_SUPERPOS_DATA_DIR") or str(REPO_ROOT.parent / "shared" / "data")
-#: A run's predictions are copied into the results only while their compressed file stays below this size.
-PREDICTIONS_MAX_BYTES = 200_000
 
 # ----------------------------------------------------------------------------------------------------------
-# Run status, copying results, failures, commits
+# Committing results
 # ----------------------------------------------------------------------------------------------------------
-
-
-def run_status(spec: RunSpec, runs_dir: Path, results_dir: Path) -> str:
-    """``done`` (results at the step budget), ``partial`` (something started) or ``todo``."""
-    if finished_final(spec, results_dir) is not None:
-        return "done"
-    run_dir = runs_dir / spec.run_id
-    started = (results_dir / spec.run_id / "final.json").is_file() or (run_dir / "metrics.jsonl").is_file()
-    return "partial" if started or any(run_dir.glob("checkpoint-*")) else "todo"
-
-
-def copy_results(run_dir: Path, target: Path) -> list[Path]:
-    """Copy a run's small results into ``target``, each file atomically and ``final.json`` last (its presence
-    marks the copy complete): ``metrics.jsonl``, and the predictions of every evaluation in one compressed file
-    (``quality_predictions.py``) while it stays below :data:`PREDICTIONS_MAX_BYTES`."""
-    target.mkdir(parents=True, exist_ok=True)
-    copied = []
-
-    def copy(name: str) -> None:
-        atomic_write(target / name, lambda temporary: shutil.copyfile(run_dir / name, temporary))
-        copied.append(target / name)
-
-    if (run_dir / "metrics.jsonl").is_file():
-        copy("metrics.jsonl")
-    evaluations = read_evaluations(run_dir)
-    data = compact_bytes(evaluations)
-    if evaluations and len(data) <= PREDICTIONS_MAX_BYTES:
-        copied.append(write_compact(target / COMPACT_FILE, evaluations, data))
-    copy("final.json")
-    return copied
-
-
-def record_failure(results_dir: Path, spec: RunSpec, reason: str, log_path: Path | None = None) -> Path:
-    """Append one line to ``failures.jsonl`` (run id, reason, the end of the log)."""
-    tail = ""
-    if log_path is not None and log_path.is_file():
-        tail = log_path.read_text(errors="replace")[-2000:]
-    path = results_dir / FAILURES_FILE
-    results_dir.mkdir(parents=True, exist_ok=True)
-    row = {"run_id": spec.run_id, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), "reason": reason, "log_tail": tail}
-    append_row(path, row)
-    return path
 
 
 class CommitError(RuntimeError):

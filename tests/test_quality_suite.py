@@ -13,6 +13,7 @@ from pathlib import Path
 from quality_results import FakeHarness, option, write_predictions, write_run
 from tiny_models import FIXTURE_DATA, tiny_model_dir
 
+from benchmarks import quality_run_results
 from benchmarks import quality_suite as qs
 from benchmarks.quality_grid import ABLATION, MAIN, MINILM, ZERO_SHOT, RunSpec
 from benchmarks.quality_predictions import harness_files, read_compact
@@ -74,7 +75,7 @@ def test_a_run_locked_by_another_process_is_left_alone(tmp_path):
 
 
 def test_large_prediction_files_stay_behind(tmp_path, monkeypatch):
-    monkeypatch.setattr(qs, "PREDICTIONS_MAX_BYTES", 10)
+    monkeypatch.setattr(quality_run_results, "PREDICTIONS_MAX_BYTES", 10)
     spec = RunSpec(MAIN, "smollm2", "cb", "lora", max_steps=100)
     suite(tmp_path, [spec], FakeHarness())
     assert sorted(p.name for p in (tmp_path / "results" / spec.run_id).iterdir()) == ["final.json", "metrics.jsonl"]

@@ -7,7 +7,9 @@ input embeddings, exactly like stock prompt tuning. To make stock ``get_peft_mod
 attribute of peft that this package replaces:
 
 - ``registration``: a ``PeftType`` member and peft's own ``register_peft_method`` for each method; our
-  encoders are built in ``PeftModel._setup_prompt_encoder`` (peft raises "Not supported" for unknown types).
+  encoders are built in ``PeftModel._setup_prompt_encoder`` (peft raises "Not supported" for unknown types) by
+  the encoder class's ``from_peft_model``: the method's policy (dropout, special ids) is the encoder's, and this
+  package imports nothing else of ``peft_superpos``.
 - ``routing``: ``PeftModelForSeq2SeqLM.forward`` / ``generate`` go through the prompt-tuning path (peft's other
   prompt-learning paths build decoder prompts we do not have); ``generate`` is keyword-only as in stock peft
   and gives the base model's generation inside ``disable_adapter()``. Causal LM, sequence classification and

@@ -20,11 +20,11 @@ from pathlib import Path
 
 from peft import PeftModel
 from peft.config import PeftConfig
+from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, PeftType
 from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors import SafetensorError
 
-from ..distributed import inner_module
 from .registration import OUR_CONFIGS, is_ours
 
 _HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "use_auth_token", "local_files_only")
@@ -185,21 +185,12 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
 
 
 def _refuse_partial_state_dict(model: PeftModel, names: list[str], state_dict) -> None:
-    """A ``state_dict`` given to ``save_pretrained`` must hold the whole tensors of every split prompt encoder of
-    ours: otherwise saving would gather them, a collective that the other ranks (which a caller such as the
-    Trainer does not let save) never join, and the run would hang."""
+    """Each adapter's encoder refuses a ``state_dict`` it cannot be saved from (``refuse_partial_state_dict``)."""
     if state_dict is None:
         return
     for name in names:
-        encoder = inner_module(model.prompt_encoder[name])
-        given = {k.removeprefix(f"prompt_encoder.{name}."): v for k, v in state_dict.items()}
-        if encoder.is_split() and not encoder.holds_whole(given):
-            raise ValueError(
-                f"save_pretrained got a state_dict without the whole tensors of adapter {name!r}, whose parameters "
-                "are split across ranks (DeepSpeed ZeRO-3 or FSDP): pass the consolidated state dict (DeepSpeed: "
-                "stage3_gather_16bit_weights_on_model_save=true; FSDP: a FULL_STATE_DICT), or no state_dict and "
-                "call save_pretrained on every rank (is_main_process=True on one)."
-            )
+        encoder_cls = PEFT_TYPE_TO_TUNER_MAPPING[model.peft_config[name].peft_type]
+        encoder_cls.refuse_partial_state_dict(model, name, state_dict)
 
 
 def _staging_prefix(target: Path) -> str:

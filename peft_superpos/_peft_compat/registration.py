@@ -10,9 +10,6 @@ from peft.mapping import PEFT_TYPE_TO_TUNER_MAPPING
 from peft.utils import PeftType, register_peft_method
 from transformers import PreTrainedModel
 
-from ..dropout import disable_dropout
-from ..tuners.vocabulary import special_token_ids
-
 # PeftType value -> our config class; the single source of truth for "is this adapter one of ours".
 OUR_CONFIGS: dict[str, type[PromptLearningConfig]] = {}
 
@@ -35,9 +32,11 @@ def _add_peft_type(name: str) -> PeftType:
 def register_prompt_method(name: str, config_cls: type[PromptLearningConfig], encoder_cls: type) -> PeftType:
     """Register a prompt-prepending method with peft. ``name`` is lower case, e.g. ``"superpos_prompt"``.
 
-    ``encoder_cls(config, word_embeddings, special_token_ids)`` must return a ``BasePromptEncoder`` whose
-    forward maps prompt indices ``(B, n)`` to embeddings ``(B, n, d)`` and whose ``embedding.weight`` is the
-    ``(n, d)`` table, which peft reads in inference mode.
+    ``encoder_cls.from_peft_model(config, peft_model)`` must return a ``BasePromptEncoder`` whose forward maps
+    prompt indices ``(B, n)`` to embeddings ``(B, n, d)`` and whose ``embedding.weight`` is the ``(n, d)`` table,
+    which peft reads in inference mode; the method's own policy (its backbone's dropout, the ids it never samples)
+    is the encoder's. ``encoder_cls.refuse_partial_state_dict(peft_model, adapter_name, state_dict)`` raises when
+    ``save_pretrained`` is given a ``state_dict`` it cannot save from.
     """
     peft_type = _add_peft_type(name.upper())
     if peft_type.value not in OUR_CONFIGS:
@@ -64,10 +63,7 @@ def setup_prompt_encoder(self: PeftModel, adapter_name: str) -> None:
     self.transformer_backbone_name = next(
         (name for name, child in self.base_model.named_children() if isinstance(child, PreTrainedModel)), None
     )
-    if config.disable_dropout:
-        disable_dropout(self.base_model)
     self.word_embeddings = self.base_model.get_input_embeddings()
-    encoder_cls = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type]
-    encoder = encoder_cls(config, self.word_embeddings, special_token_ids(self.base_model))
+    encoder = PEFT_TYPE_TO_TUNER_MAPPING[config.peft_type].from_peft_model(config, self)
     self.prompt_encoder.update({adapter_name: encoder.to(self.device)})
     self.prompt_tokens[adapter_name] = torch.arange(config.num_virtual_tokens * config.num_transformer_submodules)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..data import DATA_DIR_ENV, get_task
+from ..embedded_models import embedded_models_help
 from .engines import check_engine
 from .errors import RunConfigError
 from .method_options import with_current_names
@@ -64,10 +65,7 @@ class RunSettings:
     )
     model: str | None = field(
         default=None,
-        metadata=_help(
-            "local path, Hub id, or an embedded model: smollm2 (the default, SmolLM2-135M-Instruct), gemma3 (Gemma 3 "
-            "270M, a base model) or minilm (all-MiniLM-L6-v2, trained as a sequence classifier)"
-        ),
+        metadata=_help(f"local path, Hub id, or an embedded model: {embedded_models_help()}"),
     )
     method: str = field(default="superpos", metadata=_help("what to train (the methods are listed below)"))
     max_steps: int | None = field(default=None, metadata=_help("optimizer steps (or give --epochs)"))

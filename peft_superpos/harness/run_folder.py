@@ -33,8 +33,8 @@ from .run_record import (
     METRICS_FILE,
     RECORD_FILES,
     RUN_CONFIG_FILE,
+    RunRecord,
     atomic_write_text,
-    read_rows,
     repair_metrics_file,
 )
 
@@ -140,9 +140,8 @@ def check_run_identity(current: dict[str, Any], output_dir: Path, identity_field
     refusal on the main process ends the run."""
     if not is_main_process():
         return
-    path = output_dir / RUN_CONFIG_FILE
-    if path.is_file():
-        saved = json.loads(path.read_text())
+    saved = RunRecord(output_dir).run_config
+    if saved is not None:
         changed = []
         for key in identity_fields:
             if key == "method_settings":
@@ -160,7 +159,7 @@ def check_run_identity(current: dict[str, Any], output_dir: Path, identity_field
             f"{output_dir} holds checkpoints or results but no {RUN_CONFIG_FILE}, so it is unknown which run made "
             "them; use another --output-dir, or pass --overwrite-output-dir to delete them"
         )
-    atomic_write_text(path, json.dumps(current, indent=2))
+    atomic_write_text(output_dir / RUN_CONFIG_FILE, json.dumps(current, indent=2))
 
 
 def last_complete_checkpoint(output_dir: Path) -> str | None:
@@ -225,19 +224,17 @@ def prepare_folder(config: RunConfig, output_dir: Path) -> RunStart:
     if config.overwrite_output_dir and is_main_process():
         clear_run_folder(output_dir)
     check_run_identity(json.loads(json.dumps(config.to_dict())), output_dir, _IDENTITY_FIELDS)
-    final_file = output_dir / FINAL_FILE
-    if config.eval_only and final_file.is_file():
-        return RunStart(output_dir, 0, None, None, finished=json.loads(final_file.read_text()))
+    record = RunRecord(output_dir)
+    if config.eval_only and (final := record.final) is not None:
+        return RunStart(output_dir, 0, None, None, finished=final)
     checkpoint = None if config.overwrite_output_dir else last_complete_checkpoint(output_dir)
     done_step = reached_target_step(config, checkpoint)
-    if done_step is not None and final_file.is_file():
-        saved = json.loads(final_file.read_text())
-        if saved.get("global_step") == done_step:
-            logger.info("%s already finished at step %s: nothing to train", output_dir, done_step)
-            return RunStart(output_dir, 0, checkpoint, done_step, finished=saved)
+    if done_step is not None and (final := record.final) is not None and final.get("global_step") == done_step:
+        logger.info("%s already finished at step %s: nothing to train", output_dir, done_step)
+        return RunStart(output_dir, 0, checkpoint, done_step, finished=final)
     if is_main_process():
         repair_metrics_file(output_dir / METRICS_FILE)
-    previous_rows = read_rows(output_dir / METRICS_FILE, dedupe=False)
+    previous_rows = record.rows(dedupe=False)
     session = 1 + max((int(r.get("session", 0)) for r in previous_rows), default=-1)
     return RunStart(output_dir, session, checkpoint, done_step)
 

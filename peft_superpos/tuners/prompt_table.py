@@ -12,11 +12,21 @@ import torch
 from torch import nn
 
 from .._peft_compat import BasePromptEncoder
-from ..distributed import full_shape, full_value, gathered, is_fsdp1_flattened, is_full, is_split, unwrapped
+from ..distributed import (
+    full_shape,
+    full_value,
+    gathered,
+    inner_module,
+    is_fsdp1_flattened,
+    is_full,
+    is_split,
+    unwrapped,
+)
+from ..dropout import disable_dropout
+from .vocabulary import special_token_ids
 
 PROMPT_TABLE_KEY = "prompt_embeddings"  # the key stock PROMPT_TUNING adapters use for the (n, d) table
 SAVED_FLOAT_DTYPE = torch.float32  # every floating tensor of a saved adapter (a lossless upcast)
-_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def check_fits_model(config, word_embeddings: nn.Embedding) -> None:
@@ -35,35 +45,6 @@ def check_fits_model(config, word_embeddings: nn.Embedding) -> None:
             "different model, or resized token embeddings): load it onto the base model it was trained with."
         )
     config.base_vocab_size = rows
-
-
-def values_precision(values: torch.Tensor) -> torch.dtype:
-    """The coarsest of bf16, fp16 and fp32 that holds every value of ``values`` exactly: the precision of the
-    model the values were read from (fp32 values of an fp32 model are never all bf16- or fp16-exact)."""
-    for dtype in _HALF_DTYPES:
-        if torch.equal(values.to(dtype).float(), values.float()):
-            return dtype
-    return torch.float32
-
-
-def check_same_embeddings(saved: torch.Tensor, current: torch.Tensor, model_dtype: torch.dtype) -> None:
-    """The saved E_freeze ``(m, d)`` must equal the model's rows ``(m, d)`` at the coarser of two precisions: the
-    one the saved values carry (the model they were read from) and ``model_dtype``. So an adapter made on any
-    float copy of a base model (fp32, bf16, fp16) loads onto any other, but never onto another model."""
-    if saved.shape != current.shape:
-        raise ValueError(f"Saved frozen embeddings have shape {tuple(saved.shape)}, expected {tuple(current.shape)}.")
-    eps = max(
-        torch.finfo(values_precision(saved)).eps,
-        torch.finfo(model_dtype).eps if model_dtype.is_floating_point else 1e-2,
-    )
-    saved = saved.float()
-    scale = saved.abs().max().clamp_min(1e-12)
-    mismatch = (saved - current.float()).abs() > eps * saved.abs() + 1e-3 * eps * scale
-    if mismatch.any():
-        raise ValueError(
-            f"The base model's embeddings differ from the ones this adapter was trained on ({int(mismatch.sum())} "
-            "of the sampled values do not match): load the adapter onto the base model it was trained with."
-        )
 
 
 class PromptTableView(NamedTuple):
@@ -92,6 +73,16 @@ class PromptTableEncoder(BasePromptEncoder):
         self.dim = full_shape(word_embeddings.weight)[1]
         dtype = word_embeddings.weight.dtype
         self.output_dtype = dtype if dtype.is_floating_point else torch.float32
+
+    @classmethod
+    def from_peft_model(cls, config, peft_model: nn.Module) -> PromptTableEncoder:
+        """The encoder ``config`` describes, for the model peft wraps (``peft_model.base_model``): with
+        ``config.disable_dropout`` its frozen backbone's dropout is switched off first, and the ids its config
+        names as special (pad, bos, eos, ...) are never sampled."""
+        base_model = peft_model.base_model
+        if config.disable_dropout:
+            disable_dropout(base_model)
+        return cls(config, base_model.get_input_embeddings(), special_token_ids(base_model))
 
     def register_parameter(self, name: str, param: nn.Parameter | None) -> None:
         """nn.Module's, recording the shape a parameter is created with (FSDP1 registers flat shards of it later)."""
@@ -193,10 +184,22 @@ class PromptTableEncoder(BasePromptEncoder):
         """``saved_state`` of the adapter's encoder. Its tensors come from ``state_dict`` (peft passes the model's,
         or the one given to ``save_pretrained``) when that holds them whole, as the consolidated state dict the
         Trainer saves from under ZeRO-3 does on rank 0; otherwise split ones are gathered (all ranks together)."""
-        prefix = f"prompt_encoder.{adapter_name}."
-        given = {key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)}
         with unwrapped(model.prompt_encoder[adapter_name]) as encoder:  # an FSDP1 unit of its own: gathered
-            return encoder.saved_state(given)
+            return encoder.saved_state(_encoder_tensors(state_dict, adapter_name))
+
+    @classmethod
+    def refuse_partial_state_dict(cls, model, adapter_name: str, state_dict: Mapping[str, torch.Tensor]) -> None:
+        """A ``state_dict`` given to ``save_pretrained`` must hold the whole tensors of the adapter's encoder when
+        they are split across ranks: otherwise saving would gather them, a collective that the other ranks (which
+        a caller such as the Trainer does not let save) never join, and the run would hang."""
+        encoder = inner_module(model.prompt_encoder[adapter_name])
+        if encoder.is_split() and not encoder.holds_whole(_encoder_tensors(state_dict, adapter_name)):
+            raise ValueError(
+                f"save_pretrained got a state_dict without the whole tensors of adapter {adapter_name!r}, whose "
+                "parameters are split across ranks (DeepSpeed ZeRO-3 or FSDP): pass the consolidated state dict "
+                "(DeepSpeed: stage3_gather_16bit_weights_on_model_save=true; FSDP: a FULL_STATE_DICT), or no "
+                "state_dict and call save_pretrained on every rank (is_main_process=True on one)."
+            )
 
     def _load_adapter_state_dict(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         expected = dict(self.state_dict())
@@ -231,6 +234,12 @@ class PromptTableEncoder(BasePromptEncoder):
 
     def check_loaded_state(self, state_dict: Mapping[str, torch.Tensor]) -> None:
         """Subclasses check that saved tensors fit the base model (e.g. E_freeze against its embeddings)."""
+
+
+def _encoder_tensors(state_dict: Mapping[str, torch.Tensor], adapter_name: str) -> dict[str, torch.Tensor]:
+    """The tensors of a PeftModel state dict that belong to the adapter's encoder, by the encoder's own names."""
+    prefix = f"prompt_encoder.{adapter_name}."
+    return {key.removeprefix(prefix): value for key, value in state_dict.items() if key.startswith(prefix)}
 
 
 def _saved_copy(tensor: torch.Tensor) -> torch.Tensor:

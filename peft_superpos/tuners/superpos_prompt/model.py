@@ -9,9 +9,11 @@ import torch
 from torch import nn
 
 from ...distributed import full_shape
-from ..prompt_table import PromptTableEncoder, check_same_embeddings
+from ..prompt_table import PromptTableEncoder
 from ..vocabulary import check_token_ids, embedding_rows, sample_vocabulary
 from .config import SuperPosPromptConfig, WeightInit
+
+_HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def init_std(config: SuperPosPromptConfig) -> float:
@@ -40,6 +42,35 @@ def init_superposition_weights(config: SuperPosPromptConfig, num_tokens: int) ->
         return torch.randn(num_tokens, m, generator=generator) * std
     half_width = std * math.sqrt(3.0)  # U(-a, a) has std a / sqrt(3)
     return (torch.rand(num_tokens, m, generator=generator) * 2 - 1) * half_width
+
+
+def values_precision(values: torch.Tensor) -> torch.dtype:
+    """The coarsest of bf16, fp16 and fp32 that holds every value of ``values`` exactly: the precision of the
+    model the values were read from (fp32 values of an fp32 model are never all bf16- or fp16-exact)."""
+    for dtype in _HALF_DTYPES:
+        if torch.equal(values.to(dtype).float(), values.float()):
+            return dtype
+    return torch.float32
+
+
+def check_same_embeddings(saved: torch.Tensor, current: torch.Tensor, model_dtype: torch.dtype) -> None:
+    """The saved E_freeze ``(m, d)`` must equal the model's rows ``(m, d)`` at the coarser of two precisions: the
+    one the saved values carry (the model they were read from) and ``model_dtype``. So an adapter made on any
+    float copy of a base model (fp32, bf16, fp16) loads onto any other, but never onto another model."""
+    if saved.shape != current.shape:
+        raise ValueError(f"Saved frozen embeddings have shape {tuple(saved.shape)}, expected {tuple(current.shape)}.")
+    eps = max(
+        torch.finfo(values_precision(saved)).eps,
+        torch.finfo(model_dtype).eps if model_dtype.is_floating_point else 1e-2,
+    )
+    saved = saved.float()
+    scale = saved.abs().max().clamp_min(1e-12)
+    mismatch = (saved - current.float()).abs() > eps * saved.abs() + 1e-3 * eps * scale
+    if mismatch.any():
+        raise ValueError(
+            f"The base model's embeddings differ from the ones this adapter was trained on ({int(mismatch.sum())} "
+            "of the sampled values do not match): load the adapter onto the base model it was trained with."
+        )
 
 
 class SuperPosPromptEmbedding(PromptTableEncoder):
