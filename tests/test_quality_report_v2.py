@@ -4,6 +4,7 @@ with floors, collapse and "not informative" tasks, and the files one command wri
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -126,3 +127,12 @@ def test_one_command_writes_both_reports_and_they_regenerate_identically(results
     before = {name: (results / name).read_bytes() for name in ("report-v2.md", "report-v2.json")}
     quality_report.write_outputs(GRID_V2, results, plots=False)
     assert before == {name: (results / name).read_bytes() for name in before}
+
+
+def test_a_grid_run_from_another_worktree_regenerates_the_results_checkouts_results_md(results, tmp_path):
+    checkout = tmp_path / "checkout" / "benchmarks"
+    shutil.copytree(results, checkout / "results" / "quality")
+    (checkout / "RESULTS.template.md").write_text("# Results\n\n<!-- generated: quality_v2:gemma3-tuned -->\n")
+    _, written = quality_report.write_outputs(GRID_V2, checkout / "results" / "quality", plots=False)
+    assert written[-1] == checkout / "RESULTS.md"
+    assert "| superpos normal | 0.003 | 0.054 | 85.0 (" in written[-1].read_text()
