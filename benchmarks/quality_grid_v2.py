@@ -51,8 +51,7 @@ from benchmarks.quality_grid import (
     load_result,
     resolve_lr,
 )
-from peft_superpos import SuperPosPromptConfig
-from peft_superpos.tuners.superpos_prompt.model import expected_weight_l1
+from peft_superpos import SuperPosPromptConfig, expected_weight_l1
 
 __all__ = ["DEV_SIZE", "GRID_V2", "Settings", "grid_v2", "resolve_settings"]
 

@@ -7,11 +7,11 @@ Importing this package registers the methods with peft, so stock ``get_peft_mode
 from . import _peft_compat  # noqa: F401  (checks the peft version and installs the hooks first)
 from .dropout import disable_dropout
 from .export import export_prompt_tuning
-from .optim import make_param_groups
+from .optim import make_param_groups, prompt_step_size
 from .serving import PromptedInputs, prompted_inputs
 from .tuners.dept import DePTConfig, DePTEmbedding
 from .tuners.residual_prompt import ResidualPromptConfig, ResidualPromptEmbedding
-from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding, WeightInit
+from .tuners.superpos_prompt import SuperPosPromptConfig, SuperPosPromptEmbedding, WeightInit, expected_weight_l1
 
 __version__ = "0.1.0"
 
@@ -25,7 +25,9 @@ __all__ = [
     "SuperPosPromptEmbedding",
     "WeightInit",
     "disable_dropout",
+    "expected_weight_l1",
     "export_prompt_tuning",
     "make_param_groups",
+    "prompt_step_size",
     "prompted_inputs",
 ]

@@ -8,10 +8,10 @@ import pytest
 import torch
 from tiny_models import harness_config, make_peft, make_superpos, make_tiny
 
+from peft_superpos import expected_weight_l1
 from peft_superpos.data import split_off_dev
 from peft_superpos.harness import MethodSettings, RunConfigError, run_experiment
 from peft_superpos.optim import embedding_rms, prompt_step_size
-from peft_superpos.tuners.superpos_prompt.model import expected_weight_l1
 
 
 def numbered(count: int, group_size: int = 1) -> datasets.Dataset:
