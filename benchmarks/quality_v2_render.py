@@ -18,6 +18,7 @@ TABLE_TITLES = {
     "versus": "{model}, Stage A: SuperPos against the other settings (final score, validation)",
     "regime": "{model}, Stage B: small training sets, many epochs (validation, every example)",
     "regime-versus": "{model}, Stage B: SuperPos against each method (final score, per task and pooled)",
+    "transfer": "Stage A: the step each setting chose on each model (does a scale-aware rule transfer?)",
     "matched": "{model}, Stage C: SuperPos' m and softmax at its tuned effective step (SST-2, validation)",
 }
 ROW_HEADER = ["method", "lr", "step / RMS", "final (95 % CI)", "per seed", "best", "steps to 90 %", "invalid %",
@@ -104,10 +105,27 @@ def matched_table(stage: StageC) -> str:
     return md_table([*ROW_HEADER, "vs m=128 (95 % CI)"], rows or [["not run yet", *[""] * len(ROW_HEADER)]])
 
 
+def transfer_table(stages: Sequence[StageA]) -> str:
+    """Per setting, the learning rate chosen on each model and its effective step relative to the embedding RMS:
+    a rule that transfers across models shows as the same relative step in every column."""
+    labels = [s.label for s in stages[0].settings]
+    rows = []
+    for label in labels:
+        cells = []
+        for stage in stages:
+            setting = next(s for s in stage.settings if s.label == label)
+            point = next((p for p in setting.sweep if p.lr == setting.chosen_lr), None)
+            cells.append("—" if point is None else f"{point.lr:g} ({step_cell(point.relative_step)})")
+        rows.append([label, *cells])
+    return md_table(["setting", *(f"{s.model}: lr (step / RMS)" for s in stages)], rows)
+
+
 def report_v2_tables(numbers: QualityV2Numbers) -> dict[str, str]:
     """Table name -> Markdown table, in the order of report-v2.md."""
     status = [[stage, f"{done} / {planned}"] for stage, (done, planned) in numbers.finished_by_stage.items()]
     tables = {"status": md_table(["stage", "finished / planned"], status)}
+    if numbers.stage_a:
+        tables["transfer"] = transfer_table(numbers.stage_a)
     for stage in numbers.stage_a:
         tables[f"{stage.model}-sweep"] = sweep_table(stage)
         tables[f"{stage.model}-tuned"] = tuned_table(stage)

@@ -122,6 +122,7 @@ def test_one_command_writes_both_reports_and_they_regenerate_identically(results
     assert "| superpos normal | **0.003** | 0.054 | 88.0 | 88.0 | 50 |" in text
     assert "| superpos normal | 0.003 | 0.054 | 85.0 (" in text
     assert "**cb** (250 examples, 9.6 epochs, not informative)" in text
+    assert "| superpos normal | 0.003 (0.054) | — |" in report["tables"]["transfer"]  # gemma3, then smollm2
     assert (results / "curves" / "v2-step-gemma3.png").is_file()
     assert report["tables"]["gemma3-sweep"] in text
     before = {name: (results / name).read_bytes() for name in ("report-v2.md", "report-v2.json")}
