@@ -23,7 +23,8 @@ import re
 import sys
 from pathlib import Path
 
-from peft_superpos.harness.run_record import atomic_write_text, read_rows
+from peft_superpos.atomic_files import atomic_write_text
+from peft_superpos.harness.run_record import read_rows
 
 BENCHMARKS = Path(__file__).resolve().parent
 TEMPLATE = BENCHMARKS / "RESULTS.template.md"

@@ -30,8 +30,8 @@ from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
 
 import peft_superpos
 from peft_superpos import SuperPosPromptConfig, disable_dropout, make_param_groups
+from peft_superpos.atomic_files import atomic_write_text
 from peft_superpos.harness.methods import METHODS
-from peft_superpos.harness.run_record import atomic_write_text
 
 REFERENCE = "prompt_tuning"
 

@@ -10,7 +10,7 @@ from typing import Any
 from benchmarks.quality_numbers import QualityNumbers
 from benchmarks.quality_stats import Curve, Floor
 from benchmarks.quality_v2_numbers import StageA
-from peft_superpos.harness.run_record import atomic_write
+from peft_superpos.atomic_files import atomic_write
 
 CURVES_DIR = "curves"
 

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from peft_superpos.atomic_files import atomic_write
 from peft_superpos.data import get_task
-from peft_superpos.harness.run_record import PREDICTIONS_DIR, atomic_write, read_jsonl
+from peft_superpos.harness.run_record import PREDICTIONS_DIR, read_jsonl
 
 COMPACT_FILE = "predictions.jsonl.gz"
 

@@ -22,7 +22,7 @@ from benchmarks.quality_numbers import quality_numbers
 from benchmarks.quality_render import report_json, report_markdown, report_tables
 from benchmarks.quality_v2_numbers import quality_v2_numbers
 from benchmarks.quality_v2_render import report_v2_json, report_v2_markdown, report_v2_tables
-from peft_superpos.harness.run_record import atomic_write_text
+from peft_superpos.atomic_files import atomic_write_text
 
 REPORT_FILES = ("report.md", "report.json")
 REPORT_V2_FILES = ("report-v2.md", "report-v2.json")

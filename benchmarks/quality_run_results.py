@@ -10,7 +10,8 @@ from pathlib import Path
 
 from benchmarks.quality_grid import FAILURES_FILE, RunSpec, finished_final
 from benchmarks.quality_predictions import COMPACT_FILE, compact_bytes, read_evaluations, write_compact
-from peft_superpos.harness.run_record import append_row, atomic_write
+from peft_superpos.atomic_files import atomic_write
+from peft_superpos.harness.run_record import append_row
 
 #: A run's predictions are copied into the results only while their compressed file stays below this size.
 PREDICTIONS_MAX_BYTES = 200_000

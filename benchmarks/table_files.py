@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from peft_superpos.harness.run_record import atomic_write_text
+from peft_superpos.atomic_files import atomic_write_text
 
 
 def command_line(module: str, args: argparse.Namespace, skip: tuple[str, ...] = ("output",)) -> str:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from peft import PeftModel, PromptTuningConfig
@@ -12,6 +10,7 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, get_
 from safetensors.torch import save_file
 
 from ._peft_compat import is_ours
+from .atomic_files import staged_files
 from .distributed import inner_module
 from .tuners.prompt_table import PROMPT_TABLE_KEY
 
@@ -24,7 +23,8 @@ def export_prompt_tuning(
     Tensors peft saves besides the prompt (``modules_to_save``, e.g. the classification head of SEQ_CLS /
     TOKEN_CLS models) are exported with it. Stock ``PeftModel.from_pretrained(base, save_directory)`` then gives
     identical logits and generations in a process that never imports peft_superpos. Files are written to a
-    temporary folder first and moved into place one by one, so an interrupted export never leaves a half-written file.
+    staging folder beside ``save_directory`` first and moved into place one by one, ``adapter_config.json`` last
+    (:func:`~peft_superpos.atomic_files.staged_files`), so an interrupted export never leaves a half-written file.
     A folder that already holds a file the export writes (a saved adapter, an earlier export) is refused with a
     ``FileExistsError`` and left untouched; other files in it are kept.
 
@@ -66,13 +66,7 @@ def export_prompt_tuning(
             f"{target} already holds {existing}, which export_prompt_tuning would overwrite (e.g. the adapter "
             "saved there, which resuming needs): export to another folder, or move those files away first."
         )
-    target.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".export-", dir=target))
-    try:
+    with staged_files(target, last=(CONFIG_NAME,)) as staging:
         stock.save_pretrained(str(staging))
         save_file(tensors, str(staging / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
-        for file in staging.iterdir():
-            os.replace(file, target / file.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -14,13 +14,12 @@ import json
 import logging
 import os
 import pathlib
-import shutil
-import tempfile
 import time
 from typing import Any
 
 import torch
 
+from .atomic_files import staged_folder
 from .embedded_models import SMOLLM2, GgufModel, PathLike, default_cache_dir, embedded_gguf_path, gguf_sources
 
 logger = logging.getLogger(__name__)
@@ -120,10 +119,6 @@ def _save_converted(model: Any, tokenizer: Any, folder: pathlib.Path) -> None:
     tokenizer.save_pretrained(folder)
 
 
-def _tmp_prefix(target: pathlib.Path) -> str:
-    return f".{target.name}.tmp-"
-
-
 def _apply_umask(folder: pathlib.Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
@@ -132,18 +127,11 @@ def _apply_umask(folder: pathlib.Path) -> None:
         entry.chmod((0o777 if entry.is_dir() else 0o666) & ~umask)
 
 
-def _remove_stale_temp_dirs(target: pathlib.Path) -> None:
-    """Remove temp folders left by a conversion that was killed (only call while holding the lock)."""
-    for stale in target.parent.glob(_tmp_prefix(target) + "*"):
-        shutil.rmtree(stale, ignore_errors=True)
-
-
 def _convert_into(target: pathlib.Path, model: GgufModel, sources: list[pathlib.Path]) -> None:
-    """Convert ``model`` (its GGUF file, or chunks joined first) into ``target`` via a temp folder in the same
-    parent and an atomic rename."""
+    """Convert ``model`` (its GGUF file, or chunks joined first) into ``target`` via a staging folder in the same
+    parent and an atomic rename (:func:`~peft_superpos.atomic_files.staged_folder`; the caller holds the lock)."""
     t0 = time.perf_counter()
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=_tmp_prefix(target), dir=target.parent))
-    try:
+    with staged_folder(target) as tmp:
         gguf_path = _join_chunks(model, sources, tmp / model.filename) if model.is_chunked else sources[0]
         gguf_model, tokenizer = load_gguf_model_and_tokenizer(gguf_path)
         if model.is_chunked:
@@ -155,12 +143,6 @@ def _convert_into(target: pathlib.Path, model: GgufModel, sources: list[pathlib.
         _apply_umask(tmp)  # mkdtemp (and some writers) create owner-only entries; make it a normal cache
         # The marker is written last: a folder without it is never treated as a valid cache.
         (tmp / _MARKER_FILENAME).write_text(json.dumps(_marker_payload(model, sources), indent=2))
-        if target.exists():  # stale/invalid cache (we hold the lock): remove it before the rename
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     logger.info("Converted %s into %s in %.1f s", model.filename, target, time.perf_counter() - t0)
 
 
@@ -177,7 +159,6 @@ def ensure_converted(model: GgufModel, cache_dir: PathLike | None = None) -> pat
 
     with FileLock(str(root / f"{model.cache_dirname}.lock")):
         if not _cache_is_valid(target):  # another process may have finished while we waited
-            _remove_stale_temp_dirs(target)
             _convert_into(target, model, sources)
     return target
 

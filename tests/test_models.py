@@ -16,7 +16,7 @@ import torch
 pytest.importorskip("transformers")
 from tiny_models import SPECIAL_TOKENS, make_tiny, subprocess_env, word_level_tokenizer  # noqa: E402
 
-from peft_superpos import embedded_models, gguf_conversion, models  # noqa: E402
+from peft_superpos import atomic_files, embedded_models, gguf_conversion, models  # noqa: E402
 
 HAS_EMBEDDED = True
 try:
@@ -266,7 +266,7 @@ def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     target = tmp_path / models.SMOLLM2.cache_dirname
     assert not target.exists()
-    assert any(p.name.startswith(gguf_conversion._tmp_prefix(target)) for p in tmp_path.iterdir())  # the debris
+    assert any(p.name.startswith(atomic_files.staging_prefix(target)) for p in tmp_path.iterdir())  # the debris
 
     monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
     assert models.ensure_default_model(tmp_path) == target

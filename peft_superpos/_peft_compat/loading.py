@@ -6,14 +6,10 @@ warning) as peft's pickle ``adapter_model.bin``, which peft loads with ``torch.l
 from __future__ import annotations
 
 import functools
-import glob
 import inspect
 import json
-import os
 import pickle
 import shutil
-import socket
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,6 +21,7 @@ from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME, Peft
 from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors import SafetensorError
 
+from ..atomic_files import staged_files
 from .registration import OUR_CONFIGS, is_ours
 
 _HUB_KWARGS = ("subfolder", "revision", "cache_dir", "token", "use_auth_token", "local_files_only")
@@ -64,6 +61,7 @@ def saved_peft_type(model_id, kwargs: dict) -> str:
 
 
 _WEIGHTS_FILES = (SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME)  # the order in which peft looks for them
+_OTHER_FORMAT = {SAFETENSORS_WEIGHTS_NAME: (WEIGHTS_NAME,), WEIGHTS_NAME: (SAFETENSORS_WEIGHTS_NAME,)}
 
 
 def _unreadable_weights(where, detail) -> ValueError:
@@ -150,8 +148,9 @@ _save_pretrained_signature = inspect.signature(_original_save_pretrained)
 
 @functools.wraps(_original_save_pretrained)
 def save_pretrained(self: PeftModel, *args, **kwargs):
-    """peft's ``save_pretrained``; for adapters of ours atomic: the files are written into a staging folder beside
-    ``save_directory`` and then moved in one by one (weights first, ``adapter_config.json`` last), so an adapter
+    """peft's ``save_pretrained``; for adapters of ours atomic (:func:`~peft_superpos.atomic_files.staged_files`):
+    the files are written into a staging folder beside ``save_directory`` and then moved in one by one (weights
+    first, ``adapter_config.json`` last, so a config never describes weights that are not there yet), so an adapter
     saved earlier in the same folder is never left half-overwritten. ``safe_serialization=False`` writes peft's
     pickle ``adapter_model.bin`` (with a warning); the weights file of the other format is removed as the new one
     moves in, so the loader (which prefers safetensors) never picks an older save."""
@@ -171,17 +170,11 @@ def save_pretrained(self: PeftModel, *args, **kwargs):
     target = Path(arguments["save_directory"])
     if not ours or not arguments.get("is_main_process", True) or target.is_file():
         return _original_save_pretrained(*bound.args, **bound.kwargs)  # peft's own checks and behaviour
-    target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_abandoned_staging(target)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_staging_prefix(target)}{os.getpid()}-", dir=target.parent))
-    try:
+    with staged_files(target, last=(CONFIG_NAME,), replaces=_OTHER_FORMAT) as staging:
         if (target / "README.md").is_file():  # peft updates an existing model card rather than replacing it
             shutil.copy2(target / "README.md", staging / "README.md")
         arguments["save_directory"] = str(staging)
         _original_save_pretrained(*bound.args, **bound.kwargs)
-        _move_into(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _refuse_partial_state_dict(model: PeftModel, names: list[str], state_dict) -> None:
@@ -191,43 +184,3 @@ def _refuse_partial_state_dict(model: PeftModel, names: list[str], state_dict) -
     for name in names:
         encoder_cls = PEFT_TYPE_TO_TUNER_MAPPING[model.peft_config[name].peft_type]
         encoder_cls.refuse_partial_state_dict(model, name, state_dict)
-
-
-def _staging_prefix(target: Path) -> str:
-    return f".{target.name}.saving-{socket.gethostname()}-"
-
-
-def _remove_abandoned_staging(target: Path) -> None:
-    """Delete staging folders of saves into ``target`` whose process (on this host) is gone, e.g. killed -9."""
-    prefix = _staging_prefix(target)
-    for folder in target.parent.glob(f"{glob.escape(prefix)}*"):
-        pid = folder.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not _process_alive(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, owned by another user
-        return True
-    return True
-
-
-def _move_into(staging: Path, target: Path) -> None:
-    """Move every file of ``staging`` to the same relative path under ``target``, each by an atomic rename after
-    an fsync; adapter configs go last, so a config never describes weights that are not there yet. A weights file
-    replaces the other format's file of the same adapter too."""
-    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: (p.name == CONFIG_NAME, str(p)))
-    for file in files:
-        with open(file, "rb") as handle:
-            os.fsync(handle.fileno())
-        destination = target / file.relative_to(staging)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(file, destination)
-        if file.name in _WEIGHTS_FILES:
-            for other in _WEIGHTS_FILES:
-                if other != file.name:
-                    destination.with_name(other).unlink(missing_ok=True)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from filelock import FileLock, Timeout
 
+from ..atomic_files import atomic_write_text
 from .errors import RunFolderError
 from .method_options import with_current_names
 from .run_record import (
@@ -34,7 +35,6 @@ from .run_record import (
     RECORD_FILES,
     RUN_CONFIG_FILE,
     RunRecord,
-    atomic_write_text,
     repair_metrics_file,
 )
 

@@ -9,7 +9,8 @@
 * ``learning_curve.png`` (:func:`plot_learning_curve`).
 
 :class:`RunRecord` reads a finished or running folder; the benchmarks and the tests read runs through it.
-Every file but ``metrics.jsonl`` is written by :func:`atomic_write` (the package's one write-then-rename).
+Every file but ``metrics.jsonl`` is written with :func:`~peft_superpos.atomic_files.atomic_write` (the package's
+one write-then-rename lives in :mod:`peft_superpos.atomic_files`).
 
 ``metrics.jsonl`` is append-only: each row is written with a single ``os.write`` on an ``O_APPEND`` descriptor
 and fsync'ed, so a run killed at any moment leaves whole rows (at worst one torn last line, which the next
@@ -33,10 +34,11 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ..atomic_files import atomic_write, atomic_write_text
 
 __all__ = [
     "CURVE_FILE",
@@ -48,8 +50,6 @@ __all__ = [
     "RUN_CONFIG_FILE",
     "RunRecord",
     "append_row",
-    "atomic_write",
-    "atomic_write_text",
     "best_row",
     "final_record",
     "json_safe",
@@ -91,21 +91,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """Write ``path`` through ``write(temporary path)`` and a rename, so it is never seen half-written."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def append_row(path: str | os.PathLike, row: Row) -> None:

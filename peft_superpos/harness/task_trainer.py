@@ -34,11 +34,12 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainerState
 from transformers.trainer_pt_utils import nested_gather
 
+from ..atomic_files import atomic_write_text
 from ..optim import make_param_groups
 from .callbacks import PARTIAL_LOSS_KEY
 from .evaluation import PaddingCount, evaluate
 from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextFeatures, label_logits
-from .run_record import atomic_write_text, write_predictions
+from .run_record import write_predictions
 from .sampling import LengthGroupedSampler
 
 __all__ = ["LOSS_WINDOW_FILE", "EndOfTrainingCallback", "TaskTrainer"]
