@@ -66,18 +66,24 @@ def write_report_v2(grid: Sequence[RunSpec], results_dir: Path, plots: bool = Tr
     return report
 
 
-def write_outputs(grid: Sequence[RunSpec], results_dir: Path, plots: bool) -> tuple[dict[str, Any], list[Path]]:
-    """The report files of ``grid`` (grid v2's when it has v2 stages) and, for the results folder of a checkout
+def write_outputs(
+    grids: Sequence[Sequence[RunSpec]], results_dir: Path, plots: bool
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The report files of each grid (grid v2's when it has v2 stages), then, for the results folder of a checkout
     (``<checkout>/benchmarks/results/quality``, e.g. a grid run from a worktree into the main checkout's), that
-    checkout's RESULTS.md; returns the report and the text files written."""
-    if any(spec.stage in V2_STAGES for spec in grid):
-        report, names = write_report_v2(grid, results_dir, plots=plots), REPORT_V2_FILES
-    else:
-        report, names = write_report(grid, results_dir, plots=plots), REPORT_FILES
-    paths = [results_dir / name for name in names]
+    checkout's RESULTS.md, once every report is written (it reads them all); returns the reports and the text
+    files written."""
+    reports, paths = [], []
+    for grid in grids:
+        if any(spec.stage in V2_STAGES for spec in grid):
+            reports.append(write_report_v2(grid, results_dir, plots=plots))
+            paths += [results_dir / name for name in REPORT_V2_FILES]
+        else:
+            reports.append(write_report(grid, results_dir, plots=plots))
+            paths += [results_dir / name for name in REPORT_FILES]
     benchmarks = results_dir.resolve().parent.parent  # <checkout>/benchmarks of <checkout>/benchmarks/results/quality
     template = benchmarks / make_results.TEMPLATE.name
     if results_dir.resolve().parts[-3:] == DEFAULT_RESULTS_DIR.parts[-3:] and template.is_file():
         output = benchmarks / make_results.OUTPUT.name
         paths.append(make_results.write_results(template, benchmarks / make_results.RESULTS_DIR.name, output))
-    return report, paths
+    return reports, paths

@@ -290,7 +290,7 @@ def refresh_report(grid: Sequence[RunSpec], results_dir: Path) -> list[Path]:
     """:func:`write_outputs` without figures after each run, so that what is committed stays consistent; a
     problem is printed, never raised (``report`` shows it again)."""
     try:
-        return write_outputs(grid, results_dir, plots=False)[1]
+        return write_outputs([grid], results_dir, plots=False)[1]
     except Exception as error:
         print(f"warning: could not refresh the report: {error!r}", flush=True)
         return []
@@ -329,14 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "report":
-        written = []
-        for grid in GRIDS.values():
-            report, paths = write_outputs(grid, args.results_dir, plots=not args.no_plots)
+        reports, written = write_outputs(list(GRIDS.values()), args.results_dir, plots=not args.no_plots)
+        for report in reports:
             print(report["tables"]["status"])
-            written += paths
-        print(
-            "wrote " + ", ".join(map(str, dict.fromkeys(written))) + ("" if args.no_plots else f", {CURVES_DIR}/*.png")
-        )
+        print("wrote " + ", ".join(map(str, written)) + ("" if args.no_plots else f", {CURVES_DIR}/*.png"))
         return 0
     if args.command == "compact":
         written = compact_results(args.results_dir)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from quality_results import write_predictions, write_run
 
-from benchmarks import quality_report
+from benchmarks import quality_report, quality_suite
 from benchmarks.quality_grid import CONFIRM, EXTEND, MATCHED, REGIME, SWEEP, ZERO_SHOT, RunSpec
 from benchmarks.quality_grid_v2 import GRID_V2
 from benchmarks.quality_v2_numbers import quality_v2_numbers
@@ -116,7 +116,7 @@ def test_stage_c_sets_each_variant_beside_the_tuned_setting_at_the_same_effectiv
 
 
 def test_one_command_writes_both_reports_and_they_regenerate_identically(results):
-    report, written = quality_report.write_outputs(GRID_V2, results, plots=True)
+    (report,), written = quality_report.write_outputs([GRID_V2], results, plots=True)
     assert [p.name for p in written] == ["report-v2.md", "report-v2.json"]
     text = (results / "report-v2.md").read_text()
     assert "| superpos normal | **0.003** | 0.054 | 88.0 | 88.0 | 50 |" in text
@@ -126,7 +126,7 @@ def test_one_command_writes_both_reports_and_they_regenerate_identically(results
     assert (results / "curves" / "v2-step-gemma3.png").is_file()
     assert report["tables"]["gemma3-sweep"] in text
     before = {name: (results / name).read_bytes() for name in ("report-v2.md", "report-v2.json")}
-    quality_report.write_outputs(GRID_V2, results, plots=False)
+    quality_report.write_outputs([GRID_V2], results, plots=False)
     assert before == {name: (results / name).read_bytes() for name in before}
 
 
@@ -134,6 +134,18 @@ def test_a_grid_run_from_another_worktree_regenerates_the_results_checkouts_resu
     checkout = tmp_path / "checkout" / "benchmarks"
     shutil.copytree(results, checkout / "results" / "quality")
     (checkout / "RESULTS.template.md").write_text("# Results\n\n<!-- generated: quality_v2:gemma3-tuned -->\n")
-    _, written = quality_report.write_outputs(GRID_V2, checkout / "results" / "quality", plots=False)
+    _, written = quality_report.write_outputs([GRID_V2], checkout / "results" / "quality", plots=False)
     assert written[-1] == checkout / "RESULTS.md"
     assert "| superpos normal | 0.003 | 0.054 | 85.0 (" in written[-1].read_text()
+
+
+def test_the_report_command_writes_every_report_before_results_md(results, tmp_path):
+    """RESULTS.md reads both reports: a stale one (written by an older grid) must not stop the command."""
+    checkout = tmp_path / "checkout" / "benchmarks"
+    shutil.copytree(results, checkout / "results" / "quality")
+    (checkout / "results" / "quality" / "report-v2.json").write_text('{"tables": {}}')
+    (checkout / "RESULTS.template.md").write_text(
+        "<!-- generated: quality:status -->\n\n<!-- generated: quality_v2:transfer -->\n"
+    )
+    assert quality_suite.main(["report", "--results-dir", str(checkout / "results" / "quality"), "--no-plots"]) == 0
+    assert "| superpos normal | 0.003 (0.054) | — |" in (checkout / "RESULTS.md").read_text()
