@@ -8,7 +8,7 @@ In the order it runs:
    defaults depend on, is known early), SST-2 at grid v1's budget (400 steps of batch 8):
    - ``sweep``: each method setting across learning rates, evaluated on a development split of :data:`DEV_SIZE`
      examples carved from the training file (the same for every run), never on the validation examples reported;
-   - ``extend``: one more learning rate beyond an edge, run only when the best of the sweep is at that edge;
+   - ``extend``: learning rates beyond an edge, one at a time, each run only when the best so far is at that edge;
    - ``confirm``: the best learning rate of each setting (chosen on the development split) at two seeds,
      evaluated on all 872 validation examples: the numbers the report gives.
 3. Stage B on Gemma 3 (``regime``): CB (250 examples), SST-2 and RTE subsampled to 500, for the same step budget
@@ -58,14 +58,15 @@ __all__ = ["DEV_SIZE", "GRID_V2", "Settings", "grid_v2", "resolve_settings"]
 SWEEP_TASK = "sst2"
 SWEEP_STEPS = 400
 SEEDS = (42, 7)
-#: (method, SuperPos init) -> the learning rates of its sweep, and the one beyond each edge (below, above) that runs
-#: only when the sweep's best is at that edge. SuperPos' step is lr x sum_j |p'_ij|: about 9 x lr with the normal
-#: init at m=128, 1 x lr with one_hot, so its normal-init grid sits lower.
-SWEEPS: Mapping[tuple[str, str | None], tuple[tuple[float, ...], tuple[float, float]]] = {
-    ("superpos", "normal"): ((1e-3, 3e-3, 1e-2, 3e-2), (3e-4, 1e-1)),
-    ("superpos", "one_hot"): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1)),
-    ("prompt_tuning", None): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1)),
-    ("residual", None): ((3e-3, 3e-2, 3e-1), (3e-4, 1.0)),
+#: (method, SuperPos init) -> the learning rates of its sweep, and those beyond its edges, in the order they run:
+#: each runs only when the best of what ran on its inner side lies at the edge next to it, so a sweep reaches two
+#: steps beyond an edge when it has to. SuperPos' step is lr x sum_j |p'_ij|: about 9 x lr with the normal init at
+#: m=128, 1 x lr with one_hot, so its normal-init grid sits lower.
+SWEEPS: Mapping[tuple[str, str | None], tuple[tuple[float, ...], tuple[float, ...]]] = {
+    ("superpos", "normal"): ((1e-3, 3e-3, 1e-2, 3e-2), (3e-4, 1e-1, 1e-4, 3e-1)),
+    ("superpos", "one_hot"): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0)),
+    ("prompt_tuning", None): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0)),
+    ("residual", None): ((3e-3, 3e-2, 3e-1), (3e-4, 1.0, 3e-5, 3.0)),
 }
 #: Stage B: task -> training examples (None: the whole training file).
 REGIME_TASKS: Mapping[str, int | None] = {"cb": None, "sst2": 500, "rte": 500}
@@ -77,7 +78,7 @@ MATCHED_VARIANTS = ((16, False), (64, False), (256, False), (None, True))
 
 
 def _series(model: str, method: str, weight_init: str | None) -> list[RunSpec]:
-    """The sweep of one setting: its learning rates, then one beyond each edge (run only if needed)."""
+    """The sweep of one setting: its learning rates, then those beyond its edges (each run only if needed)."""
     lrs, beyond = SWEEPS[(method, weight_init)]
     common = dict(model=model, task=SWEEP_TASK, method=method, max_steps=SWEEP_STEPS, weight_init=weight_init, dev=True)
     return [
@@ -163,12 +164,16 @@ def best_lr(scores: Mapping[float, float]) -> float:
 
 
 def extension_needed(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> bool:
-    """Whether an ``extend`` spec's learning rate continues the sweep past the edge where its best value lies."""
+    """Whether an ``extend`` spec's learning rate continues the sweep past the edge where its best value lies: the
+    best of the finished runs on its inner side (every learning rate between it and the sweep, and the sweep's) is
+    the one next to it."""
     setting = (spec.model, spec.method, spec.weight_init)
-    base = {run.lr for run in grid if run.stage == SWEEP and (run.model, run.method, run.weight_init) == setting}
+    below = spec.lr < min(
+        run.lr for run in grid if run.stage == SWEEP and (run.model, run.method, run.weight_init) == setting
+    )
     scores = sweep_scores(spec, spec.weight_init, grid, results_dir)
-    best = best_lr({lr: score for lr, score in scores.items() if lr in base})
-    return best == (max(base) if spec.lr > max(base) else min(base))
+    inner = {lr: score for lr, score in scores.items() if (lr > spec.lr if below else lr < spec.lr)}
+    return best_lr(inner) == (min(inner) if below else max(inner))
 
 
 def weight_l1(weight_init: str | None, m: int | None, softmax: bool) -> float:

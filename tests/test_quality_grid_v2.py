@@ -92,3 +92,18 @@ def test_stage_c_runs_each_variant_at_the_effective_step_of_the_tuned_setting(tm
     assert v2.resolve_settings(softmax, v2.GRID_V2, tmp_path).lr == pytest.approx(3e-3 * (2 * 128 / math.pi) ** 0.5)
     finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-2: 90.0})  # one_hot: a step of 1x lr at any m
     assert v2.resolve_settings(m16, v2.GRID_V2, tmp_path) == v2.Settings(3e-2, "one_hot")
+
+
+def test_a_sweep_extends_a_second_step_while_its_best_stays_at_the_edge(tmp_path):
+    finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-3: 78.0, 1e-2: 55.0, 3e-2: 54.0, 1e-1: 52.0})
+    first, second = (spec_of(EXTEND, "gemma3", "sst2", "superpos", weight_init="one_hot", lr=lr) for lr in (1e-3, 3e-4))
+    assert v2.resolve_settings(first, v2.GRID_V2, tmp_path) == v2.Settings(1e-3, "one_hot")
+    finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {1e-3: 80.0})  # the first extension wins: go on
+    assert v2.resolve_settings(second, v2.GRID_V2, tmp_path) == v2.Settings(3e-4, "one_hot")
+    assert v2.resolve_settings(first, v2.GRID_V2, tmp_path) is not None  # still needed once the second has run
+    finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-4: 70.0})
+    assert v2.resolve_settings(first, v2.GRID_V2, tmp_path) is not None
+    confirm = spec_of(CONFIRM, "gemma3", "sst2", "superpos", weight_init="one_hot", seed=42)
+    assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path).lr == 1e-3
+    above = spec_of(EXTEND, "gemma3", "sst2", "superpos", weight_init="one_hot", lr=1.0)
+    assert v2.resolve_settings(above, v2.GRID_V2, tmp_path) is None  # the best is nowhere near the upper edge
