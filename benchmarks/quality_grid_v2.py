@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from benchmarks.quality_grid import (
     CONFIRM,
@@ -52,6 +53,8 @@ from benchmarks.quality_grid import (
     resolve_lr,
 )
 from peft_superpos import SuperPosPromptConfig, expected_weight_l1
+
+Init = TypeVar("Init")  # a SuperPos init, or what stands for one (a report's setting)
 
 __all__ = ["DEV_SIZE", "GRID_V2", "Settings", "grid_v2", "resolve_settings"]
 
@@ -163,6 +166,12 @@ def best_lr(scores: Mapping[float, float]) -> float:
     return min(lr for lr, score in scores.items() if math.isclose(score, top, rel_tol=0, abs_tol=1e-9))
 
 
+def better_init(best_by_init: Mapping[Init, float]) -> Init:
+    """The SuperPos init whose sweep reached the higher development score (ties: the first in :data:`SWEEPS`): the
+    one Stage B and Stage C train with."""
+    return max(best_by_init, key=lambda init: best_by_init[init])
+
+
 def extension_needed(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> bool:
     """Whether an ``extend`` spec's learning rate continues the sweep past the edge where its best value lies: the
     best of the finished runs on its inner side (every learning rate between it and the sweep, and the sweep's) is
@@ -193,7 +202,7 @@ def resolve_settings(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) 
     weight_init = spec.weight_init
     if weight_init == FROM_SWEEP:  # the SuperPos init whose sweep reached the higher development score
         inits = [init for method, init in SWEEPS if method == spec.method]
-        weight_init = max(inits, key=lambda init: max(sweep_scores(spec, init, grid, results_dir).values()))
+        weight_init = better_init({init: max(sweep_scores(spec, init, grid, results_dir).values()) for init in inits})
     if spec.lr == FROM_SWEEP:
         lr = best_lr(sweep_scores(spec, weight_init, grid, results_dir))
         if spec.stage == MATCHED:

@@ -81,9 +81,9 @@ def write_outputs(
         else:
             reports.append(write_report(grid, results_dir, plots=plots))
             paths += [results_dir / name for name in REPORT_FILES]
-    benchmarks = results_dir.resolve().parent.parent  # <checkout>/benchmarks of <checkout>/benchmarks/results/quality
-    template = benchmarks / make_results.TEMPLATE.name
+    checkout = results_dir.resolve().parent.parent  # <checkout>/benchmarks of <checkout>/benchmarks/results/quality
+    template = checkout / make_results.TEMPLATE.name
     if results_dir.resolve().parts[-3:] == DEFAULT_RESULTS_DIR.parts[-3:] and template.is_file():
-        output = benchmarks / make_results.OUTPUT.name
-        paths.append(make_results.write_results(template, benchmarks / make_results.RESULTS_DIR.name, output))
+        output = checkout / make_results.OUTPUT.name
+        paths.append(make_results.write_results(template, checkout / make_results.RESULTS_DIR.name, output))
     return reports, paths

@@ -29,7 +29,7 @@ from benchmarks.quality_grid import (
     RunResult,
     RunSpec,
 )
-from benchmarks.quality_grid_v2 import SWEEPS, best_lr, sweep_scores
+from benchmarks.quality_grid_v2 import SWEEPS, best_lr, better_init, sweep_scores
 from benchmarks.quality_stats import Difference, Floor, ResultSet, Side, Tested
 from peft_superpos.metrics.bootstrap import Verdict
 
@@ -230,9 +230,10 @@ def stage_a(results: ResultSet, model: str) -> StageA:
 
 
 def better_superpos(settings: Sequence[Setting]) -> str:
-    """The SuperPos setting whose sweep reached the higher development score (the one Stage B trains)."""
-    superpos = [s for s in settings if s.method == "superpos"]
-    return max(superpos, key=lambda s: max((p.best for p in s.sweep if p.best is not None), default=-1.0)).label
+    """The SuperPos setting whose sweep reached the higher development score so far (``better_init``)."""
+    superpos = {s.label: max((p.best for p in s.sweep if p.best is not None), default=-1.0) for s in settings
+                if s.method == "superpos"}  # fmt: skip
+    return better_init(superpos)
 
 
 def score(row: MethodRow | None) -> float | None:
