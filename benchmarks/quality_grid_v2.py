@@ -62,14 +62,14 @@ SWEEP_TASK = "sst2"
 SWEEP_STEPS = 400
 SEEDS = (42, 7)
 #: (method, SuperPos init) -> the learning rates of its sweep, and those beyond its edges, in the order they run:
-#: each runs only when the best of what ran on its inner side lies at the edge next to it, so a sweep reaches two
+#: each runs only when the best of what ran on its inner side lies at the edge next to it, so a sweep reaches three
 #: steps beyond an edge when it has to. SuperPos' step is lr x sum_j |p'_ij|: about 9 x lr with the normal init at
 #: m=128, 1 x lr with one_hot, so its normal-init grid sits lower.
 SWEEPS: Mapping[tuple[str, str | None], tuple[tuple[float, ...], tuple[float, ...]]] = {
-    ("superpos", "normal"): ((1e-3, 3e-3, 1e-2, 3e-2), (3e-4, 1e-1, 1e-4, 3e-1)),
-    ("superpos", "one_hot"): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0)),
-    ("prompt_tuning", None): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0)),
-    ("residual", None): ((3e-3, 3e-2, 3e-1), (3e-4, 1.0, 3e-5, 3.0)),
+    ("superpos", "normal"): ((1e-3, 3e-3, 1e-2, 3e-2), (3e-4, 1e-1, 1e-4, 3e-1, 3e-5, 1.0)),
+    ("superpos", "one_hot"): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0, 1e-4, 3.0)),
+    ("prompt_tuning", None): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0, 1e-4, 3.0)),
+    ("residual", None): ((3e-3, 3e-2, 3e-1), (3e-4, 1.0, 3e-5, 3.0, 3e-6, 10.0)),
 }
 #: Stage B: task -> training examples (None: the whole training file).
 REGIME_TASKS: Mapping[str, int | None] = {"cb": None, "sst2": 500, "rte": 500}
