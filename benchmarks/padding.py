@@ -32,12 +32,16 @@ from peft_superpos.harness.sampling import LengthGroupedSampler, padding_fractio
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def _step(model, optimizer, batch) -> None:
+def label_loss(model, batch) -> torch.Tensor:
+    """The harness's training loss of a decoder batch: cross-entropy on the label positions only."""
     _, logits, targets = label_logits(model, batch, is_encoder_decoder=False)
-    loss = torch.nn.functional.cross_entropy(
+    return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE_INDEX
     )
-    loss.backward()
+
+
+def _step(model, optimizer, batch) -> None:
+    label_loss(model, batch).backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
 

@@ -70,29 +70,28 @@ def write_plots(numbers: QualityNumbers, folder: Path) -> list[Path]:
 
 
 def write_step_plot(stage: StageA, path: Path) -> Path:
-    """Stage A of one model (``stage.stepped``): each setting's best development score against its effective step
-    relative to the embedding RMS (log scale), the chosen learning rate circled, the majority floor dashed."""
+    """Stage A of one model (``stage.stepped``): each setting's best development score against its whole first
+    step (measured) relative to the embedding RMS (log scale), the chosen learning rate circled, the majority
+    floor dashed."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = [s for s in stage.settings if any(p.relative_step is not None for p in s.sweep)]
+    settings = [s for s in stage.settings if any(p.first_step is not None for p in s.sweep)]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, axis = plt.subplots(figsize=(6, 4))
     for setting in settings:
-        points = [p for p in setting.sweep if p.relative_step is not None]
-        (line,) = axis.plot(
-            [p.relative_step for p in points], [p.best for p in points], marker="o", label=setting.label
-        )
+        points = [p for p in setting.sweep if p.first_step is not None]
+        (line,) = axis.plot([p.first_step for p in points], [p.best for p in points], marker="o", label=setting.label)
         chosen = [p for p in points if p.lr == setting.chosen_lr]
-        axis.scatter([p.relative_step for p in chosen], [p.best for p in chosen], s=150, facecolors="none",
+        axis.scatter([p.first_step for p in chosen], [p.best for p in chosen], s=150, facecolors="none",
                      edgecolors=line.get_color())  # fmt: skip
     if stage.dev_majority is not None:
         axis.axhline(stage.dev_majority, linestyle="--", color="grey", label="majority floor")
     axis.set_xscale("log")
     axis.set_title(f"{stage.model} / SST-2 (development split): best score against step size")
-    axis.set_xlabel("effective step per coordinate / embedding RMS")
+    axis.set_xlabel("whole first step of the prompt / embedding RMS (measured)")
     axis.set_ylabel("best score")
     axis.legend(fontsize=7)
     fig.tight_layout()

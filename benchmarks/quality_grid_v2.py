@@ -16,10 +16,10 @@ In the order it runs:
    the Gemma 3 sweep, every prompt method at its tuned learning rate, LoRA (the paper's default lr) as the strong
    reference.
 4. Stage C on Gemma 3 (``matched``): SuperPos with m = 16, 64, 256 and with the softmax variant (m=128) at the
-   **effective step** of its tuned setting, SST-2 at Stage A's budget, two seeds, every validation example: the
-   learning rate is the tuned one times ``expected_weight_l1`` of the tuned setting over that of the variant
-   (``tuners.superpos_prompt.model``), so that "does m matter" is about m, not about step size. The tuned
-   setting's own confirmations (m=128) are the reference.
+   **step** of its tuned setting, SST-2 at Stage A's budget, two seeds, every validation example: each variant
+   trains at the learning rate whose measured whole first step (``benchmarks.prompt_steps``, through p' as well as
+   ΔE) equals the tuned setting's at its tuned learning rate, so that "does m matter" is about m, not about step
+   size. The tuned setting's own confirmations (m=128) are the reference.
 
 Sized from step times measured on the 2-core CPU while it was shared (Gemma 3 270M: 1.6 s per SST-2 step at batch 8,
 about 0.1 s per SST-2 validation example in generation; SmolLM2: 1.2-1.5 s per step): about 18 CPU-hours for
@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from benchmarks.first_steps import FirstSteps, PromptSetting
 from benchmarks.quality_grid import (
     CONFIRM,
     DEV_SIZE,
@@ -52,7 +53,6 @@ from benchmarks.quality_grid import (
     load_result,
     resolve_lr,
 )
-from peft_superpos import SuperPosPromptConfig, expected_weight_l1
 
 Init = TypeVar("Init")  # a SuperPos init, or what stands for one (a report's setting)
 
@@ -185,12 +185,20 @@ def extension_needed(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) 
     return best_lr(inner) == (min(inner) if below else max(inner))
 
 
-def weight_l1(weight_init: str | None, m: int | None, softmax: bool) -> float:
-    """``expected_weight_l1`` of SuperPos with these settings (None: the config's default)."""
-    settings = {"weight_init": weight_init, "m": m}
-    config = SuperPosPromptConfig(task_type="CAUSAL_LM", use_softmax=softmax,
-                                  **{k: v for k, v in settings.items() if v is not None})  # fmt: skip
-    return expected_weight_l1(config)
+def matched_lr(spec: RunSpec, weight_init: str, tuned_lr: float, results_dir: Path) -> float:
+    """The learning rate at which a Stage C variant's whole first step (as measured, ``first_steps``) equals that of
+    the tuned setting (m=128, no softmax) at ``tuned_lr``; raises :class:`LrCheckError` while it is not measured."""
+    steps = FirstSteps.load(results_dir)
+    tuned = PromptSetting("superpos", weight_init)
+    variant = PromptSetting("superpos", weight_init, spec.m, spec.softmax)
+    target = steps.step(spec.model, tuned, tuned_lr) if steps else None
+    lr = steps.lr_for(spec.model, variant, target) if steps and target else None
+    if lr is None:
+        raise LrCheckError(
+            f"the first steps of {spec.model} superpos {weight_init} (m={spec.m or 128}, softmax={spec.softmax}) at "
+            f"lr {tuned_lr:g} are not measured: run python -m benchmarks.prompt_steps --models {spec.model}"
+        )
+    return lr
 
 
 def resolve_settings(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) -> Settings | None:
@@ -206,7 +214,7 @@ def resolve_settings(spec: RunSpec, grid: Sequence[RunSpec], results_dir: Path) 
     if spec.lr == FROM_SWEEP:
         lr = best_lr(sweep_scores(spec, weight_init, grid, results_dir))
         if spec.stage == MATCHED:
-            lr *= weight_l1(weight_init, None, False) / weight_l1(weight_init, spec.m, spec.softmax)
+            lr = matched_lr(spec, weight_init, lr, results_dir)
         return Settings(lr, weight_init)
     if spec.lr == FROM_LR_CHECK:
         return Settings(resolve_lr(spec, grid, results_dir), weight_init)

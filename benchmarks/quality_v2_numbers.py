@@ -9,6 +9,7 @@ chosen on the development split (``quality_grid_v2.resolve_settings``), never on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import quality_stats as stats
+from benchmarks.first_steps import FirstSteps, PromptSetting
 from benchmarks.quality_grid import (
     BATCH_SIZE,
     CONFIRM,
@@ -33,6 +35,9 @@ from benchmarks.quality_grid_v2 import SWEEPS, best_lr, better_init, sweep_score
 from benchmarks.quality_stats import Difference, Floor, ResultSet, Side, Tested
 from peft_superpos.metrics.bootstrap import Verdict
 
+#: The learning rate at which the report gives each setting's measured first step per unit lr (SuperPos' and a
+#: prompt table's step is linear in lr there; Residual's, through its MLP, is not).
+STEP_REFERENCE_LR = 1e-3
 #: An evaluation where one label takes at least this share (%) of the predictions has collapsed to a class.
 COLLAPSE_SHARE = 90.0
 
@@ -43,11 +48,13 @@ class MethodRow:
     seeds of the last evaluation, with a 95 % interval over the eval examples (bootstrap of the seed mean);
     ``invalid``: the mean invalid-label rate (%) over every evaluation of every seed; ``collapsed``: the share (%)
     of those evaluations where one label took at least :data:`COLLAPSE_SHARE` % of the predictions;
-    ``relative_step``: the effective step relative to the embedding RMS (``final.json["step_size"]``)."""
+    ``relative_step``: the effective step relative to the embedding RMS (``final.json["step_size"]``: for SuperPos
+    the path through ΔE only); ``first_step``: the whole first step, measured (``first_steps``), likewise relative."""
 
     label: str
     lr: float | None
     relative_step: float | None
+    first_step: float | None
     seeds: list[int]
     final: float | None
     final_low: float | None
@@ -65,6 +72,7 @@ class SweepPoint:
 
     lr: float
     relative_step: float | None
+    first_step: float | None
     best: float | None
     final: float | None
     top_class_at_best: float | None
@@ -94,8 +102,8 @@ class StageA:
 
     @property
     def stepped(self) -> bool:
-        """Whether a finished sweep run recorded its effective step (so there is a point to plot)."""
-        return any(p.relative_step is not None for s in self.settings for p in s.sweep)
+        """Whether the whole first step of a finished sweep run is measured (so there is a point to plot)."""
+        return any(p.first_step is not None for s in self.settings for p in s.sweep)
 
 
 @dataclass(frozen=True)
@@ -129,9 +137,22 @@ class StageC:
 
 
 @dataclass(frozen=True)
+class StepPerLr:
+    """One prompt setting's measured first step on one model per unit of learning rate, relative to the embedding
+    RMS, at :data:`STEP_REFERENCE_LR`: the whole step, and SuperPos' paths through ΔE and through p'."""
+
+    model: str
+    label: str
+    whole: float
+    through_delta: float | None
+    through_weights: float | None
+
+
+@dataclass(frozen=True)
 class QualityV2Numbers:
     grid: tuple[RunSpec, ...]
     finished_by_stage: dict[str, tuple[int, int]]  # stage -> (finished, planned)
+    steps_per_lr: list[StepPerLr]
     stage_a: list[StageA]
     stage_b: list[StageB]
     stage_c: list[StageC]
@@ -140,16 +161,34 @@ class QualityV2Numbers:
 def quality_v2_numbers(grid: Sequence[RunSpec], results_dir: Path) -> QualityV2Numbers:
     """Every number of grid v2's report, from the results folder alone."""
     results = ResultSet(grid, results_dir)
+    steps = FirstSteps.load(results_dir)
     stages = (ZERO_SHOT, *V2_STAGES)
     by_stage = {stage: (sum(results.by_id[s.run_id] is not None for s in specs), len(specs))
                 for stage in stages if (specs := results.stage(stage))}  # fmt: skip
     return QualityV2Numbers(
         grid=results.grid,
         finished_by_stage=by_stage,
-        stage_a=[stage_a(results, model) for model in stats.ordered(s.model for s in results.stage(SWEEP))],
-        stage_b=[stage_b(results, model) for model in stats.ordered(s.model for s in results.stage(REGIME))],
-        stage_c=[stage_c(results, model) for model in stats.ordered(s.model for s in results.stage(MATCHED))],
+        steps_per_lr=steps_per_lr(steps),
+        stage_a=[stage_a(results, steps, model) for model in stats.ordered(s.model for s in results.stage(SWEEP))],
+        stage_b=[stage_b(results, steps, model) for model in stats.ordered(s.model for s in results.stage(REGIME))],
+        stage_c=[stage_c(results, steps, model) for model in stats.ordered(s.model for s in results.stage(MATCHED))],
     )
+
+
+def steps_per_lr(steps: FirstSteps | None) -> list[StepPerLr]:
+    """:class:`StepPerLr` of every measured setting (none while ``prompt_steps`` has not run)."""
+
+    def per_lr(value: float | None) -> float | None:
+        return None if value is None else value / STEP_REFERENCE_LR
+
+    rows = [row for row in (steps.rows if steps else []) if math.isclose(row["lr"], STEP_REFERENCE_LR)]
+    return [StepPerLr(row["model"], step_setting_label(row), per_lr(row["all"]), per_lr(row.get("delta")),
+                      per_lr(row.get("weights"))) for row in rows]  # fmt: skip
+
+
+def step_setting_label(row: dict) -> str:
+    label = setting_label(row["method"], row["weight_init"]) + (f" m={row['m']}" if row["m"] else "")
+    return label + (" softmax" if row["softmax"] else "")
 
 
 def relative_step(runs: Sequence[RunResult]) -> float | None:
@@ -157,12 +196,31 @@ def relative_step(runs: Sequence[RunResult]) -> float | None:
     return stats.mean_or_none((run.final.get("step_size") or {}).get("relative") for run in runs)
 
 
+def prompt_setting(run: RunResult) -> PromptSetting:
+    """The prompt setting ``run`` trained (SuperPos' init as the run resolved it)."""
+    settings = (run.final.get("config") or {}).get("method_settings") or {}
+    init = settings.get("weight_init") if run.spec.method == "superpos" else None
+    return PromptSetting(run.spec.method, init, run.spec.m, run.spec.softmax)
+
+
+def first_step(runs: Sequence[RunResult], steps: FirstSteps | None) -> float | None:
+    """The mean over ``runs`` of the measured whole first step at each run's learning rate (None: not measured)."""
+    if steps is None:
+        return None
+    return stats.mean_or_none(
+        steps.step(run.spec.model, prompt_setting(run), lr)
+        if (lr := (run.final.get("hyperparameters") or {}).get("lr"))
+        else None
+        for run in runs
+    )
+
+
 def final_side(runs: Sequence[RunResult]) -> Side | None:
     """The runs' last evaluation on each bootstrap resample of the eval examples, averaged over the seeds."""
     return stats.resampled_runs(runs, int(runs[0].scored[-1]["step"])) if runs and runs[0].scored else None
 
 
-def method_row(label: str, runs: Sequence[RunResult]) -> MethodRow | None:
+def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps | None) -> MethodRow | None:
     """:class:`MethodRow` of the finished runs of one series (None: none finished)."""
     if not runs:
         return None
@@ -176,6 +234,7 @@ def method_row(label: str, runs: Sequence[RunResult]) -> MethodRow | None:
         label=label,
         lr=(runs[0].final.get("hyperparameters") or {}).get("lr"),
         relative_step=relative_step(runs),
+        first_step=first_step(runs, steps),
         seeds=[run.spec.seed for run in runs],
         final=stats.mean_or_none(run.last for run in runs),
         final_low=low,
@@ -192,7 +251,7 @@ def setting_label(method: str, weight_init: str | None) -> str:
     return f"{method} {weight_init}" if weight_init else method
 
 
-def stage_a(results: ResultSet, model: str) -> StageA:
+def stage_a(results: ResultSet, steps: FirstSteps | None, model: str) -> StageA:
     """Every setting of Stage A on ``model``: its sweep (development split), the learning rate chosen there, and
     the confirmations (validation); the better SuperPos init against every other setting on the final score."""
     settings, sides, confirms = [], {}, {}
@@ -204,8 +263,8 @@ def stage_a(results: ResultSet, model: str) -> StageA:
         for spec in sorted(specs, key=lambda s: s.lr):
             run = results.by_id[spec.run_id]
             if run is not None:
-                step = relative_step([run])
-                points.append(SweepPoint(spec.lr, step, run.best, run.last, run.top_class_at_best))
+                points.append(SweepPoint(spec.lr, relative_step([run]), first_step([run], steps), run.best, run.last,
+                                         run.top_class_at_best))  # fmt: skip
         try:
             chosen: float | None = best_lr(sweep_scores(specs[0], init, results.grid, results.results_dir))
         except LrCheckError:
@@ -213,7 +272,7 @@ def stage_a(results: ResultSet, model: str) -> StageA:
         ran = [p.lr for p in points]
         runs = [r for r in results.found if r.spec.stage == CONFIRM and r.spec.model == model
                 and (r.spec.method, r.spec.weight_init) == (method, init)]  # fmt: skip
-        confirms[label], sides[label] = method_row(label, runs), final_side(runs)
+        confirms[label], sides[label] = method_row(label, runs, steps), final_side(runs)
         settings.append(Setting(label, method, points, chosen, chosen is not None and chosen in (min(ran), max(ran)),
                                 confirms[label]))  # fmt: skip
     superpos = better_superpos(settings)
@@ -249,7 +308,7 @@ def floor(results: ResultSet, model: str, task: str, stages: Sequence[str]) -> F
     return Floor(majority, zero_shot[0].last if zero_shot else None)
 
 
-def stage_b(results: ResultSet, model: str) -> StageB:
+def stage_b(results: ResultSet, steps: FirstSteps | None, model: str) -> StageB:
     """Every task of Stage B on ``model``: each method's row, the floors, whether the task says anything, and
     SuperPos against each other method on the final score (per task and pooled over the tasks)."""
     specs = [s for s in results.stage(REGIME) if s.model == model]
@@ -258,7 +317,7 @@ def stage_b(results: ResultSet, model: str) -> StageB:
     for task in stats.ordered(s.task for s in specs):
         task_specs = [s for s in specs if s.task == task]
         runs = {m: [r for r in results.found if r.spec in task_specs and r.spec.method == m] for m in methods}
-        rows = {m: method_row(m, runs[m]) for m in methods}
+        rows = {m: method_row(m, runs[m], steps) for m in methods}
         sides = {m: final_side(runs[m]) for m in methods}
         task_floor = floor(results, model, task, (REGIME,))
         examples = next((side[0] for side in sides.values() if side is not None), None)
@@ -279,7 +338,7 @@ def stage_b(results: ResultSet, model: str) -> StageB:
     return StageB(model, tasks, versus)
 
 
-def stage_c(results: ResultSet, model: str) -> StageC:
+def stage_c(results: ResultSet, steps: FirstSteps | None, model: str) -> StageC:
     """Stage C on ``model``: each variant's row and its difference from the tuned setting's confirmations (the
     SuperPos init the variants train with, m=128)."""
     runs = [r for r in results.found if r.spec.stage == MATCHED and r.spec.model == model]
@@ -287,11 +346,11 @@ def stage_c(results: ResultSet, model: str) -> StageC:
     inits = {(r.final.get("config") or {}).get("method_settings", {}).get("weight_init") for r in runs}
     reference_runs = [r for r in results.found if r.spec.stage == CONFIRM and r.spec.model == model
                       and r.spec.method == "superpos" and r.spec.weight_init in inits]  # fmt: skip
-    reference = method_row(f"superpos m=128 ({', '.join(sorted(inits))}, tuned)", reference_runs)
+    reference = method_row(f"superpos m=128 ({', '.join(sorted(inits))}, tuned)", reference_runs, steps)
     rows, versus = [], []
     for series in variants:
         series_runs = [r for r in runs if r.spec.series == series]
-        row = method_row(series, series_runs)
+        row = method_row(series, series_runs, steps)
         if row is not None:
             rows.append(row)
             difference = stats.paired(final_side(series_runs), final_side(reference_runs), row.final, score(reference))

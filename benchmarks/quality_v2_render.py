@@ -8,7 +8,16 @@ from typing import Any
 
 from benchmarks.quality_render import difference_cell, fmt, md_table, table_title, tested_table
 from benchmarks.quality_stats import Floor
-from benchmarks.quality_v2_numbers import COLLAPSE_SHARE, MethodRow, QualityV2Numbers, StageA, StageB, StageC
+from benchmarks.quality_v2_numbers import (
+    COLLAPSE_SHARE,
+    STEP_REFERENCE_LR,
+    MethodRow,
+    QualityV2Numbers,
+    StageA,
+    StageB,
+    StageC,
+    StepPerLr,
+)
 
 #: Table name (``{model}``: the model) -> its title in report-v2.md.
 TABLE_TITLES = {
@@ -19,10 +28,12 @@ TABLE_TITLES = {
     "regime": "{model}, Stage B: small training sets, many epochs (validation, every example)",
     "regime-versus": "{model}, Stage B: SuperPos against each method (final score, per task and pooled)",
     "transfer": "Stage A: the step each setting chose on each model (does a scale-aware rule transfer?)",
-    "matched": "{model}, Stage C: SuperPos' m and softmax at its tuned effective step (SST-2, validation)",
+    "first-steps": "The first AdamW step of each prompt setting per unit lr, relative to the embedding RMS, by path "
+    f"(measured at lr {STEP_REFERENCE_LR:g}, `prompt-steps.md`)",
+    "matched": "{model}, Stage C: SuperPos' m and softmax at its tuned whole step (SST-2, validation)",
 }
-ROW_HEADER = ["method", "lr", "step / RMS", "final (95 % CI)", "per seed", "best", "steps to 90 %", "invalid %",
-              "collapsed %"]  # fmt: skip
+ROW_HEADER = ["method", "lr", "ΔE step / RMS", "whole step / RMS", "final (95 % CI)", "per seed", "best",
+              "steps to 90 %", "invalid %", "collapsed %"]  # fmt: skip
 
 
 def step_cell(value: float | None) -> str:
@@ -39,6 +50,7 @@ def method_cells(row: MethodRow) -> list[str]:
     return [
         "—" if row.lr is None else f"{row.lr:g}",
         step_cell(row.relative_step),
+        step_cell(row.first_step),
         interval_cell(row.final, row.final_low, row.final_high),
         per_seed,
         fmt(row.best),
@@ -49,10 +61,10 @@ def method_cells(row: MethodRow) -> list[str]:
 
 
 def floor_rows(floor: Floor) -> list[list[str]]:
-    blank = [""] * (len(ROW_HEADER) - 4)
+    blank = [""] * (len(ROW_HEADER) - 5)
     return [
-        ["majority floor", "", "", fmt(floor.majority), *blank],
-        ["zero-shot", "", "", fmt(floor.zero_shot), *blank],
+        ["majority floor", "", "", "", fmt(floor.majority), *blank],
+        ["zero-shot", "", "", "", fmt(floor.zero_shot), *blank],
     ]
 
 
@@ -64,16 +76,17 @@ def sweep_table(stage: StageA) -> str:
             chosen = point.lr == setting.chosen_lr
             lr = f"**{point.lr:g}**" if chosen else f"{point.lr:g}"
             edge = " (edge)" if chosen and setting.at_edge else ""
-            rows.append([setting.label, lr + edge, step_cell(point.relative_step), fmt(point.best), fmt(point.final),
-                         fmt(point.top_class_at_best, 0)])  # fmt: skip
+            rows.append([setting.label, lr + edge, step_cell(point.relative_step), step_cell(point.first_step),
+                         fmt(point.best), fmt(point.final), fmt(point.top_class_at_best, 0)])  # fmt: skip
         if not setting.sweep:
-            rows.append([setting.label, "not run yet", "", "", "", ""])
-    rows.append(["majority floor", "", "", fmt(stage.dev_majority), "", ""])
-    return md_table(["setting", "lr", "step / RMS", "best (dev)", "final (dev)", "top class % at best"], rows)
+            rows.append([setting.label, "not run yet", "", "", "", "", ""])
+    rows.append(["majority floor", "", "", "", fmt(stage.dev_majority), "", ""])
+    header = ["setting", "lr", "ΔE step / RMS", "whole step / RMS", "best (dev)", "final (dev)", "top class % at best"]
+    return md_table(header, rows)
 
 
 def tuned_table(stage: StageA) -> str:
-    rows = [[s.label, *method_cells(s.confirm)] if s.confirm else [s.label, "not run yet", *[""] * 7]
+    rows = [[s.label, *method_cells(s.confirm)] if s.confirm else [s.label, "not run yet", *[""] * 8]
             for s in stage.settings]  # fmt: skip
     return md_table(ROW_HEADER, [*rows, *floor_rows(stage.floor)])
 
@@ -106,8 +119,8 @@ def matched_table(stage: StageC) -> str:
 
 
 def transfer_table(stages: Sequence[StageA]) -> str:
-    """Per setting, the learning rate chosen on each model and its effective step relative to the embedding RMS:
-    a rule that transfers across models shows as the same relative step in every column."""
+    """Per setting, the learning rate chosen on each model and its whole first step relative to the embedding RMS
+    (measured): a rule that transfers across models shows as the same relative step in every column."""
     labels = [s.label for s in stages[0].settings]
     rows = []
     for label in labels:
@@ -115,15 +128,32 @@ def transfer_table(stages: Sequence[StageA]) -> str:
         for stage in stages:
             setting = next(s for s in stage.settings if s.label == label)
             point = next((p for p in setting.sweep if p.lr == setting.chosen_lr), None)
-            cells.append("—" if point is None else f"{point.lr:g} ({step_cell(point.relative_step)})")
+            cells.append("—" if point is None else f"{point.lr:g} ({step_cell(point.first_step)})")
         rows.append([label, *cells])
-    return md_table(["setting", *(f"{s.model}: lr (step / RMS)" for s in stages)], rows)
+    return md_table(["setting", *(f"{s.model}: lr (whole step / RMS)" for s in stages)], rows)
+
+
+def first_steps_table(steps: Sequence[StepPerLr]) -> str:
+    """Each setting's measured first step per unit lr on each model: the whole step and SuperPos' two paths."""
+    models = list(dict.fromkeys(s.model for s in steps))
+    by_key = {(s.label, s.model): s for s in steps}
+    rows = []
+    for label in dict.fromkeys(s.label for s in steps):
+        cells = []
+        for model in models:
+            step = by_key.get((label, model))
+            paths = (step.whole, step.through_delta, step.through_weights) if step else (None, None, None)
+            cells.append(" / ".join(step_cell(value) for value in paths))
+        rows.append([label, *cells])
+    return md_table(["setting", *(f"{model}: whole / through ΔE / through p'" for model in models)], rows)
 
 
 def report_v2_tables(numbers: QualityV2Numbers) -> dict[str, str]:
     """Table name -> Markdown table, in the order of report-v2.md."""
     status = [[stage, f"{done} / {planned}"] for stage, (done, planned) in numbers.finished_by_stage.items()]
     tables = {"status": md_table(["stage", "finished / planned"], status)}
+    if numbers.steps_per_lr:
+        tables["first-steps"] = first_steps_table(numbers.steps_per_lr)
     if numbers.stage_a:
         tables["transfer"] = transfer_table(numbers.stage_a)
     for stage in numbers.stage_a:
@@ -146,12 +176,15 @@ def report_v2_markdown(tables: Mapping[str, str], figures: Sequence[str]) -> str
         "(`benchmarks/quality_grid_v2.py` says what runs and why). Settings are chosen on a development split of "
         "the training file; reported scores are the last evaluation (the step budget) on every validation "
         "example, the mean over seeds with a 95 % bootstrap interval over the examples; the best evaluation is "
-        "beside it. step / RMS: the effective AdamW step per coordinate (lr x mean_i sum_j |p'_ij| for SuperPos, "
-        f"lr for a free prompt table) over the RMS of the embeddings as the model sees them. collapsed %: the "
+        "beside it. ΔE step / RMS: the effective AdamW step per coordinate each run records (lr x mean_i sum_j "
+        "|p'_ij| for SuperPos, its path through ΔE; lr for a free prompt table) over the RMS of the embeddings as "
+        "the model sees them. whole step / RMS: the first AdamW step of the prompt tokens through every trained "
+        "parameter (SuperPos: p' too; Residual: its MLP), measured on the model (`prompt-steps.md`), likewise "
+        f"relative. collapsed %: the "
         f"evaluations where one label took at least {COLLAPSE_SHARE:.0f} % of the predictions. Differences in bold "
         'exclude 0. "—": not finished yet.',
         "",
-        *(f"![score against effective step]({path})" for path in figures),
+        *(f"![score against whole step]({path})" for path in figures),
     ]
     for name, table in tables.items():
         parts += ["", f"## {table_title(name, TABLE_TITLES)}", "", table]
@@ -162,6 +195,7 @@ def report_v2_json(numbers: QualityV2Numbers, tables: Mapping[str, str]) -> dict
     """The content of report-v2.json: the numbers by stage, and the tables."""
     return {
         "finished_by_stage": {stage: list(counts) for stage, counts in numbers.finished_by_stage.items()},
+        "steps_per_lr": [asdict(step) for step in numbers.steps_per_lr],
         "stage_a": [asdict(stage) for stage in numbers.stage_a],
         "stage_b": [asdict(stage) for stage in numbers.stage_b],
         "stage_c": [asdict(stage) for stage in numbers.stage_c],

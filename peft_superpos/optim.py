@@ -68,8 +68,12 @@ def prompt_step_size(model: nn.Module, lr: float) -> dict[str, float] | None:
     method of ``model`` (a ``PeftModel``; None for other methods).
 
     AdamW moves every trained coordinate by about ``lr`` per step. A free prompt table (stock prompt tuning,
-    Residual's and DePT's prompts) moves by ``lr``. SuperPos moves prompt i by ``lr · Σ_j |p'_ij|`` through ΔE_i
-    (with ``use_softmax`` the weights sum to 1), so its step depends on the init of p' and on m. Returns ``lr``,
+    Residual's and DePT's prompts before anything computed from them) moves by ``lr``. SuperPos moves prompt i by
+    ``lr · Σ_j |p'_ij|`` through ΔE_i (with ``use_softmax`` the weights sum to 1), so that path depends on the init
+    of p' and on m. This is that path only: AdamW also moves each p'_ij by about ``lr``, which moves prompt i by
+    ``lr · Σ_j ±(E_j + ΔE_ij)``, a sum of m embeddings with signs set by the gradient, whatever the init; it needs a
+    gradient to measure (``benchmarks/prompt_steps.py`` does, on the real models: on Gemma 3 that path is 4x the
+    ΔE path with the normal init at m=128). Returns ``lr``,
     ``weight_l1`` (the mean over prompts of Σ_j |p'_ij|; 1 for a free table), ``per_coordinate`` (their product),
     ``embedding_rms`` (see :func:`embedding_rms`) and ``relative`` (``per_coordinate / embedding_rms``).
     """

@@ -82,3 +82,51 @@ def test_padding_script_runs_on_a_tiny_model(tmp_path):
     assert result["task"] == "cb" and result["grouped_padding_fraction"] <= result["random_padding_fraction"]
     assert result["random_s_per_step"] > 0 and result["grouped_tokens_per_s"] > 0
     assert (tmp_path / "padding-llama.md").read_text().count("| cb |") == 1
+
+
+def test_prompt_steps_measures_superpos_delta_path_as_its_closed_form(llama):
+    """Through ΔE alone, AdamW's first step moves prompt i by lr · Σ_j |p'_ij| per coordinate, exactly (one_hot:
+    lr); a free prompt table moves by lr; the p' path adds to it."""
+    from dataclasses import replace
+
+    from benchmarks import prompt_steps
+    from benchmarks.first_steps import PromptSetting
+    from peft_superpos.harness import MethodSettings, RunConfig
+    from peft_superpos.harness.run_model import build_adapter, load_base_model
+    from peft_superpos.optim import embedding_rms
+
+    config = RunConfig(task="sst2", output_dir="unused", data_dir=str(FIXTURE_DATA), model=str(llama),
+                       method_settings=MethodSettings(), seed=0)  # fmt: skip
+    base = load_base_model(config)
+    batches = prompt_steps.training_batches(config, base.tokenizer, 2, 2, seed=0)
+    rms = embedding_rms(base.model.get_input_embeddings())
+    lrs = (1e-3, 1e-2)
+    for init in ("one_hot", "normal"):
+        settings = prompt_steps.method_settings(PromptSetting("superpos", init, 16))
+        model = build_adapter(replace(config, method="superpos", method_settings=settings), base)
+        encoder = model.model.prompt_encoder["default"]
+        l1 = encoder.weights.detach().abs().sum(dim=-1)  # (n,)
+        for row, lr in zip(prompt_steps.measure_setting(model.model, batches, lrs, rms), lrs, strict=True):
+            assert row["lr"] == lr
+            assert row["delta"] == pytest.approx(lr * float(l1.pow(2).mean().sqrt()) / rms, rel=1e-3)
+            assert row["weights"] > 0 and row["all"] > max(row["delta"], row["weights"])
+    table = build_adapter(replace(config, method="prompt_tuning", method_settings=MethodSettings(lr=1e-3)), base)
+    (row,) = prompt_steps.measure_setting(table.model, batches, (1e-3,), rms)
+    assert row["all"] == pytest.approx(1e-3 / rms, rel=1e-3) and "delta" not in row
+
+
+def test_first_steps_interpolate_on_log_axes_within_what_was_measured(tmp_path):
+    from benchmarks.first_steps import FILE_NAME, FirstSteps, PromptSetting
+
+    row = {"model": "gemma3", "method": "superpos", "weight_init": "normal", "m": 16, "softmax": False}
+    rows = [{**row, "lr": lr, "all": 40 * lr} for lr in (1e-3, 1e-2)] + [{**row, "lr": 1e-1, "all": 40 * 1e-1 * 10}]
+    (tmp_path / FILE_NAME).write_text(json.dumps({"command": "", "results": rows}))
+    steps = FirstSteps.load(tmp_path)
+    setting = PromptSetting("superpos", "normal", 16)
+    assert steps.step("gemma3", setting, 3e-3) == pytest.approx(40 * 3e-3)  # a power law stays one between points
+    assert steps.lr_for("gemma3", setting, 40 * 3e-3) == pytest.approx(3e-3)
+    assert steps.step("gemma3", setting, 1e-1) == pytest.approx(40.0)
+    assert steps.step("gemma3", setting, 1.0) is None and steps.lr_for("gemma3", setting, 1e-3) is None
+    assert steps.step("smollm2", setting, 3e-3) is None
+    assert steps.step("gemma3", PromptSetting("superpos"), 3e-3) is None
+    assert FirstSteps.load(tmp_path / "none") is None

@@ -4,6 +4,7 @@ with floors, collapse and "not informative" tasks, and the files one command wri
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from quality_results import write_predictions, write_run
 
 from benchmarks import quality_report, quality_suite
+from benchmarks.first_steps import FILE_NAME
 from benchmarks.quality_grid import CONFIRM, EXTEND, MATCHED, REGIME, SWEEP, ZERO_SHOT, RunSpec
 from benchmarks.quality_grid_v2 import GRID_V2
 from benchmarks.quality_v2_numbers import quality_v2_numbers
@@ -34,6 +36,17 @@ def finish(results: Path, spec: RunSpec, scores: dict[int, float], lr: float, l1
              "config": {"method_settings": {"weight_init": init}}}  # fmt: skip
     write_run(results / spec.run_id, scores, final_extra=extra, **rows)
     return results / spec.run_id
+
+
+FIRST_STEPS = {("superpos", "normal", None): 40.0, ("superpos", "normal", 16): 20.0, ("prompt_tuning", None, None): 2.0}
+"""(method, init, m) -> the measured whole first step per unit lr on Gemma 3 (prompt-steps.json)."""
+
+
+def write_first_steps(results: Path) -> None:
+    rows = [{"model": "gemma3", "method": method, "weight_init": init, "m": m, "softmax": False, "lr": lr,
+             "all": factor * lr}
+            for (method, init, m), factor in FIRST_STEPS.items() for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)]  # fmt: skip
+    (results / FILE_NAME).write_text(json.dumps({"command": "", "results": rows}))
 
 
 def correct(share: float) -> list[int]:
@@ -62,10 +75,11 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             spec = specs(CONFIRM, method=method, weight_init=init, seed=seed)[0]
         lr, l1 = (3e-3, 9.0) if init else (1e-1, 1.0)
-        lr, l1 = (3e-3 * 9 / 3.2, 3.2) if init == 16 else (lr, l1)
+        lr, l1 = (6e-3, 3.2) if init == 16 else (lr, l1)  # m=16 steps half as far per unit lr (FIRST_STEPS)
         folder = finish(tmp_path, spec, {100: 100 * share - 10, 400: 100 * share}, lr, l1, invalid=2.0, top_class=60)
         for step in (100, 400):
             write_predictions(folder, step, "sst2", GOLDS, correct(share if step == 400 else share - 0.1))
+    write_first_steps(tmp_path)
     zero_shot = specs(ZERO_SHOT)[0]
     write_run(tmp_path / zero_shot.run_id, {0: 0.0}, final_extra={"floors": {"majority": 50.0}})
     cb_golds = [i % 3 for i in range(30)]
@@ -85,6 +99,8 @@ def test_stage_a_reports_the_dev_choice_and_the_final_validation_score_over_seed
     row = superpos.confirm
     assert row.seeds == [42, 7] and row.final_by_seed == [90.0, 80.0] and row.final == 85.0 and row.best == 85.0
     assert row.relative_step == pytest.approx(3e-3 * 9 / 0.5) and row.lr == 3e-3
+    assert row.first_step == pytest.approx(3e-3 * 40) and tuning.confirm.first_step == pytest.approx(1e-1 * 2)
+    assert [p.first_step for p in superpos.sweep] == pytest.approx([lr * 40 for lr in (1e-3, 3e-3, 1e-2, 3e-2)])
     assert row.final_low < 85.0 < row.final_high
     assert (row.invalid, row.collapsed) == (2.0, 0.0)
     assert stage.floor.majority == 50.0 and stage.floor.zero_shot == 0.0
@@ -110,7 +126,7 @@ def test_stage_c_sets_each_variant_beside_the_tuned_setting_at_the_same_effectiv
     assert matched.reference.label == "superpos m=128 (normal, tuned)" and matched.reference.final == 85.0
     (row,) = matched.rows
     assert row.label == "superpos m=16" and row.final == 70.0
-    assert row.relative_step == pytest.approx(matched.reference.relative_step)
+    assert row.first_step == pytest.approx(matched.reference.first_step)  # the tuned setting's whole step
     difference = dict(matched.versus)["superpos m=16 vs m=128"]
     assert difference.difference == pytest.approx(-15.0) and difference.verdict == "worse"
 
@@ -119,10 +135,10 @@ def test_one_command_writes_both_reports_and_they_regenerate_identically(results
     (report,), written = quality_report.write_outputs([GRID_V2], results, plots=True)
     assert [p.name for p in written] == ["report-v2.md", "report-v2.json"]
     text = (results / "report-v2.md").read_text()
-    assert "| superpos normal | **0.003** | 0.054 | 88.0 | 88.0 | 50 |" in text
-    assert "| superpos normal | 0.003 | 0.054 | 85.0 (" in text
+    assert "| superpos normal | **0.003** | 0.054 | 0.12 | 88.0 | 88.0 | 50 |" in text
+    assert "| superpos normal | 0.003 | 0.054 | 0.12 | 85.0 (" in text
     assert "**cb** (250 examples, 9.6 epochs, not informative)" in text
-    assert "| superpos normal | 0.003 (0.054) | — |" in report["tables"]["transfer"]  # gemma3, then smollm2
+    assert "| superpos normal | 0.003 (0.12) | — |" in report["tables"]["transfer"]  # gemma3, then smollm2
     assert (results / "curves" / "v2-step-gemma3.png").is_file()
     assert report["tables"]["gemma3-sweep"] in text
     before = {name: (results / name).read_bytes() for name in ("report-v2.md", "report-v2.json")}
@@ -136,7 +152,7 @@ def test_a_grid_run_from_another_worktree_regenerates_the_results_checkouts_resu
     (checkout / "RESULTS.template.md").write_text("# Results\n\n<!-- generated: quality_v2:gemma3-tuned -->\n")
     _, written = quality_report.write_outputs([GRID_V2], checkout / "results" / "quality", plots=False)
     assert written[-1] == checkout / "RESULTS.md"
-    assert "| superpos normal | 0.003 | 0.054 | 85.0 (" in written[-1].read_text()
+    assert "| superpos normal | 0.003 | 0.054 | 0.12 | 85.0 (" in written[-1].read_text()
 
 
 def test_the_report_command_writes_every_report_before_results_md(results, tmp_path):
@@ -148,4 +164,4 @@ def test_the_report_command_writes_every_report_before_results_md(results, tmp_p
         "<!-- generated: quality:status -->\n\n<!-- generated: quality_v2:transfer -->\n"
     )
     assert quality_suite.main(["report", "--results-dir", str(checkout / "results" / "quality"), "--no-plots"]) == 0
-    assert "| superpos normal | 0.003 (0.054) | — |" in (checkout / "RESULTS.md").read_text()
+    assert "| superpos normal | 0.003 (0.12) | — |" in (checkout / "RESULTS.md").read_text()

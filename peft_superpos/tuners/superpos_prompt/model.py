@@ -23,8 +23,9 @@ def init_std(config: SuperPosPromptConfig) -> float:
 
 def expected_weight_l1(config: SuperPosPromptConfig) -> float:
     """The expected Σ_j |p'_ij| of a prompt at creation (1 for ``one_hot``, and for the weights softmax(p'_i) of
-    ``use_softmax``). Under AdamW a prompt first moves like a free prompt table trained at ``lr`` times this
-    (``optim.prompt_step_size`` measures it): about 9.0 for the ``normal`` init at m=128, growing as sqrt(m)."""
+    ``use_softmax``). Under AdamW, the path of a prompt's step through ΔE is a free prompt table's at ``lr`` times
+    this (``optim.prompt_step_size`` measures it; p' moves the prompt too): about 9.0 for the ``normal`` init at
+    m=128, growing as sqrt(m)."""
     if config.use_softmax or config.weight_init is WeightInit.ONE_HOT:
         return 1.0
     mean_abs = math.sqrt(2 / math.pi) if config.weight_init is WeightInit.NORMAL else math.sqrt(3) / 2  # E|x| / std

@@ -1,0 +1,67 @@
+"""The measured first AdamW step of a prompt (``benchmarks.prompt_steps`` writes it): its file, and the step of a
+prompt setting at any learning rate, or the learning rate that gives a step.
+
+The step is the root mean square of the prompt table's change over the first AdamW step, relative to the RMS of
+the embeddings as the model sees them: the whole step, through every trained parameter (for SuperPos, through p'
+as well as ΔE). Between the measured learning rates it is interpolated on log-log axes; outside them it is unknown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+FILE_NAME = "prompt-steps.json"
+
+
+@dataclass(frozen=True)
+class PromptSetting:
+    """A prompt method's setting: for SuperPos its init, m and softmax (``m`` None: the default)."""
+
+    method: str
+    weight_init: str | None = None
+    m: int | None = None
+    softmax: bool = False
+
+
+class FirstSteps:
+    """(model, :class:`PromptSetting`) -> the whole first step at each measured learning rate."""
+
+    def __init__(self, rows: Iterable[Mapping]) -> None:
+        self.rows = list(rows)  # as prompt_steps wrote them: the whole step ("all") and, for SuperPos, each path
+        curves: dict[tuple[str, PromptSetting], dict[float, float]] = {}
+        for row in self.rows:
+            setting = PromptSetting(row["method"], row["weight_init"], row["m"], row["softmax"])
+            curves.setdefault((row["model"], setting), {})[row["lr"]] = row["all"]
+        self._curves = {key: (np.log(sorted(c)), np.log([c[lr] for lr in sorted(c)])) for key, c in curves.items()}
+
+    @classmethod
+    def load(cls, results_dir: Path) -> FirstSteps | None:
+        """The measurements under ``results_dir`` (None: not measured)."""
+        path = results_dir / FILE_NAME
+        return cls(json.loads(path.read_text())["results"]) if path.is_file() else None
+
+    def step(self, model: str, setting: PromptSetting, lr: float) -> float | None:
+        """The whole first step at ``lr`` (None: the setting or that learning rate was not measured)."""
+        return self._interpolate(model, setting, lr, inverse=False)
+
+    def lr_for(self, model: str, setting: PromptSetting, step: float) -> float | None:
+        """The learning rate whose whole first step is ``step`` (None: outside what was measured)."""
+        return self._interpolate(model, setting, step, inverse=True)
+
+    def _interpolate(self, model: str, setting: PromptSetting, value: float, inverse: bool) -> float | None:
+        curve = self._curves.get((model, setting))
+        if curve is None:
+            return None
+        given, wanted = curve[::-1] if inverse else curve
+        order = np.argsort(given)  # the step grows with lr; sorting keeps np.interp's contract if it did not
+        given, wanted = given[order], wanted[order]
+        x = math.log(value)
+        if not given[0] - 1e-9 <= x <= given[-1] + 1e-9:
+            return None
+        return float(np.exp(np.interp(x, given, wanted)))
