@@ -16,6 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.quality_grid import RunResult
+from peft_superpos import SuperPosPromptConfig
+
 FILE_NAME = "prompt-steps.json"
 
 
@@ -27,6 +30,20 @@ class PromptSetting:
     weight_init: str | None = None
     m: int | None = None
     softmax: bool = False
+
+
+def run_setting(run: RunResult) -> PromptSetting:
+    """The prompt setting a finished run trained (SuperPos' init as the run resolved it; runs that did not
+    record it trained the config's default)."""
+    settings = (run.final.get("config") or {}).get("method_settings") or {}
+    init = None
+    if run.spec.method == "superpos":
+        init = settings.get("weight_init") or SuperPosPromptConfig.__dataclass_fields__["weight_init"].default.value
+    return PromptSetting(run.spec.method, init, run.spec.m, run.spec.softmax)
+
+
+def run_lr(run: RunResult) -> float | None:
+    return (run.final.get("hyperparameters") or {}).get("lr")
 
 
 class FirstSteps:
@@ -41,10 +58,16 @@ class FirstSteps:
         self._curves = {key: (np.log(sorted(c)), np.log([c[lr] for lr in sorted(c)])) for key, c in curves.items()}
 
     @classmethod
-    def load(cls, results_dir: Path) -> FirstSteps | None:
-        """The measurements under ``results_dir`` (None: not measured)."""
+    def load(cls, results_dir: Path) -> FirstSteps:
+        """The measurements under ``results_dir`` (none while ``prompt_steps`` has not run)."""
         path = results_dir / FILE_NAME
-        return cls(json.loads(path.read_text())["results"]) if path.is_file() else None
+        return cls(json.loads(path.read_text())["results"] if path.is_file() else [])
+
+    def of_runs(self, runs: Iterable[RunResult]) -> float | None:
+        """The mean over ``runs`` of the whole first step at each run's learning rate (None: a run's setting or
+        learning rate was not measured)."""
+        steps = [self.step(run.spec.model, run_setting(run), lr) if (lr := run_lr(run)) else None for run in runs]
+        return None if not steps or None in steps else sum(steps) / len(steps)
 
     def step(self, model: str, setting: PromptSetting, lr: float) -> float | None:
         """The whole first step at ``lr`` (None: the setting or that learning rate was not measured)."""

@@ -191,8 +191,8 @@ def matched_lr(spec: RunSpec, weight_init: str, tuned_lr: float, results_dir: Pa
     steps = FirstSteps.load(results_dir)
     tuned = PromptSetting("superpos", weight_init)
     variant = PromptSetting("superpos", weight_init, spec.m, spec.softmax)
-    target = steps.step(spec.model, tuned, tuned_lr) if steps else None
-    lr = steps.lr_for(spec.model, variant, target) if steps and target else None
+    target = steps.step(spec.model, tuned, tuned_lr)
+    lr = steps.lr_for(spec.model, variant, target) if target else None
     if lr is None:
         raise LrCheckError(
             f"the first steps of {spec.model} superpos {weight_init} (m={spec.m or 128}, softmax={spec.softmax}) at "

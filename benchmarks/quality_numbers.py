@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from benchmarks.first_steps import FirstSteps
 from benchmarks.quality_grid import (
     ABLATION,
     EVAL_STEPS,
@@ -98,13 +99,15 @@ class SeedComparison:
 
 @dataclass(frozen=True)
 class LrCheck:
-    """One (model, method) of the lr check: the chosen lr, and per lr the best score per task and their mean."""
+    """One (model, method) of the lr check: the chosen lr, and per lr the best score per task, their mean and the
+    whole first step relative to the embedding RMS, measured (``first_steps``; None: not measured)."""
 
     model: str
     method: str
     chosen: float | None
     by_lr: dict[float, dict[str, float | None]]  # lr -> task -> best
     means: dict[float, float | None]
+    whole_steps: dict[float, float | None]
 
 
 @dataclass(frozen=True)
@@ -113,6 +116,7 @@ class AblationEntry:
     best: dict[str, float | None]  # column -> best
     final: dict[str, float | None]
     mean_best: float | None  # over the columns
+    whole_step: float | None  # the measured whole first step relative to the embedding RMS (``first_steps``)
     versus_main: dict[str, Difference | None] | None  # None for the main run itself
 
 
@@ -170,6 +174,7 @@ class QualityNumbers:
 def quality_numbers(grid: Sequence[RunSpec], results_dir: Path) -> QualityNumbers:
     """Every number of the report, from the results folder alone."""
     results = ResultSet(grid, results_dir)
+    steps = FirstSteps.load(results_dir)
     failed = [run_id for run_id in failure_counts(results_dir) if results.by_id.get(run_id) is None]
     by_stage = {stage: (sum(results.by_id[s.run_id] is not None for s in specs), len(specs))
                 for stage in STAGES if (specs := results.stage(stage))}  # fmt: skip
@@ -195,9 +200,9 @@ def quality_numbers(grid: Sequence[RunSpec], results_dir: Path) -> QualityNumber
         series=series,
         main=main,
         seeds=seeds,
-        lr_check=lr_check(results),
+        lr_check=lr_check(results, steps),
         lr_check_tasks=ordered(s.task for s in results.stage(LR_CHECK)),
-        ablation=ablation(results),
+        ablation=ablation(results, steps),
         dropout=dropout,
         head_to_head=[plan_comparisons(results, series, floors, plan) for plan in comparison_plans(results)],
     )
@@ -261,8 +266,9 @@ def seed_comparison(results: ResultSet, model: str) -> SeedComparison | None:
     return SeedComparison(seeds, cases, entries, list(columns.values()), pairs)
 
 
-def lr_check(results: ResultSet) -> list[LrCheck]:
-    """Best score per (method, lr) on each check task, their mean, and the lr the runner uses."""
+def lr_check(results: ResultSet, steps: FirstSteps) -> list[LrCheck]:
+    """Best score per (method, lr) on each check task, their mean, the whole first step, and the lr the runner
+    uses."""
     specs = results.stage(LR_CHECK)
     tasks = ordered(s.task for s in specs)
     checks = []
@@ -271,16 +277,17 @@ def lr_check(results: ResultSet) -> list[LrCheck]:
             chosen: float | None = lr_from_check(model, method, results.grid, results.results_dir)
         except LrCheckError:
             chosen = None
-        by_lr, means = {}, {}
+        by_lr, means, whole_steps = {}, {}, {}
         for lr in ordered(s.lr for s in specs if (s.model, s.method) == (model, method)):
             run = {s.task: results.by_id[s.run_id] for s in specs if (s.model, s.method, s.lr) == (model, method, lr)}
             scores = [run[t].best if run.get(t) else None for t in tasks]
             by_lr[lr], means[lr] = dict(zip(tasks, scores, strict=True)), mean_or_none(scores)
-        checks.append(LrCheck(model, method, chosen, by_lr, means))
+            whole_steps[lr] = steps.of_runs([r for r in run.values() if r is not None])
+        checks.append(LrCheck(model, method, chosen, by_lr, means, whole_steps))
     return checks
 
 
-def ablation(results: ResultSet) -> Ablation | None:
+def ablation(results: ResultSet, steps: FirstSteps) -> Ablation | None:
     """The ablation variants beside the main run of the same method, task and seed (best / final), one column
     per task and seed of the ablation stage (named by the task alone where each task has one seed); each
     variant's best against the main run's of the same seed."""
@@ -300,14 +307,17 @@ def ablation(results: ResultSet) -> Ablation | None:
     for label, series, stages in named:
         cells = [results.summary(model, t, series, stages, seed) or SeriesSummary() for t, seed in cases]
         best, final = [c.best for c in cells], [c.final for c in cells]
-        sides = [resampled_runs(results.runs(model, t, series, stages, seed)) for t, seed in cases]
+        runs = [results.runs(model, t, series, stages, seed) for t, seed in cases]
+        sides = [resampled_runs(case_runs) for case_runs in runs]
         versus_main = None
         if entries:  # a variant: its best against the main run's of the same seed, paired bootstrap
             versus_main = {c: paired(sides[i], main_sides[i], best[i], main_best[i]) for i, c in enumerate(columns)}
         else:
             main_best, main_sides = best, sides
         best_by_column, final_by_column = dict(zip(columns, best, strict=True)), dict(zip(columns, final, strict=True))
-        entries.append(AblationEntry(label, best_by_column, final_by_column, mean_or_none(best), versus_main))
+        whole_step = steps.of_runs([run for case_runs in runs for run in case_runs])
+        entries.append(AblationEntry(label, best_by_column, final_by_column, mean_or_none(best), whole_step,
+                                     versus_main))  # fmt: skip
     return Ablation(columns, entries)
 
 

@@ -54,6 +54,11 @@ TABLE_TITLES = {
 }
 
 
+def step_cell(value: float | None) -> str:
+    """A step relative to the embedding RMS, to 3 significant digits."""
+    return "—" if value is None else f"{value:.3g}"
+
+
 def fmt(value: float | None, digits: int = 1) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -214,18 +219,19 @@ def lr_check_table(checks: Sequence[LrCheck], tasks: Sequence[str]) -> str:
     for check in checks:
         for lr, best in check.by_lr.items():
             mark = " (chosen)" if lr == check.chosen else ""
-            rows.append([f"{check.model} {check.method}", f"{lr:g}{mark}", *(fmt(best[t]) for t in tasks),
-                         fmt(check.means[lr])])  # fmt: skip
-    header = ["run", "lr", *(f"{t} best" for t in tasks), "mean"]
-    return md_table(header, rows, align="---|---|" + "---:|" * (len(tasks) + 1))
+            rows.append([f"{check.model} {check.method}", f"{lr:g}{mark}", step_cell(check.whole_steps[lr]),
+                         *(fmt(best[t]) for t in tasks), fmt(check.means[lr])])  # fmt: skip
+    header = ["run", "lr", "whole step / RMS", *(f"{t} best" for t in tasks), "mean"]
+    return md_table(header, rows, align="---|---|" + "---:|" * (len(tasks) + 2))
 
 
 def ablation_tables(ablation: Ablation) -> dict[str, str]:
-    rows = [[e.label, *(f"{fmt(e.best[c])} / {fmt(e.final[c])}" for c in ablation.columns), fmt(e.mean_best)]
-            for e in ablation.entries]  # fmt: skip
+    rows = [[e.label, step_cell(e.whole_step), *(f"{fmt(e.best[c])} / {fmt(e.final[c])}" for c in ablation.columns),
+             fmt(e.mean_best)] for e in ablation.entries]  # fmt: skip
     tests = [(e.label, e.versus_main) for e in ablation.entries if e.versus_main is not None]
+    header = ["variant", "whole step / RMS", *(f"{c} best / final" for c in ablation.columns), "mean best"]
     return {
-        "ablation": md_table(["variant", *(f"{c} best / final" for c in ablation.columns), "mean best"], rows),
+        "ablation": md_table(header, rows),
         "ablation-differences": differences_table(ablation.columns, tests),
     }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import quality_stats as stats
-from benchmarks.first_steps import FirstSteps, PromptSetting
+from benchmarks.first_steps import FirstSteps
 from benchmarks.quality_grid import (
     BATCH_SIZE,
     CONFIRM,
@@ -175,13 +175,13 @@ def quality_v2_numbers(grid: Sequence[RunSpec], results_dir: Path) -> QualityV2N
     )
 
 
-def steps_per_lr(steps: FirstSteps | None) -> list[StepPerLr]:
+def steps_per_lr(steps: FirstSteps) -> list[StepPerLr]:
     """:class:`StepPerLr` of every measured setting (none while ``prompt_steps`` has not run)."""
 
     def per_lr(value: float | None) -> float | None:
         return None if value is None else value / STEP_REFERENCE_LR
 
-    rows = [row for row in (steps.rows if steps else []) if math.isclose(row["lr"], STEP_REFERENCE_LR)]
+    rows = [row for row in steps.rows if math.isclose(row["lr"], STEP_REFERENCE_LR)]
     return [StepPerLr(row["model"], step_setting_label(row), per_lr(row["all"]), per_lr(row.get("delta")),
                       per_lr(row.get("weights"))) for row in rows]  # fmt: skip
 
@@ -196,31 +196,12 @@ def relative_step(runs: Sequence[RunResult]) -> float | None:
     return stats.mean_or_none((run.final.get("step_size") or {}).get("relative") for run in runs)
 
 
-def prompt_setting(run: RunResult) -> PromptSetting:
-    """The prompt setting ``run`` trained (SuperPos' init as the run resolved it)."""
-    settings = (run.final.get("config") or {}).get("method_settings") or {}
-    init = settings.get("weight_init") if run.spec.method == "superpos" else None
-    return PromptSetting(run.spec.method, init, run.spec.m, run.spec.softmax)
-
-
-def first_step(runs: Sequence[RunResult], steps: FirstSteps | None) -> float | None:
-    """The mean over ``runs`` of the measured whole first step at each run's learning rate (None: not measured)."""
-    if steps is None:
-        return None
-    return stats.mean_or_none(
-        steps.step(run.spec.model, prompt_setting(run), lr)
-        if (lr := (run.final.get("hyperparameters") or {}).get("lr"))
-        else None
-        for run in runs
-    )
-
-
 def final_side(runs: Sequence[RunResult]) -> Side | None:
     """The runs' last evaluation on each bootstrap resample of the eval examples, averaged over the seeds."""
     return stats.resampled_runs(runs, int(runs[0].scored[-1]["step"])) if runs and runs[0].scored else None
 
 
-def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps | None) -> MethodRow | None:
+def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps) -> MethodRow | None:
     """:class:`MethodRow` of the finished runs of one series (None: none finished)."""
     if not runs:
         return None
@@ -234,7 +215,7 @@ def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps | None) 
         label=label,
         lr=(runs[0].final.get("hyperparameters") or {}).get("lr"),
         relative_step=relative_step(runs),
-        first_step=first_step(runs, steps),
+        first_step=steps.of_runs(runs),
         seeds=[run.spec.seed for run in runs],
         final=stats.mean_or_none(run.last for run in runs),
         final_low=low,
@@ -251,7 +232,7 @@ def setting_label(method: str, weight_init: str | None) -> str:
     return f"{method} {weight_init}" if weight_init else method
 
 
-def stage_a(results: ResultSet, steps: FirstSteps | None, model: str) -> StageA:
+def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
     """Every setting of Stage A on ``model``: its sweep (development split), the learning rate chosen there, and
     the confirmations (validation); the better SuperPos init against every other setting on the final score."""
     settings, sides, confirms = [], {}, {}
@@ -263,7 +244,7 @@ def stage_a(results: ResultSet, steps: FirstSteps | None, model: str) -> StageA:
         for spec in sorted(specs, key=lambda s: s.lr):
             run = results.by_id[spec.run_id]
             if run is not None:
-                points.append(SweepPoint(spec.lr, relative_step([run]), first_step([run], steps), run.best, run.last,
+                points.append(SweepPoint(spec.lr, relative_step([run]), steps.of_runs([run]), run.best, run.last,
                                          run.top_class_at_best))  # fmt: skip
         try:
             chosen: float | None = best_lr(sweep_scores(specs[0], init, results.grid, results.results_dir))
@@ -308,7 +289,7 @@ def floor(results: ResultSet, model: str, task: str, stages: Sequence[str]) -> F
     return Floor(majority, zero_shot[0].last if zero_shot else None)
 
 
-def stage_b(results: ResultSet, steps: FirstSteps | None, model: str) -> StageB:
+def stage_b(results: ResultSet, steps: FirstSteps, model: str) -> StageB:
     """Every task of Stage B on ``model``: each method's row, the floors, whether the task says anything, and
     SuperPos against each other method on the final score (per task and pooled over the tasks)."""
     specs = [s for s in results.stage(REGIME) if s.model == model]
@@ -338,7 +319,7 @@ def stage_b(results: ResultSet, steps: FirstSteps | None, model: str) -> StageB:
     return StageB(model, tasks, versus)
 
 
-def stage_c(results: ResultSet, steps: FirstSteps | None, model: str) -> StageC:
+def stage_c(results: ResultSet, steps: FirstSteps, model: str) -> StageC:
     """Stage C on ``model``: each variant's row and its difference from the tuned setting's confirmations (the
     SuperPos init the variants train with, m=128)."""
     runs = [r for r in results.found if r.spec.stage == MATCHED and r.spec.model == model]

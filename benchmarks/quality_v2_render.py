@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
 
-from benchmarks.quality_render import difference_cell, fmt, md_table, table_title, tested_table
+from benchmarks.quality_render import difference_cell, fmt, md_table, step_cell, table_title, tested_table
 from benchmarks.quality_stats import Floor
 from benchmarks.quality_v2_numbers import (
     COLLAPSE_SHARE,
@@ -34,10 +34,6 @@ TABLE_TITLES = {
 }
 ROW_HEADER = ["method", "lr", "ΔE step / RMS", "whole step / RMS", "final (95 % CI)", "per seed", "best",
               "steps to 90 %", "invalid %", "collapsed %"]  # fmt: skip
-
-
-def step_cell(value: float | None) -> str:
-    return "—" if value is None else f"{value:.3g}"
 
 
 def interval_cell(value: float | None, low: float | None, high: float | None) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from benchmarks.first_steps import FILE_NAME
 from benchmarks.quality_grid import LR_CHECK, LR_CHECK_VALUES, RunSpec
 from peft_superpos.data import get_task
 from peft_superpos.harness import run_record
@@ -92,3 +93,13 @@ class FakeHarness:
         write_run(run_dir, {step: 10.0 + step / 100 for step in range(100, steps + 1, 100)} or {0: 5.0})
         run_record.write_predictions(run_dir, 100, [{"id": 0, "gold": "entailment", "pred": "entailment"}])
         return 0
+
+
+def write_first_steps(results: Path, per_lr: dict[tuple, float]) -> None:
+    """A ``prompt-steps.json`` where each (model, method, init, m, softmax) takes a whole first step of ``factor``
+    x lr at every lr from 1e-4 to 1 (what ``benchmarks.prompt_steps`` measures)."""
+    keys = ("model", "method", "weight_init", "m", "softmax")
+    rows = [{**dict(zip(keys, setting, strict=True)), "lr": lr, "all": factor * lr}
+            for setting, factor in per_lr.items() for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)]  # fmt: skip
+    results.mkdir(parents=True, exist_ok=True)
+    (results / FILE_NAME).write_text(json.dumps({"command": "", "results": rows}))

@@ -129,4 +129,4 @@ def test_first_steps_interpolate_on_log_axes_within_what_was_measured(tmp_path):
     assert steps.step("gemma3", setting, 1.0) is None and steps.lr_for("gemma3", setting, 1e-3) is None
     assert steps.step("smollm2", setting, 3e-3) is None
     assert steps.step("gemma3", PromptSetting("superpos"), 3e-3) is None
-    assert FirstSteps.load(tmp_path / "none") is None
+    assert FirstSteps.load(tmp_path / "none").step("gemma3", setting, 3e-3) is None

@@ -3,15 +3,13 @@ only when their best value lies there, and the harness command of each kind of r
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-from quality_results import write_run
+from quality_results import write_first_steps, write_run
 
 from benchmarks import quality_grid_v2 as v2
 from benchmarks import quality_suite as qs
-from benchmarks.first_steps import FILE_NAME
 from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, MATCHED, REGIME, SWEEP, LrCheckError
 
 
@@ -82,18 +80,6 @@ def test_harness_commands_of_grid_v2(tmp_path):
     assert "--max-eval-samples" not in command and "--dev-size" not in command and "--lr" not in command
 
 
-def write_first_steps(results: Path, per_lr: dict[tuple[str, int | None, bool], float]) -> None:
-    """A measured-steps file where SuperPos (init, m, softmax) on Gemma 3 steps ``per_lr`` x lr at every lr."""
-    rows = [
-        {"model": "gemma3", "method": "superpos", "weight_init": init, "m": m, "softmax": softmax, "lr": lr,
-         "all": factor * lr}
-        for (init, m, softmax), factor in per_lr.items()
-        for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
-    ]  # fmt: skip
-    results.mkdir(parents=True, exist_ok=True)
-    (results / FILE_NAME).write_text(json.dumps({"command": "", "results": rows}))
-
-
 def test_stage_c_runs_each_variant_at_the_measured_step_of_the_tuned_setting(tmp_path):
     m16 = spec_of(MATCHED, "gemma3", "sst2", "superpos", seed=42, m=16)
     softmax = spec_of(MATCHED, "gemma3", "sst2", "superpos", seed=42, softmax=True)
@@ -102,9 +88,11 @@ def test_stage_c_runs_each_variant_at_the_measured_step_of_the_tuned_setting(tmp
     finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-3: 70.0, 1e-2: 75.0, 3e-2: 80.0, 1e-1: 60.0})
     with pytest.raises(LrCheckError, match="python -m benchmarks.prompt_steps --models gemma3"):
         v2.resolve_settings(m16, v2.GRID_V2, tmp_path)  # the steps are not measured yet
-    write_first_steps(tmp_path, {("normal", None, False): 40.0, ("normal", 16, False): 20.0,
-                                 ("normal", None, True): 1.0, ("one_hot", None, False): 30.0,
-                                 ("one_hot", 16, False): 5.0})  # fmt: skip
+    write_first_steps(tmp_path, {("gemma3", "superpos", "normal", None, False): 40.0,
+                                 ("gemma3", "superpos", "normal", 16, False): 20.0,
+                                 ("gemma3", "superpos", "normal", None, True): 1.0,
+                                 ("gemma3", "superpos", "one_hot", None, False): 30.0,
+                                 ("gemma3", "superpos", "one_hot", 16, False): 5.0})  # fmt: skip
     # m=16 steps half as far per unit lr as m=128: twice the tuned lr gives the tuned step
     assert v2.resolve_settings(m16, v2.GRID_V2, tmp_path) == v2.Settings(pytest.approx(6e-3), "normal")
     assert v2.resolve_settings(softmax, v2.GRID_V2, tmp_path).lr == pytest.approx(3e-3 * 40)

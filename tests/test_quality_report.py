@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from quality_results import lr_check_grid, write_lr_check, write_predictions, write_run
+from quality_results import lr_check_grid, write_first_steps, write_lr_check, write_predictions, write_run
 
 from benchmarks import quality_report as qr
 from benchmarks.quality_grid import ABLATION, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec
@@ -144,7 +144,9 @@ def test_ablation_at_two_seeds_sits_beside_the_main_run_of_each_seed(tmp_path):
     ]
     for spec, scores in zip(grid, ({100: 80.0, 400: 78.0}, {100: 84.0, 400: 84.0}, {100: 70.0, 400: 76.0},
                                    {100: 72.0, 400: 70.0}), strict=True):  # fmt: skip
-        write_run(results / spec.run_id, scores)
+        write_run(results / spec.run_id, scores, final_extra={"hyperparameters": {"lr": 3e-3}})
+    write_first_steps(results, {("smollm2", "superpos", "normal", None, False): 90.0,
+                                ("smollm2", "superpos", "normal", 16, False): 27.0})  # fmt: skip
     # predictions at the best evaluations of seed 42 (200 examples, the first 160 / 152 right); none for seed 7
     golds = [i % 2 for i in range(200)]
     for spec, (step, right) in zip(grid[::2], ((100, 160), (400, 152)), strict=True):
@@ -153,9 +155,9 @@ def test_ablation_at_two_seeds_sits_beside_the_main_run_of_each_seed(tmp_path):
     report = qr.build_report(grid, results)
     assert report["ablation"]["superpos m=16"]["best"] == {"sst2 seed 42": 76.0, "sst2 seed 7": 72.0}
     table = report["tables"]["ablation"]
-    assert "| variant | sst2 seed 42 best / final | sst2 seed 7 best / final | mean best |" in table
-    assert "| superpos m=128 (main run) | 80.0 / 78.0 | 84.0 / 84.0 | 82.0 |" in table
-    assert "| superpos m=16 | 76.0 / 76.0 | 72.0 / 70.0 | 74.0 |" in table
+    assert "| variant | whole step / RMS | sst2 seed 42 best / final | sst2 seed 7 best / final | mean best |" in table
+    assert "| superpos m=128 (main run) | 0.27 | 80.0 / 78.0 | 84.0 / 84.0 | 82.0 |" in table
+    assert "| superpos m=16 | 0.081 | 76.0 / 76.0 | 72.0 / 70.0 | 74.0 |" in table
     # the variant against the main run of its seed: 8 examples fewer right at seed 42, untested at seed 7
     versus_main = report["ablation"]["superpos m=16"]["versus_main"]
     assert versus_main["sst2 seed 42"]["verdict"] == "worse" and versus_main["sst2 seed 42"]["difference"] == -4.0
@@ -311,4 +313,6 @@ def test_report_lr_check_table_marks_the_chosen_lr(tmp_path):
                              ("sst2", 3e-2): 75, ("cola", 3e-2): 45})  # fmt: skip
     report = qr.build_report(lr_check_grid(), results)
     assert report["lr_check"]["smollm2/superpos"]["chosen"] == 3e-2
-    assert "| smollm2 superpos | 0.03 (chosen) | 75.0 | 45.0 | 60.0 |" in report["tables"]["lr-check"]
+    assert (
+        "| smollm2 superpos | 0.03 (chosen) | — | 75.0 | 45.0 | 60.0 |" in report["tables"]["lr-check"]
+    )  # not measured

@@ -4,15 +4,13 @@ with floors, collapse and "not informative" tasks, and the files one command wri
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
-from quality_results import write_predictions, write_run
+from quality_results import write_first_steps, write_predictions, write_run
 
 from benchmarks import quality_report, quality_suite
-from benchmarks.first_steps import FILE_NAME
 from benchmarks.quality_grid import CONFIRM, EXTEND, MATCHED, REGIME, SWEEP, ZERO_SHOT, RunSpec
 from benchmarks.quality_grid_v2 import GRID_V2
 from benchmarks.quality_v2_numbers import quality_v2_numbers
@@ -38,15 +36,9 @@ def finish(results: Path, spec: RunSpec, scores: dict[int, float], lr: float, l1
     return results / spec.run_id
 
 
-FIRST_STEPS = {("superpos", "normal", None): 40.0, ("superpos", "normal", 16): 20.0, ("prompt_tuning", None, None): 2.0}
-"""(method, init, m) -> the measured whole first step per unit lr on Gemma 3 (prompt-steps.json)."""
-
-
-def write_first_steps(results: Path) -> None:
-    rows = [{"model": "gemma3", "method": method, "weight_init": init, "m": m, "softmax": False, "lr": lr,
-             "all": factor * lr}
-            for (method, init, m), factor in FIRST_STEPS.items() for lr in (1e-4, 1e-3, 1e-2, 1e-1, 1.0)]  # fmt: skip
-    (results / FILE_NAME).write_text(json.dumps({"command": "", "results": rows}))
+FIRST_STEPS = {("gemma3", "superpos", "normal", None, False): 40.0, ("gemma3", "superpos", "normal", 16, False): 20.0,
+               ("gemma3", "prompt_tuning", None, None, False): 2.0}  # fmt: skip
+"""The measured whole first step per unit lr on Gemma 3 (prompt-steps.json)."""
 
 
 def correct(share: float) -> list[int]:
@@ -79,7 +71,7 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         folder = finish(tmp_path, spec, {100: 100 * share - 10, 400: 100 * share}, lr, l1, invalid=2.0, top_class=60)
         for step in (100, 400):
             write_predictions(folder, step, "sst2", GOLDS, correct(share if step == 400 else share - 0.1))
-    write_first_steps(tmp_path)
+    write_first_steps(tmp_path, FIRST_STEPS)
     zero_shot = specs(ZERO_SHOT)[0]
     write_run(tmp_path / zero_shot.run_id, {0: 0.0}, final_extra={"floors": {"majority": 50.0}})
     cb_golds = [i % 3 for i in range(30)]
