@@ -31,6 +31,17 @@ class PromptSetting:
     m: int | None = None
     softmax: bool = False
 
+    @classmethod
+    def of_row(cls, row: Mapping) -> PromptSetting:
+        """The setting of a row of ``prompt-steps.json``."""
+        return cls(row["method"], row["weight_init"], row["m"], row["softmax"])
+
+    @property
+    def label(self) -> str:
+        """Its name in tables: ``superpos normal m=16``, ``superpos one_hot softmax``, ``prompt_tuning``."""
+        parts = (self.method, self.weight_init, self.m and f"m={self.m}", self.softmax and "softmax")
+        return " ".join(part for part in parts if part)
+
 
 def run_setting(run: RunResult) -> PromptSetting:
     """The prompt setting a finished run trained (SuperPos' init as the run resolved it; runs that did not
@@ -53,8 +64,7 @@ class FirstSteps:
         self.rows = list(rows)  # as prompt_steps wrote them: the whole step ("all") and, for SuperPos, each path
         curves: dict[tuple[str, PromptSetting], dict[float, float]] = {}
         for row in self.rows:
-            setting = PromptSetting(row["method"], row["weight_init"], row["m"], row["softmax"])
-            curves.setdefault((row["model"], setting), {})[row["lr"]] = row["all"]
+            curves.setdefault((row["model"], PromptSetting.of_row(row)), {})[row["lr"]] = row["all"]
         self._curves = {key: (np.log(sorted(c)), np.log([c[lr] for lr in sorted(c)])) for key, c in curves.items()}
 
     @classmethod

@@ -128,10 +128,8 @@ def measure_model(model_name: str, args: argparse.Namespace) -> list[dict]:
 def table(results: list[dict], header: str) -> str:
     lines = [header, "", "| model | setting | lr | whole step / RMS | ΔE path | p' path |", "|---|---|---|---|---|---|"]
     for r in results:
-        label = " ".join(str(v) for v in (r["method"], r["weight_init"], r["m"] and f"m={r['m']}") if v)
-        label += " softmax" if r["softmax"] else ""
         paths = [f"{r[path]:.4f}" if path in r else "-" for path in ("all", "delta", "weights")]
-        lines.append(f"| {r['model']} | {label} | {r['lr']:.3g} | {' | '.join(paths)} |")
+        lines.append(f"| {r['model']} | {PromptSetting.of_row(r).label} | {r['lr']:.3g} | {' | '.join(paths)} |")
     return "\n".join(lines) + "\n"
 
 

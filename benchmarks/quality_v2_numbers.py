@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import quality_stats as stats
-from benchmarks.first_steps import FirstSteps
+from benchmarks.first_steps import FirstSteps, PromptSetting
 from benchmarks.quality_grid import (
     BATCH_SIZE,
     CONFIRM,
@@ -182,13 +182,8 @@ def steps_per_lr(steps: FirstSteps) -> list[StepPerLr]:
         return None if value is None else value / STEP_REFERENCE_LR
 
     rows = [row for row in steps.rows if math.isclose(row["lr"], STEP_REFERENCE_LR)]
-    return [StepPerLr(row["model"], step_setting_label(row), per_lr(row["all"]), per_lr(row.get("delta")),
+    return [StepPerLr(row["model"], PromptSetting.of_row(row).label, per_lr(row["all"]), per_lr(row.get("delta")),
                       per_lr(row.get("weights"))) for row in rows]  # fmt: skip
-
-
-def step_setting_label(row: dict) -> str:
-    label = setting_label(row["method"], row["weight_init"]) + (f" m={row['m']}" if row["m"] else "")
-    return label + (" softmax" if row["softmax"] else "")
 
 
 def relative_step(runs: Sequence[RunResult]) -> float | None:
@@ -228,17 +223,13 @@ def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps) -> Meth
     )
 
 
-def setting_label(method: str, weight_init: str | None) -> str:
-    return f"{method} {weight_init}" if weight_init else method
-
-
 def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
     """Every setting of Stage A on ``model``: its sweep (development split), the learning rate chosen there, and
     the confirmations (validation); the better SuperPos init against every other setting on the final score."""
     settings, sides, confirms = [], {}, {}
     sweep_specs = [s for s in (*results.stage(SWEEP), *results.stage(EXTEND)) if s.model == model]
     for method, init in SWEEPS:
-        label = setting_label(method, init)
+        label = PromptSetting(method, init).label
         specs = [s for s in sweep_specs if (s.method, s.weight_init) == (method, init)]
         points = []
         for spec in sorted(specs, key=lambda s: s.lr):
