@@ -104,12 +104,16 @@ def test_scaled_save_reload_and_export_give_identical_logits(family, tmp_path):
 @pytest.mark.parametrize(("config_cls", "kwargs"), prompt_methods(), ids=lambda v: getattr(v, "__name__", ""))
 def test_adapters_saved_by_v0_1_0_load_bit_exact(config_cls, kwargs):
     """On a model that does not scale its embeddings (llama) nothing changed: an adapter written by v0.1.0 (before
-    embeddings were read through the module) loads and gives the logits recorded then, bit for bit."""
+    embeddings were read through the module) loads bit for bit and gives the logits recorded then. The logits were
+    recorded on another CPU, whose kernels round the last bits differently (up to 1e-7 here), hence the 1e-6."""
     name = method_id(config_cls)
     model = PeftModel.from_pretrained(make_tiny("llama"), LEGACY_ADAPTERS / name)
     expected = load_file(LEGACY_ADAPTERS / "expected_logits.safetensors")[name]
-    assert torch.equal(batch_logits(model, "llama"), expected)
+    torch.testing.assert_close(batch_logits(model, "llama"), expected, rtol=0, atol=1e-6)
     saved = load_file(LEGACY_ADAPTERS / name / "adapter_model.safetensors")
+    loaded = model.prompt_encoder["default"].state_dict()
+    shared = saved.keys() & loaded.keys()  # the file also holds the final table, for stock peft
+    assert shared and all(torch.equal(loaded[k], saved[k].to(loaded[k].dtype)) for k in shared), name
     fresh = make_peft("llama", "CAUSAL_LM", config_cls, **kwargs)  # the same sampled ids and E_freeze as then
     for key, buffer in fresh.prompt_encoder["default"].named_buffers():
         assert torch.equal(buffer, saved[key].to(buffer.dtype)), (name, key)
