@@ -92,7 +92,7 @@ class FirstSteps:
         if curve is None:
             return None
         given, wanted = curve[::-1] if inverse else curve
-        order = np.argsort(given)  # the step grows with lr; sorting keeps np.interp's contract if it did not
+        order = np.argsort(given)  # np.interp needs increasing x: steps sorted for the inverse, lrs already are
         given, wanted = given[order], wanted[order]
         x = math.log(value)
         if not given[0] - 1e-9 <= x <= given[-1] + 1e-9:

@@ -63,8 +63,9 @@ SWEEP_STEPS = 400
 SEEDS = (42, 7)
 #: (method, SuperPos init) -> the learning rates of its sweep, and those beyond its edges, in the order they run:
 #: each runs only when the best of what ran on its inner side lies at the edge next to it, so a sweep reaches three
-#: steps beyond an edge when it has to. SuperPos' step is lr x sum_j |p'_ij|: about 9 x lr with the normal init at
-#: m=128, 1 x lr with one_hot, so its normal-init grid sits lower.
+#: steps beyond an edge when it has to. SuperPos' step through ΔE is lr x sum_j |p'_ij| (about 9 x lr with the normal
+#: init at m=128, 1 x lr with one_hot), so its normal-init grid sits lower; its whole step, through p' too, is
+#: measured by ``benchmarks.prompt_steps``.
 SWEEPS: Mapping[tuple[str, str | None], tuple[tuple[float, ...], tuple[float, ...]]] = {
     ("superpos", "normal"): ((1e-3, 3e-3, 1e-2, 3e-2), (3e-4, 1e-1, 1e-4, 3e-1, 3e-5, 1.0)),
     ("superpos", "one_hot"): ((3e-3, 1e-2, 3e-2, 1e-1), (1e-3, 3e-1, 3e-4, 1.0, 1e-4, 3.0)),
