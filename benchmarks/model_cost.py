@@ -2,9 +2,11 @@
 evaluation modes, at batch 8, one fresh process per (task, phase) so that each peak is its own.
 
 Phases: ``load`` (the model plus a SuperPos adapter, nothing run: the baseline), ``train`` (``--steps``
-length-grouped SuperPos steps after one warm-up step, the harness's loss on the label positions only), ``generate``
-and ``rank`` (the first ``--eval-examples`` validation examples, batch 16). Training and both evaluation modes run
-the LM head only on the positions they need (``logits_to_keep``), which matters for Gemma 3's 262k-row vocabulary.
+length-grouped SuperPos steps after one warm-up step, the harness's loss on the label positions only),
+``train, int keep`` (the same steps with ``logits_to_keep`` passed as the int K, as the harness did before: the LM
+head then gets a strided slice and torch broadcasts its weight into a batched product), ``generate`` and ``rank``
+(the first ``--eval-examples`` validation examples, batch 16). Training and both evaluation modes run the LM head
+only on the positions they need (``logits_to_keep``), which matters for Gemma 3's 262k-row vocabulary.
 
     python -m benchmarks.model_cost --model gemma3 --tasks sst2 cb --data-dir ../shared/data
 
@@ -24,8 +26,15 @@ import torch
 
 from benchmarks.table_files import command_line, write_table
 
-PHASES = ("load", "train", "generate", "rank")
+INT_KEEP = "train, int keep"
+PHASES = ("load", "train", INT_KEEP, "generate", "rank")
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _int_logits_to_keep(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: the harness's positions ``-K..-1`` passed as the int ``K`` instead."""
+    kwargs["logits_to_keep"] = len(kwargs["logits_to_keep"])
+    return args, kwargs
 
 
 def measure(task_name: str, phase: str, args: argparse.Namespace) -> dict:
@@ -49,7 +58,9 @@ def measure(task_name: str, phase: str, args: argparse.Namespace) -> dict:
     model = adapter.model
     features = TextToTextFeatures(adapter.tokenizer, False, config.max_length)
     tokens, seconds = 0, 0.0
-    if phase == "train":
+    if phase == INT_KEEP:
+        adapter.base_model.register_forward_pre_hook(_int_logits_to_keep, with_kwargs=True)
+    if phase in ("train", INT_KEEP):
         encoded = features.encode_dataset(train.select(range(min(len(train), 64 * args.batch_size))))
         order = list(LengthGroupedSampler([len(ids) for ids in encoded["input_ids"]], args.batch_size, seed=args.seed))
         collator = features.collator()

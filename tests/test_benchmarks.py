@@ -3,6 +3,7 @@ quality report are what the scripts generate from the committed result files."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 from tiny_models import FIXTURE_DATA, save_tiny_model
 
-from benchmarks import make_results, quality_grid, quality_report
+from benchmarks import make_results, model_cost, quality_grid, quality_report
 from benchmarks.quality_render import report_markdown
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +83,14 @@ def test_padding_script_runs_on_a_tiny_model(tmp_path):
     assert result["task"] == "cb" and result["grouped_padding_fraction"] <= result["random_padding_fraction"]
     assert result["random_s_per_step"] > 0 and result["grouped_tokens_per_s"] > 0
     assert (tmp_path / "padding-llama.md").read_text().count("| cb |") == 1
+
+
+def test_model_cost_times_training_with_the_positions_and_with_the_int_keep(tmp_path):
+    model = save_tiny_model("llama", tmp_path / "llama")
+    args = argparse.Namespace(model=str(model), data_dir=str(FIXTURE_DATA), batch_size=2, steps=1, seed=42)
+    for phase in ("train", model_cost.INT_KEEP):
+        result = model_cost.measure("cb", phase, args)
+        assert result["phase"] == phase and result["tokens"] > 0 and result["seconds"] > 0
 
 
 def test_prompt_steps_measures_superpos_delta_path_as_its_closed_form(llama):

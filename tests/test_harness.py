@@ -58,13 +58,15 @@ def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
     rows = [("cb hypothesis: the train has left premise: I think so", "entailment"), ("cb x", "neutral")]
     batch = TextToTextCollator(features.pad_id, False)([features.encode(s, t) for s, t in rows])
     seen = []
-    handle = model.get_base_model().lm_head.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    handle = model.get_base_model().lm_head.register_forward_hook(
+        lambda m, i, o: seen.append((i[0].shape[1], i[0].is_contiguous()))
+    )
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
     trainer = TaskTrainer(model=model, args=args, task=None, features=features)
     loss = trainer.compute_loss(model, batch)
     _, keep = keep_for_labels(batch["labels"])
     length = batch["input_ids"].shape[1] + 3  # 3 virtual tokens in front
-    assert seen == [keep] and keep < length
+    assert seen == [(keep, True)] and keep < length  # contiguous: one matrix product, not a broadcast batched one
     # The same loss from the full logits (peft pads the labels for the virtual tokens itself).
     full = model(**batch).loss
     handle.remove()

@@ -5,9 +5,9 @@ get ``source`` in the encoder and ``target + eos`` as labels. Only the target to
 every other label is -100.
 
 Decoder batches are **left-padded**, so every row's target ends at the last column and the logits needed for
-the loss are the last ``K`` positions (``K`` = longest target + 1): the trainer passes ``logits_to_keep=K``
-and the LM head runs on ``K`` positions instead of ``n_virtual + L``. Position ids are made padding-aware by
-:func:`install_padding_aware_positions`, so left padding changes nothing in the model's output.
+the loss are the last ``K`` positions (``K`` = longest target + 1): the trainer passes those positions as
+``logits_to_keep`` and the LM head runs on ``K`` positions instead of ``n_virtual + L``. Position ids are made
+padding-aware by :func:`install_padding_aware_positions`, so left padding changes nothing in the model's output.
 Encoder-decoder batches are right-padded (labels with -100).
 """
 
@@ -240,8 +240,12 @@ def label_logits(
         )
         return outputs, outputs.logits, labels
     first, keep = keep_for_labels(labels)
+    # The last K positions as an index tensor, not the int K: the LM head then gets a contiguous (B, K, d) copy
+    # and runs as one matrix product. The int's strided slice makes torch broadcast the (V, d) weight into a
+    # batched product, several times slower on some CPUs (benchmarks/model_cost.py, phase lm-head).
+    positions = torch.arange(-keep, 0, device=labels.device)
     outputs = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=keep, use_cache=False
+        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions, use_cache=False
     )
     return outputs, outputs.logits[:, -keep:-1], labels[:, first:]
 
