@@ -68,6 +68,38 @@ def test_mcc() -> None:
     assert compute_metrics("cola", [None, None], [1, 0])["mcc"] == pytest.approx(-100.0)
 
 
+def sklearn_metric(name: str, refs: list[int], filled: np.ndarray) -> float:
+    """scikit-learn's value of a count-based metric (0..1), on predictions filled as the harness fills them."""
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    if name == "accuracy":
+        return accuracy_score(refs, filled)
+    if name == "f1":
+        return f1_score(refs, filled, pos_label=1, average="binary", zero_division=0.0)
+    if name == "macro_f1":
+        labels = sorted(set(refs) | {int(p) for p in filled if p >= 0})
+        return f1_score(refs, filled, labels=labels, average="macro", zero_division=0.0)
+    assert name == "mcc"
+    return matthews_corrcoef(refs, filled)
+
+
+@pytest.mark.parametrize("task_name", ["mrpc", "cola", "cb", "mnli"])
+def test_counts_match_scikit_learn(task_name: str) -> None:
+    """Accuracy, F1, macro-F1 and MCC from counts are scikit-learn's, invalid predictions and absent classes
+    included."""
+    task = TASKS[task_name]
+    rng = np.random.default_rng(0)
+    for size in (1, 2, 7, 300):
+        for _ in range(20):
+            refs = rng.integers(0, len(task.choices), size).tolist()
+            preds = [None if rng.random() < 0.2 else int(p) for p in rng.integers(0, len(task.choices), size)]
+            filled = peft_superpos.metrics.fill_invalid(task, preds, refs)
+            result = compute_metrics(task, preds, refs)
+            for name in task.metrics:
+                expected = 100 * sklearn_metric(name, refs, filled)
+                assert result[name] == pytest.approx(expected, abs=1e-9), (name, refs, preds)
+
+
 def test_cb_macro_f1_with_invalid() -> None:
     # None -> -1 (never gold). Per class: 0: P 1, R 1/2 -> 2/3; 1: P 2/3, R 1 -> 4/5; 2: P 1, R 1/2 -> 2/3.
     result = compute_metrics("cb", [0, 1, 1, 1, 2, None], [0, 0, 1, 1, 2, 2])

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..data.tasks import Task, get_task
-from .scoring import compute_metrics
+from .scoring import compute_metrics, filled_arrays, metric_values
 
 __all__ = ["PairedDifference", "Verdict", "bootstrap_scores", "paired_bootstrap"]
 
@@ -73,16 +73,12 @@ def bootstrap_scores(
     """The task score (0..100) of ``predictions`` on each resample of the examples: shape (resamples,).
     ``predictions`` are label ids (STS-B: floats) with ``None`` for invalid ones, as for ``compute_metrics``."""
     task = get_task(task)
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
-    predictions, references = list(predictions), list(references)
+    preds, refs, _ = filled_arrays(task, predictions, references, groups)
     scores = np.empty(resamples)
-    for b, (indices, draw_groups) in enumerate(resample_indices(len(references), groups, resamples, seed)):
-        preds = [predictions[i] for i in indices]
-        refs = [references[i] for i in indices]
-        scores[b] = compute_metrics(task, preds, refs, draw_groups)["score"]
+    for b, (indices, draw_groups) in enumerate(resample_indices(len(refs), groups, resamples, seed)):
+        scores[b] = metric_values(task, preds[indices], refs[indices], draw_groups)["score"]
     return scores
 
 

@@ -17,6 +17,10 @@ An invalid prediction (``None``) always counts as wrong:
   that occur in the references or the valid predictions, like scikit-learn's default);
 * STS-B: it is replaced by the end of [0, 5] farthest from the gold score (0.0 if gold >= 2.5,
   else 5.0). A correlation that is undefined (constant predictions) is reported as 0.
+
+Accuracy, F1 and MCC are computed from counts with numpy, as scikit-learn defines them (the tests check them
+against it): a paired bootstrap scores a thousand resamples of every run, where scikit-learn's per-call input
+checks cost more than the metric.
 """
 
 from __future__ import annotations
@@ -27,11 +31,10 @@ from collections.abc import Hashable, Sequence
 
 import numpy as np
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
 from ..data.tasks import Task, get_task
 
-__all__ = ["compute_metrics", "fill_invalid"]
+__all__ = ["compute_metrics", "fill_invalid", "filled_arrays", "metric_values"]
 
 
 def fill_invalid(
@@ -56,6 +59,56 @@ def fill_invalid(
     )
 
 
+def filled_arrays(
+    task: Task,
+    predictions: Sequence[int | float | None],
+    references: Sequence[int | float],
+    groups: Sequence[Hashable] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Check the inputs and return ``(predictions, references, invalid count)``: two arrays of shape (N,),
+    the predictions with every ``None`` filled by :func:`fill_invalid`."""
+    predictions = list(predictions)
+    references = list(references)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
+    if not references:
+        raise ValueError("no predictions to score")
+    if task.is_grouped and (groups is None or len(groups) != len(references)):
+        raise ValueError(f"{task.display_name} needs one group (question id) per prediction for exact match")
+    if not task.is_regression:
+        num_labels = len(task.choices)
+        bad = [x for x in (*predictions, *references) if x is not None and x not in range(num_labels)]
+        if bad:
+            raise ValueError(f"label ids for {task.display_name} must be in 0..{num_labels - 1}, got {bad[0]!r}")
+    invalid = sum(p is None for p in predictions)
+    refs = np.asarray(references, dtype=float if task.is_regression else int)
+    return fill_invalid(task, predictions, references), refs, invalid
+
+
+def _f1(preds: np.ndarray, refs: np.ndarray, label: int) -> float:
+    """F1 of ``label`` against the rest, 0 when it is neither predicted nor gold."""
+    true_positives = np.count_nonzero((preds == label) & (refs == label))
+    wrong = np.count_nonzero((preds == label) != (refs == label))  # false positives + false negatives
+    return 2 * true_positives / (2 * true_positives + wrong) if true_positives or wrong else 0.0
+
+
+def _macro_f1(preds: np.ndarray, refs: np.ndarray) -> float:
+    """Mean F1 over the classes that occur in the references or the valid (>= 0) predictions."""
+    labels = np.union1d(refs, preds[preds >= 0])
+    return float(np.mean([_f1(preds, refs, int(label)) for label in labels]))
+
+
+def _mcc(preds: np.ndarray, refs: np.ndarray) -> float:
+    """Matthews correlation (multiclass form, as scikit-learn), 0 when it is undefined."""
+    classes, codes = np.unique(np.concatenate([refs, preds]), return_inverse=True)
+    k, n = len(classes), len(refs)
+    confusion = np.bincount(codes[:n] * k + codes[n:], minlength=k * k).reshape(k, k).astype(float)
+    gold, predicted = confusion.sum(axis=1), confusion.sum(axis=0)
+    covariance = np.trace(confusion) * n - gold @ predicted
+    variance = (n * n - gold @ gold) * (n * n - predicted @ predicted)
+    return float(covariance / math.sqrt(variance)) if variance else 0.0
+
+
 def _correlation(kind: str, preds: np.ndarray, refs: np.ndarray) -> float:
     if len(refs) < 2:
         return 0.0
@@ -72,6 +125,32 @@ def _exact_match(preds: np.ndarray, refs: np.ndarray, groups: Sequence[Hashable]
     return 100.0 * sum(all_right.values()) / len(all_right)
 
 
+def metric_values(
+    task: Task, preds: np.ndarray, refs: np.ndarray, groups: Sequence[Hashable] | None = None
+) -> dict[str, float]:
+    """The task's metrics and ``score`` (their mean), 0..100, of :func:`filled_arrays`' output (N,)."""
+    results: dict[str, float] = {}
+    for name in task.metrics:
+        if name == "accuracy":
+            value = 100.0 * np.count_nonzero(preds == refs) / len(refs)
+        elif name in ("f1", "f1a"):
+            value = 100.0 * _f1(preds, refs, 1)
+        elif name == "macro_f1":
+            value = 100.0 * _macro_f1(preds, refs)
+        elif name == "mcc":
+            value = 100.0 * _mcc(preds, refs)
+        elif name in ("pearson", "spearman"):
+            value = _correlation(name, preds, refs)
+        elif name == "em":
+            assert groups is not None
+            value = _exact_match(preds, refs, groups)
+        else:  # pragma: no cover - registry and this function are kept in sync
+            raise ValueError(f"unknown metric {name!r}")
+        results[name] = float(value)
+    results["score"] = float(np.mean([results[name] for name in task.metrics]))
+    return results
+
+
 def compute_metrics(
     task: Task | str,
     predictions: Sequence[int | float | None],
@@ -84,42 +163,5 @@ def compute_metrics(
     ``groups`` (MultiRC only, required there) are the question ids used for exact match.
     """
     task = get_task(task)
-    predictions = list(predictions)
-    references = list(references)
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    if not references:
-        raise ValueError("no predictions to score")
-    if task.is_grouped and (groups is None or len(groups) != len(references)):
-        raise ValueError(f"{task.display_name} needs one group (question id) per prediction for exact match")
-    if not task.is_regression:
-        num_labels = len(task.choices)
-        bad = [x for x in (*predictions, *references) if x is not None and x not in range(num_labels)]
-        if bad:
-            raise ValueError(f"label ids for {task.display_name} must be in 0..{num_labels - 1}, got {bad[0]!r}")
-    invalid = sum(p is None for p in predictions)
-    preds = fill_invalid(task, predictions, references)
-    refs = np.asarray(references, dtype=float if task.is_regression else int)
-
-    results: dict[str, float] = {}
-    for name in task.metrics:
-        if name == "accuracy":
-            value = 100.0 * accuracy_score(refs, preds)
-        elif name in ("f1", "f1a"):
-            value = 100.0 * f1_score(refs, preds, pos_label=1, average="binary", zero_division=0.0)
-        elif name == "macro_f1":
-            labels = sorted({int(x) for x in refs} | {int(x) for x in preds if x >= 0})
-            value = 100.0 * f1_score(refs, preds, labels=labels, average="macro", zero_division=0.0)
-        elif name == "mcc":
-            value = 100.0 * matthews_corrcoef(refs, preds)
-        elif name in ("pearson", "spearman"):
-            value = _correlation(name, preds, refs)
-        elif name == "em":
-            assert groups is not None
-            value = _exact_match(preds, refs, groups)
-        else:  # pragma: no cover - registry and this function are kept in sync
-            raise ValueError(f"unknown metric {name!r}")
-        results[name] = float(value)
-    results["score"] = float(np.mean([results[name] for name in task.metrics]))
-    results["invalid_rate"] = 100.0 * invalid / len(references)
-    return results
+    preds, refs, invalid = filled_arrays(task, predictions, references, groups)
+    return {**metric_values(task, preds, refs, groups), "invalid_rate": 100.0 * invalid / len(refs)}
