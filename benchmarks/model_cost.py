@@ -3,9 +3,10 @@ evaluation modes, at batch 8, one fresh process per (task, phase) so that each p
 
 Phases: ``load`` (the model plus a SuperPos adapter, nothing run: the baseline), ``train`` (``--steps``
 length-grouped SuperPos steps after one warm-up step, the harness's loss on the label positions only),
-``train, int keep`` (the same steps with ``logits_to_keep`` passed as the int K, as the harness did before: the LM
-head then gets a strided slice and torch broadcasts its weight into a batched product), ``generate`` and ``rank``
-(the first ``--eval-examples`` validation examples, batch 16). Training and both evaluation modes run the LM head
+``generate`` and ``rank`` (the first ``--eval-examples`` validation examples, batch 16). ``train, int keep`` and
+``generate, int keep`` repeat a phase with ``logits_to_keep`` passed as the int K, as the harness did before
+(``features.last_positions``): the LM head then gets a strided slice and torch broadcasts its weight into a
+batched product. Training and both evaluation modes run the LM head
 only on the positions they need (``logits_to_keep``), which matters for Gemma 3's 262k-row vocabulary.
 
     python -m benchmarks.model_cost --model gemma3 --tasks sst2 cb --data-dir ../shared/data
@@ -26,8 +27,8 @@ import torch
 
 from benchmarks.table_files import command_line, write_table
 
-INT_KEEP = "train, int keep"
-PHASES = ("load", "train", INT_KEEP, "generate", "rank")
+INT_KEEP = ", int keep"
+PHASES = ("load", "train", "train" + INT_KEEP, "generate", "generate" + INT_KEEP, "rank")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -58,9 +59,10 @@ def measure(task_name: str, phase: str, args: argparse.Namespace) -> dict:
     model = adapter.model
     features = TextToTextFeatures(adapter.tokenizer, False, config.max_length)
     tokens, seconds = 0, 0.0
-    if phase == INT_KEEP:
+    if phase.endswith(INT_KEEP):
         adapter.base_model.register_forward_pre_hook(_int_logits_to_keep, with_kwargs=True)
-    if phase in ("train", INT_KEEP):
+    kind = phase.removesuffix(INT_KEEP)
+    if kind == "train":
         encoded = features.encode_dataset(train.select(range(min(len(train), 64 * args.batch_size))))
         order = list(LengthGroupedSampler([len(ids) for ids in encoded["input_ids"]], args.batch_size, seed=args.seed))
         collator = features.collator()
@@ -73,9 +75,9 @@ def measure(task_name: str, phase: str, args: argparse.Namespace) -> dict:
             if step:  # the first step warms up
                 seconds += time.perf_counter() - start
                 tokens += int(batch["attention_mask"].sum())
-    elif phase in ("generate", "rank"):
+    elif kind in ("generate", "rank"):
         examples = first_examples(validation, args.eval_examples)
-        result = evaluate(model, features, task, examples, mode=phase, batch_size=16)
+        result = evaluate(model, features, task, examples, mode=kind, batch_size=16)
         tokens, seconds = result.metrics["tokens"], result.metrics["eval_time_s"]
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"task": task_name, "phase": phase, "tokens": tokens, "seconds": seconds, "peak_rss_mib": peak_mib}

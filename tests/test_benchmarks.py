@@ -85,10 +85,13 @@ def test_padding_script_runs_on_a_tiny_model(tmp_path):
     assert (tmp_path / "padding-llama.md").read_text().count("| cb |") == 1
 
 
-def test_model_cost_times_training_with_the_positions_and_with_the_int_keep(tmp_path):
+def test_model_cost_times_every_phase_with_the_positions_and_with_the_int_keep(tmp_path):
     model = save_tiny_model("llama", tmp_path / "llama")
-    args = argparse.Namespace(model=str(model), data_dir=str(FIXTURE_DATA), batch_size=2, steps=1, seed=42)
-    for phase in ("train", model_cost.INT_KEEP):
+    args = argparse.Namespace(
+        model=str(model), data_dir=str(FIXTURE_DATA), batch_size=2, steps=1, eval_examples=4, seed=42
+    )
+    assert {"train" + model_cost.INT_KEEP, "generate" + model_cost.INT_KEEP} < set(model_cost.PHASES)
+    for phase in model_cost.PHASES[1:]:  # after "load", which runs nothing
         result = model_cost.measure("cb", phase, args)
         assert result["phase"] == phase and result["tokens"] > 0 and result["seconds"] > 0
 

@@ -18,7 +18,7 @@ from peft_superpos.harness import (
     read_rows,
     run_experiment,
 )
-from peft_superpos.harness.evaluation import sequence_logprobs
+from peft_superpos.harness.evaluation import generate_predictions, sequence_logprobs
 from peft_superpos.harness.features import keep_for_labels
 from peft_superpos.harness.task_trainer import TaskTrainer
 
@@ -71,6 +71,21 @@ def test_logits_to_keep_runs_the_lm_head_on_k_positions_only(llama, tmp_path):
     full = model(**batch).loss
     handle.remove()
     torch.testing.assert_close(loss, full, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_generation_runs_the_lm_head_on_the_last_position_contiguously(family, request, tmp_path):
+    model, tokenizer = adapted(_config(request.getfixturevalue(family), tmp_path, method="superpos"))
+    model.eval()
+    features = TextToTextFeatures(tokenizer, is_encoder_decoder=False)
+    seen = []
+    handle = model.get_base_model().lm_head.register_forward_hook(
+        lambda m, i, o: seen.append((tuple(i[0].shape), i[0].is_contiguous()))
+    )
+    sources = ["cb hypothesis: the train has left premise: I think so", "cb x"]
+    texts = generate_predictions(model, features, sources, max_new_tokens=2, batch_size=2)
+    handle.remove()
+    assert len(texts) == 2 and seen and all(shape[:2] == (2, 1) and contiguous for shape, contiguous in seen)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])

@@ -37,7 +37,14 @@ from ..metrics import compute_metrics
 # Re-exported for benchmarks/quality_report.py until it imports them from peft_superpos.metrics.
 from ..metrics.floors import best_constant_prediction, constant_prediction_floor  # noqa: F401
 from .config import EVAL_MODES
-from .features import IGNORE_INDEX, ClassificationFeatures, TextToTextCollator, TextToTextFeatures, label_logits
+from .features import (
+    IGNORE_INDEX,
+    ClassificationFeatures,
+    TextToTextCollator,
+    TextToTextFeatures,
+    label_logits,
+    last_positions,
+)
 
 __all__ = [
     "EVAL_MODES",
@@ -133,6 +140,9 @@ def generate_predictions(
     device = _device(model)
     inputs = [{"input_ids": features.source_ids(s)} for s in sources]
     texts: list[str] = [""] * len(sources)
+    # Decoders: the LM head on the last position only, as generate's own default (the int 1) does, but as a
+    # contiguous copy (see last_positions).
+    keep = {} if features.is_encoder_decoder else {"logits_to_keep": last_positions(1, device)}
     for rows in _length_sorted_batches([len(f["input_ids"]) for f in inputs], batch_size):
         batch = {k: v.to(device) for k, v in collator([inputs[r] for r in rows]).items()}
         if padding is not None:
@@ -146,6 +156,7 @@ def generate_predictions(
             pad_token_id=features.pad_id,
             eos_token_id=features.eos_id,
             synced_gpus=_world_size() > 1,  # every process decodes until all are done (see the module doc)
+            **keep,
         )
         if not features.is_encoder_decoder and output.shape[1] >= batch["input_ids"].shape[1]:
             if torch.equal(output[:, : batch["input_ids"].shape[1]], batch["input_ids"]):

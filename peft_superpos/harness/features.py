@@ -28,6 +28,7 @@ __all__ = [
     "install_padding_aware_positions",
     "keep_for_labels",
     "label_logits",
+    "last_positions",
 ]
 
 DECODER_SEPARATOR = "\nAnswer:"
@@ -223,6 +224,15 @@ def keep_for_labels(labels: torch.Tensor) -> tuple[int, int]:
     return first, labels.shape[1] - first + 1
 
 
+def last_positions(count: int, device: torch.device) -> torch.Tensor:
+    """``logits_to_keep`` for the last ``count`` positions, as the index tensor ``-count..-1`` (shape
+    ``(count,)``), not the int ``count``: the LM head then gets a contiguous ``(B, count, d)`` copy and runs as one
+    matrix product. The int's strided slice makes torch broadcast the ``(V, d)`` weight into a batched product,
+    which made a Gemma 3 training step 1.7x slower on an AMD EPYC and its generation slower too
+    (``benchmarks/model_cost.py``, phases "train, int keep" and "generate, int keep")."""
+    return torch.arange(-count, 0, device=device)
+
+
 def label_logits(
     model: torch.nn.Module, batch: dict[str, torch.Tensor], is_encoder_decoder: bool
 ) -> tuple[Any, torch.Tensor, torch.Tensor]:
@@ -240,13 +250,11 @@ def label_logits(
         )
         return outputs, outputs.logits, labels
     first, keep = keep_for_labels(labels)
-    # The last K positions as an index tensor, not the int K: the LM head then gets a contiguous (B, K, d) copy
-    # and runs as one matrix product. The int's strided slice makes torch broadcast the (V, d) weight into a
-    # batched product, which made a Gemma 3 training step 1.7x slower on an AMD EPYC (benchmarks/model_cost.py,
-    # phase "train, int keep").
-    positions = torch.arange(-keep, 0, device=labels.device)
     outputs = model(
-        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=positions, use_cache=False
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        logits_to_keep=last_positions(keep, labels.device),
+        use_cache=False,
     )
     return outputs, outputs.logits[:, -keep:-1], labels[:, first:]
 

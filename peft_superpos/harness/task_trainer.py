@@ -5,8 +5,9 @@
 * Loss: the sum of the cross-entropies of the label tokens divided by the number of label tokens in the
   global batch (Trainer's ``num_items_in_batch``, gathered across processes), so a 2-process DDP run and a
   1-process run with the same global batch take the same step, and gradient accumulation is exact.
-* Decoder-only models get ``logits_to_keep=K`` (batches are left-padded, so the label tokens sit in the last
-  ``K`` columns): the LM head runs on ``K`` positions, not on ``num_virtual_tokens + L``.
+* Decoder-only models get ``logits_to_keep`` = the last ``K`` positions (batches are left-padded, so the label
+  tokens sit in the last ``K`` columns; :func:`.features.last_positions`): the LM head runs on ``K`` positions,
+  not on ``num_virtual_tokens + L``.
 * Sequence-classification models (SEQ_CLS, e.g. MiniLM): cross-entropy of the class (MSE for regression)
   summed over the batch and divided by ``num_items_in_batch`` in the same way.
 * Training batches come in length-grouped order (:class:`.sampling.LengthGroupedSampler`, seeded) unless
