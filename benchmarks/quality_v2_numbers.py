@@ -225,7 +225,8 @@ def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps) -> Meth
 
 def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
     """Every setting of Stage A on ``model``: its sweep (development split), the learning rate chosen there, and
-    the confirmations (validation); the better SuperPos init against every other setting on the final score."""
+    the confirmations (validation); each SuperPos init (the better one first) against every other setting on the
+    final score."""
     settings, sides, confirms = [], {}, {}
     sweep_specs = [s for s in (*results.stage(SWEEP), *results.stage(EXTEND)) if s.model == model]
     for method, init in SWEEPS:
@@ -247,14 +248,12 @@ def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
         confirms[label], sides[label] = method_row(label, runs, steps), final_side(runs)
         settings.append(Setting(label, method, points, chosen, chosen is not None and chosen in (min(ran), max(ran)),
                                 confirms[label]))  # fmt: skip
-    superpos = better_superpos(settings)
+    better = better_superpos(settings)
+    superpos = [better, *(s.label for s in settings if s.method == "superpos" and s.label != better)]
+    pairs = [(one, other) for i, one in enumerate(superpos) for other in confirms if other not in superpos[: i + 1]]
     versus = [
-        (
-            f"{superpos} vs {other}",
-            stats.paired(sides[superpos], sides[other], score(confirms[superpos]), score(confirms[other])),
-        )
-        for other in confirms
-        if other != superpos
+        (f"{one} vs {other}", stats.paired(sides[one], sides[other], score(confirms[one]), score(confirms[other])))
+        for one, other in pairs
     ]
     dev_runs = [r for r in results.found if r.spec.model == model and r.spec.stage in (SWEEP, EXTEND)]
     return StageA(model, settings, stats.majority_floor(dev_runs), floor(results, model, "sst2", (CONFIRM,)), versus)

@@ -24,7 +24,7 @@ TABLE_TITLES = {
     "status": "Finished runs by stage",
     "sweep": "{model}, Stage A: every learning rate on the development split (SST-2, 300 examples of train)",
     "tuned": "{model}, Stage A: each method at its learning rate, on the 872 validation examples of SST-2",
-    "versus": "{model}, Stage A: SuperPos against the other settings (final score, validation)",
+    "versus": "{model}, Stage A: each SuperPos init against the other settings (final score, validation)",
     "regime": "{model}, Stage B: small training sets, many epochs (validation, every example)",
     "regime-versus": "{model}, Stage B: SuperPos against each method (final score, per task and pooled)",
     "transfer": "Stage A: the step each setting chose on each model (does a scale-aware rule transfer?)",

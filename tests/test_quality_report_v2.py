@@ -100,6 +100,13 @@ def test_stage_a_reports_the_dev_choice_and_the_final_validation_score_over_seed
     assert versus["superpos normal vs prompt_tuning"].difference == pytest.approx(30.0)
     assert versus["superpos normal vs prompt_tuning"].verdict == "better"
     assert versus["superpos normal vs residual"] is None  # not run
+    assert list(versus) == [
+        "superpos normal vs superpos one_hot",
+        "superpos normal vs prompt_tuning",
+        "superpos normal vs residual",
+        "superpos one_hot vs prompt_tuning",
+        "superpos one_hot vs residual",
+    ]
 
 
 def test_stage_b_marks_a_task_at_the_floor_not_informative(results):
