@@ -3,11 +3,11 @@ evaluation modes, at batch 8, one fresh process per (task, phase) so that each p
 
 Phases: ``load`` (the model plus a SuperPos adapter, nothing run: the baseline), ``train`` (``--steps``
 length-grouped SuperPos steps after one warm-up step, the harness's loss on the label positions only),
-``generate`` and ``rank`` (the first ``--eval-examples`` validation examples, batch 16). ``train, int keep`` and
-``generate, int keep`` repeat a phase with ``logits_to_keep`` passed as the int K, as the harness did before
-(``features.last_positions``): the LM head then gets a strided slice and torch broadcasts its weight into a
-batched product. Training and both evaluation modes run the LM head
-only on the positions they need (``logits_to_keep``), which matters for Gemma 3's 262k-row vocabulary.
+``generate`` and ``rank`` (the first ``--eval-examples`` validation examples, batch 16). Training and both
+evaluation modes run the LM head only on the positions they need (``logits_to_keep``, as positions:
+``features.last_positions``), which matters for Gemma 3's 262k-row vocabulary. ``train, int keep`` and
+``generate, int keep`` repeat a phase with ``logits_to_keep`` passed as the int K, as the harness did before: the
+LM head then gets a strided slice and torch broadcasts its weight into a batched product.
 
     python -m benchmarks.model_cost --model gemma3 --tasks sst2 cb --data-dir ../shared/data
 
