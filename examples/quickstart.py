@@ -22,7 +22,7 @@ model, tokenizer = load_model_and_tokenizer(args.model)
 task_type = "SEQ_2_SEQ_LM" if model.config.is_encoder_decoder else "CAUSAL_LM"
 peft_model = get_peft_model(model, SuperPosPromptConfig(task_type=task_type, num_virtual_tokens=10, m=128))
 peft_model.print_trainable_parameters()
-optimizer = torch.optim.AdamW(make_param_groups(peft_model, weight_decay=1e-5), lr=0.01)
+optimizer = torch.optim.AdamW(make_param_groups(peft_model, weight_decay=1e-5), lr=3e-3)  # ours; the paper: 0.01
 
 batch = tokenizer(["rte sentence1: A cat sat. sentence2: An animal sat. Answer: entailment"], return_tensors="pt")
 labels = batch["input_ids"]

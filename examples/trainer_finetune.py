@@ -51,7 +51,7 @@ def main() -> None:
         return {"input_ids": right_pad("input_ids", pad), "attention_mask": mask, "labels": right_pad("labels", -100)}
 
     train = [encode(source, target) for source, target in EXAMPLES]
-    optimizer = torch.optim.AdamW(make_param_groups(model, weight_decay=1e-5), lr=0.01)
+    optimizer = torch.optim.AdamW(make_param_groups(model, weight_decay=1e-5), lr=3e-3)  # ours; the paper: 0.01
     with tempfile.TemporaryDirectory() as tmp:
         output_dir = args.output_dir or tmp
         trainer = Trainer(

@@ -55,7 +55,7 @@ def main() -> None:
         use_cpu=not torch.cuda.is_available(),
         per_device_train_batch_size=2,
         max_steps=args.max_steps,
-        learning_rate=0.01,  # the paper's AdamW; the Trainer builds the optimizer itself (DeepSpeed replaces one
+        learning_rate=3e-3,  # the harness default, AdamW; the Trainer builds the optimizer (DeepSpeed replaces one
         weight_decay=1e-5,  # passed in with optimizers=, and FSDP refuses it): no decay on biases and norms
         lr_scheduler_type="constant",
         save_strategy="no",

@@ -15,7 +15,7 @@ import transformers
 from packaging.version import Version
 
 # (lowest, newest) tested, for each package whose internals peft_superpos depends on
-TESTED = {"transformers": ("5.4.0", "5.24.0"), "peft": ("0.21.0", "0.21.2")}
+TESTED = {"transformers": ("5.4.0", "5.25.0"), "peft": ("0.21.0", "0.21.2")}
 SUPPORTED_PEFT = (Version("0.21.0"), Version("0.22.0"))  # [min, max): setup.cfg's pin
 
 
