@@ -398,7 +398,8 @@ def output_loss(output) -> torch.Tensor:
 # -- fresh Python processes ---------------------------------------------------------------------------------
 def subprocess_env() -> dict[str, str]:
     """The environment of every child Python of the tests (reload scripts, the CLI, examples, torchrun): the
-    repo and tests on the path, offline, quiet, one thread, no data directory from the caller's shell."""
+    repo and tests on the path, offline, quiet, one thread, no data directory from the caller's shell; a child that
+    dies on a signal (a C++ abort in a collective's thread) prints every thread's Python stack first."""
     env = dict(os.environ)
     paths = [str(REPO_ROOT), str(TESTS_DIR), env.get("PYTHONPATH", "")]
     env["PYTHONPATH"] = os.pathsep.join(path for path in paths if path)
@@ -410,6 +411,7 @@ def subprocess_env() -> dict[str, str]:
         TOKENIZERS_PARALLELISM="false",
         OMP_NUM_THREADS="1",
         PYTHONWARNINGS="ignore",
+        PYTHONFAULTHANDLER="1",
     )
     env.pop("PEFT_SUPERPOS_DATA_DIR", None)
     return env
