@@ -250,13 +250,17 @@ def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
                                 confirms[label]))  # fmt: skip
     better = better_superpos(settings)
     superpos = [better, *(s.label for s in settings if s.method == "superpos" and s.label != better)]
-    pairs = [(one, other) for i, one in enumerate(superpos) for other in confirms if other not in superpos[: i + 1]]
     versus = [
         (f"{one} vs {other}", stats.paired(sides[one], sides[other], score(confirms[one]), score(confirms[other])))
-        for one, other in pairs
+        for one, other in superpos_pairs(superpos, list(confirms))
     ]
     dev_runs = [r for r in results.found if r.spec.model == model and r.spec.stage in (SWEEP, EXTEND)]
     return StageA(model, settings, stats.majority_floor(dev_runs), floor(results, model, "sst2", (CONFIRM,)), versus)
+
+
+def superpos_pairs(superpos: Sequence[str], labels: Sequence[str]) -> list[tuple[str, str]]:
+    """Each SuperPos setting of ``superpos`` (in that order) against every other of ``labels``, each pair once."""
+    return [(one, other) for i, one in enumerate(superpos) for other in labels if other not in superpos[: i + 1]]
 
 
 def better_superpos(settings: Sequence[Setting]) -> str:
@@ -280,14 +284,14 @@ def floor(results: ResultSet, model: str, task: str, stages: Sequence[str]) -> F
 
 
 def stage_b(results: ResultSet, steps: FirstSteps, model: str) -> StageB:
-    """Every task of Stage B on ``model``: each method's row, the floors, whether the task says anything, and
-    SuperPos against each other method on the final score (per task and pooled over the tasks)."""
+    """Every task of Stage B on ``model``: each setting's row, the floors, whether the task says anything, and
+    each SuperPos init against every other setting on the final score (per task and pooled over the tasks)."""
     specs = [s for s in results.stage(REGIME) if s.model == model]
-    methods = stats.ordered(s.method for s in specs)
+    methods = stats.ordered(s.series for s in specs)
     tasks, evidence = [], {}
     for task in stats.ordered(s.task for s in specs):
         task_specs = [s for s in specs if s.task == task]
-        runs = {m: [r for r in results.found if r.spec in task_specs and r.spec.method == m] for m in methods}
+        runs = {m: [r for r in results.found if r.spec in task_specs and r.spec.series == m] for m in methods}
         rows = {m: method_row(m, runs[m], steps) for m in methods}
         sides = {m: final_side(runs[m]) for m in methods}
         task_floor = floor(results, model, task, (REGIME,))
@@ -301,11 +305,10 @@ def stage_b(results: ResultSet, steps: FirstSteps, model: str) -> StageB:
         tasks.append(RegimeTask(task, train, epochs, task_floor, [r for r in rows.values() if r], dull))
         evidence[task] = (sides, rows)
     versus = []
-    for other in methods[1:]:
-        sides_by_task = {t: (e[0][methods[0]], e[0][other], score(e[1][methods[0]]), score(e[1][other]))
-                         for t, e in evidence.items()}  # fmt: skip
-        dull = [t.task for t in tasks if t.not_informative]
-        versus.append((f"{methods[0]} vs {other}", stats.tested(sides_by_task, dull)))
+    dull = [t.task for t in tasks if t.not_informative]
+    for one, other in superpos_pairs([m for m in methods if m.startswith("superpos")], methods):
+        sides_by_task = {t: (e[0][one], e[0][other], score(e[1][one]), score(e[1][other])) for t, e in evidence.items()}
+        versus.append((f"{one} vs {other}", stats.tested(sides_by_task, dull)))
     return StageB(model, tasks, versus)
 
 

@@ -26,7 +26,8 @@ TABLE_TITLES = {
     "tuned": "{model}, Stage A: each method at its learning rate, on the 872 validation examples of SST-2",
     "versus": "{model}, Stage A: each SuperPos init against the other settings (final score, validation)",
     "regime": "{model}, Stage B: small training sets, many epochs (validation, every example)",
-    "regime-versus": "{model}, Stage B: SuperPos against each method (final score, per task and pooled)",
+    "regime-versus": "{model}, Stage B: each SuperPos init against every other setting (final score, per task and "
+    "pooled)",
     "transfer": "Stage A: the step each setting chose on each model (does a scale-aware rule transfer?)",
     "first-steps": "The first AdamW step of each prompt setting per unit lr, relative to the embedding RMS, by path "
     f"(measured at lr {STEP_REFERENCE_LR:g}, `prompt-steps.md`)",

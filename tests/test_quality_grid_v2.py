@@ -56,14 +56,18 @@ def test_a_best_value_at_an_edge_extends_the_sweep_and_the_extension_can_win(tmp
     assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path).lr == 3e-1
 
 
-def test_stage_b_superpos_takes_the_better_init_and_its_lr(tmp_path):
-    regime = spec_of(REGIME, "gemma3", "cb", "superpos", seed=42)
-    assert regime.weight_init == regime.lr == FROM_SWEEP
+INITS = ("normal", "one_hot")
+
+
+def test_stage_b_trains_each_superpos_init_at_its_own_tuned_lr(tmp_path):
+    normal, one_hot = (spec_of(REGIME, "gemma3", "cb", "superpos", seed=42, weight_init=init) for init in INITS)
+    assert normal.lr == one_hot.lr == FROM_SWEEP and normal.run_id != one_hot.run_id
     with pytest.raises(LrCheckError, match="not finished"):
-        v2.resolve_settings(regime, v2.GRID_V2, tmp_path)
+        v2.resolve_settings(normal, v2.GRID_V2, tmp_path)
     finish_sweep(tmp_path, "gemma3", "superpos", "normal", {1e-3: 60.0, 3e-3: 75.0, 1e-2: 70.0, 3e-2: 65.0})
     finish_sweep(tmp_path, "gemma3", "superpos", "one_hot", {3e-3: 70.0, 1e-2: 85.0, 3e-2: 80.0, 1e-1: 60.0})
-    assert v2.resolve_settings(regime, v2.GRID_V2, tmp_path) == v2.Settings(1e-2, "one_hot")
+    assert v2.resolve_settings(normal, v2.GRID_V2, tmp_path) == v2.Settings(3e-3, "normal")
+    assert v2.resolve_settings(one_hot, v2.GRID_V2, tmp_path) == v2.Settings(1e-2, "one_hot")
 
 
 def test_harness_commands_of_grid_v2(tmp_path):

@@ -113,9 +113,18 @@ def test_stage_b_marks_a_task_at_the_floor_not_informative(results):
     regime = quality_v2_numbers(GRID_V2, results).stage_b[0]
     cb = next(t for t in regime.tasks if t.task == "cb")
     assert cb.not_informative and cb.epochs == pytest.approx(300 * 8 / 250)
-    assert [r.label for r in cb.rows] == ["superpos", "prompt_tuning", "residual", "lora"]
+    assert [r.label for r in cb.rows] == ["superpos normal", "superpos one_hot", "prompt_tuning", "residual", "lora"]
     assert all(r.collapsed == 100.0 and r.final == 40.0 for r in cb.rows)
-    versus = dict(regime.versus)["superpos vs lora"]
+    assert [label for label, _ in regime.versus] == [
+        "superpos normal vs superpos one_hot",
+        "superpos normal vs prompt_tuning",
+        "superpos normal vs residual",
+        "superpos normal vs lora",
+        "superpos one_hot vs prompt_tuning",
+        "superpos one_hot vs residual",
+        "superpos one_hot vs lora",
+    ]
+    versus = dict(regime.versus)["superpos normal vs lora"]
     assert versus.not_informative == ["cb"] and versus.per_task["cb"].difference == 0.0
     assert versus.pooled is None  # SST-2 and RTE are not run
 
