@@ -42,10 +42,11 @@ ZERO_SHOT, LR_CHECK, MAIN, SEED, ABLATION, MINILM = "zero-shot", "lr-check", "ma
 #: The stages in the report's order (the run order is :func:`grid_v1`'s).
 STAGES = (ZERO_SHOT, MINILM, LR_CHECK, MAIN, SEED, ABLATION)
 #: Grid v2's stages (``quality_grid_v2.py``): the learning-rate sweep on the development split, extensions of a sweep
-#: whose best value is at an edge, the best settings confirmed on the validation split, the base-model regime, and
-#: SuperPos' m and softmax at the effective step of its tuned setting.
-SWEEP, EXTEND, CONFIRM, REGIME, MATCHED = "sweep", "extend", "confirm", "regime", "matched"
-V2_STAGES = (SWEEP, EXTEND, CONFIRM, REGIME, MATCHED)
+#: whose best value is at an edge, each SuperPos init at its chosen lr at a second seed on the development split, the
+#: best settings confirmed on the validation split, the base-model regime, and SuperPos' m and softmax at the
+#: effective step of its tuned setting.
+SWEEP, EXTEND, RESEED, CONFIRM, REGIME, MATCHED = "sweep", "extend", "reseed", "confirm", "regime", "matched"
+V2_STAGES = (SWEEP, EXTEND, RESEED, CONFIRM, REGIME, MATCHED)
 #: ``lr`` / ``weight_init`` of a spec that takes the best setting of its model's sweep (resolved when reached).
 FROM_SWEEP = "from_sweep"
 
@@ -124,7 +125,7 @@ class RunSpec:
         return "-".join([*parts, f"s{self.seed}"])
 
     def _v2_run_name(self) -> str:
-        parts = ["sweep"] if self.stage in (SWEEP, EXTEND) else []
+        parts = ["sweep"] if self.stage in (SWEEP, EXTEND) else ["dev"] if self.stage == RESEED else []
         parts.append(self.method)
         if self.weight_init not in (None, FROM_SWEEP):
             parts.append(self.weight_init)

@@ -24,6 +24,7 @@ from benchmarks.quality_grid import (
     EXTEND,
     MATCHED,
     REGIME,
+    RESEED,
     SWEEP,
     V2_STAGES,
     ZERO_SHOT,
@@ -79,10 +80,20 @@ class SweepPoint:
 
 
 @dataclass(frozen=True)
+class DevSeed:
+    """A setting at its chosen learning rate on the development split at one seed (the first: its sweep run)."""
+
+    seed: int
+    best: float | None
+    final: float | None
+
+
+@dataclass(frozen=True)
 class Setting:
     """One method (SuperPos: and its init) of Stage A on one model: its sweep on the development split, the
     learning rate chosen there (None while the sweep runs) and whether it lies at an edge of the learning rates
-    that ran, and the chosen one at every seed on the validation examples (None before any finished)."""
+    that ran, the chosen one on the development split at every seed (``dev_seeds``: SuperPos only, empty before
+    its second seed is planned), and at every seed on the validation examples (None before any finished)."""
 
     label: str
     method: str
@@ -90,6 +101,12 @@ class Setting:
     chosen_lr: float | None
     at_edge: bool
     confirm: MethodRow | None
+    dev_seeds: list[DevSeed]
+
+    def dev_mean(self, score: str) -> float | None:
+        """The mean of ``score`` (``best`` or ``final``) over ``dev_seeds``; None until every seed finished."""
+        values = [getattr(seed, score) for seed in self.dev_seeds]
+        return float(np.mean(values)) if values and None not in values else None
 
 
 @dataclass(frozen=True)
@@ -247,7 +264,7 @@ def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
                 and (r.spec.method, r.spec.weight_init) == (method, init)]  # fmt: skip
         confirms[label], sides[label] = method_row(label, runs, steps), final_side(runs)
         settings.append(Setting(label, method, points, chosen, chosen is not None and chosen in (min(ran), max(ran)),
-                                confirms[label]))  # fmt: skip
+                                confirms[label], dev_seeds(results, specs, chosen)))  # fmt: skip
     better = better_superpos(settings)
     superpos = [better, *(s.label for s in settings if s.method == "superpos" and s.label != better)]
     versus = [
@@ -256,6 +273,20 @@ def stage_a(results: ResultSet, steps: FirstSteps, model: str) -> StageA:
     ]
     dev_runs = [r for r in results.found if r.spec.model == model and r.spec.stage in (SWEEP, EXTEND)]
     return StageA(model, settings, stats.majority_floor(dev_runs), floor(results, model, "sst2", (CONFIRM,)), versus)
+
+
+def dev_seeds(results: ResultSet, sweep_specs: Sequence[RunSpec], chosen: float | None) -> list[DevSeed]:
+    """The chosen learning rate of the sweep ``sweep_specs`` on the development split at every seed: its sweep run,
+    then its ``reseed`` runs (none where the setting has none, or nothing is chosen yet)."""
+    first = next((s for s in sweep_specs if s.lr == chosen), None)
+    if first is None:
+        return []
+    setting = (first.model, first.method, first.weight_init)
+    reseeds = [s for s in results.stage(RESEED) if (s.model, s.method, s.weight_init) == setting]
+    if not reseeds:
+        return []
+    runs = [(spec.seed, results.by_id[spec.run_id]) for spec in (first, *reseeds)]
+    return [DevSeed(seed, run.best, run.last) if run else DevSeed(seed, None, None) for seed, run in runs]
 
 
 def superpos_pairs(superpos: Sequence[str], labels: Sequence[str]) -> list[tuple[str, str]]:

@@ -24,6 +24,9 @@ TABLE_TITLES = {
     "status": "Finished runs by stage",
     "sweep": "{model}, Stage A: every learning rate on the development split (SST-2, 300 examples of train)",
     "tuned": "{model}, Stage A: each method at its learning rate, on the 872 validation examples of SST-2",
+    "dev-seeds": "{model}, Stage A: each SuperPos init at its chosen lr on the development split, every seed",
+    "default-init": "The default SuperPos init: the development score (best over the evaluations) at the chosen lr, "
+    "mean over the seeds",
     "versus": "{model}, Stage A: each SuperPos init against the other settings (final score, validation)",
     "regime": "{model}, Stage B: small training sets, many epochs (validation, every example)",
     "regime-versus": "{model}, Stage B: each SuperPos init against every other setting (final score, per task and "
@@ -86,6 +89,24 @@ def tuned_table(stage: StageA) -> str:
     rows = [[s.label, *method_cells(s.confirm)] if s.confirm else [s.label, "not run yet", *[""] * 8]
             for s in stage.settings]  # fmt: skip
     return md_table(ROW_HEADER, [*rows, *floor_rows(stage.floor)])
+
+
+def dev_seeds_table(stage: StageA) -> str:
+    rows = [[s.label, f"{s.chosen_lr:g}", ", ".join(f"{d.seed}: {fmt(d.best)} / {fmt(d.final)}" for d in s.dev_seeds),
+             fmt(s.dev_mean("best")), fmt(s.dev_mean("final"))] for s in stage.settings if s.dev_seeds]  # fmt: skip
+    return md_table(["setting", "lr", "per seed: best / final (dev)", "mean best", "mean final"], rows)
+
+
+def default_init_table(stages: Sequence[StageA]) -> str:
+    """Each SuperPos init's mean development score per model and over the models (None until all finished): the
+    init with the higher mean over the models is the default (``quality_grid_v2``, ``reseed``)."""
+    by_model = [{s.label: s.dev_mean("best") for s in stage.settings if s.dev_seeds} for stage in stages]
+    rows = []
+    for label in dict.fromkeys(label for means in by_model for label in means):
+        means = [model.get(label) for model in by_model]
+        overall = None if None in means else sum(means) / len(means)
+        rows.append([label, *map(fmt, means), fmt(overall)])
+    return md_table(["setting", *(stage.model for stage in stages), "mean over the models"], rows)
 
 
 def versus_table(stage: StageA) -> str:
@@ -153,8 +174,10 @@ def report_v2_tables(numbers: QualityV2Numbers) -> dict[str, str]:
         tables["first-steps"] = first_steps_table(numbers.steps_per_lr)
     if numbers.stage_a:
         tables["transfer"] = transfer_table(numbers.stage_a)
+        tables["default-init"] = default_init_table(numbers.stage_a)
     for stage in numbers.stage_a:
         tables[f"{stage.model}-sweep"] = sweep_table(stage)
+        tables[f"{stage.model}-dev-seeds"] = dev_seeds_table(stage)
         tables[f"{stage.model}-tuned"] = tuned_table(stage)
         tables[f"{stage.model}-versus"] = versus_table(stage)
         for regime in (r for r in numbers.stage_b if r.model == stage.model):

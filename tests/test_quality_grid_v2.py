@@ -10,7 +10,7 @@ from quality_results import write_first_steps, write_run
 
 from benchmarks import quality_grid_v2 as v2
 from benchmarks import quality_suite as qs
-from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, MATCHED, REGIME, SWEEP, LrCheckError
+from benchmarks.quality_grid import CONFIRM, EXTEND, FROM_SWEEP, MATCHED, REGIME, RESEED, SWEEP, LrCheckError
 
 
 def finish_sweep(results: Path, model: str, method: str, init: str | None, scores: dict[float, float]) -> None:
@@ -32,7 +32,7 @@ def spec_of(stage: str, model: str, task: str, method: str, **fields) -> v2.RunS
 def test_every_run_of_grid_v2_has_its_own_folder_and_selection_runs_use_the_dev_split():
     assert len({spec.run_id for spec in v2.GRID_V2}) == len(v2.GRID_V2)
     for spec in v2.GRID_V2:
-        assert spec.dev == (spec.stage in (SWEEP, EXTEND))
+        assert spec.dev == (spec.stage in (SWEEP, EXTEND, RESEED))
         if spec.stage in (CONFIRM, REGIME):
             assert spec.max_eval_samples is None  # reported on every validation example
 
@@ -54,6 +54,20 @@ def test_a_best_value_at_an_edge_extends_the_sweep_and_the_extension_can_win(tmp
     assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path).lr == 1e-1  # until the extension has run
     finish_sweep(tmp_path, "gemma3", "prompt_tuning", None, {3e-1: 90.0})
     assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path).lr == 3e-1
+
+
+def test_each_superpos_init_reruns_its_chosen_lr_at_the_second_seed_on_the_development_split(tmp_path):
+    reseeds = [spec for spec in v2.GRID_V2 if spec.stage == RESEED]
+    assert {(s.model, s.method, s.weight_init, s.seed) for s in reseeds} == {
+        (model, "superpos", init, 7) for model in ("gemma3", "smollm2") for init in INITS
+    }
+    normal = spec_of(RESEED, "gemma3", "sst2", "superpos", weight_init="normal")
+    confirm = spec_of(CONFIRM, "gemma3", "sst2", "superpos", weight_init="normal", seed=7)
+    assert normal.run_id != confirm.run_id and normal.dev and not confirm.dev
+    finish_sweep(tmp_path, "gemma3", "superpos", "normal", {1e-3: 60.0, 3e-3: 75.0, 1e-2: 70.0, 3e-2: 65.0})
+    write_run(tmp_path / normal.run_id, {100: 90.0, 400: 90.0})  # the second seed does not move the choice
+    assert v2.resolve_settings(normal, v2.GRID_V2, tmp_path) == v2.Settings(3e-3, "normal")
+    assert v2.resolve_settings(confirm, v2.GRID_V2, tmp_path) == v2.Settings(3e-3, "normal")
 
 
 INITS = ("normal", "one_hot")

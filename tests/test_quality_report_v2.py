@@ -11,9 +11,10 @@ import pytest
 from quality_results import write_first_steps, write_predictions, write_run
 
 from benchmarks import quality_report, quality_suite
-from benchmarks.quality_grid import CONFIRM, EXTEND, MATCHED, REGIME, SWEEP, ZERO_SHOT, RunSpec
+from benchmarks.quality_grid import CONFIRM, EXTEND, MATCHED, REGIME, RESEED, SWEEP, ZERO_SHOT, RunSpec
 from benchmarks.quality_grid_v2 import GRID_V2
 from benchmarks.quality_v2_numbers import quality_v2_numbers
+from benchmarks.quality_v2_render import report_v2_tables
 
 GOLDS = [i % 2 for i in range(40)]
 
@@ -59,6 +60,8 @@ def results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         for spec in [*specs(SWEEP, method=method), *specs(EXTEND, method=method)]:
             if spec.weight_init == init and spec.lr in scores:
                 finish(tmp_path, spec, {100: scores[spec.lr] - 5, 400: scores[spec.lr]}, spec.lr, 9.0 if init else 1)
+    reseed = specs(RESEED, weight_init="normal")[0]
+    finish(tmp_path, reseed, {100: 84.0, 400: 80.0}, 3e-3, 9.0)  # the second seed on the development split
     shares = {("superpos", "normal", 42): 0.9, ("superpos", "normal", 7): 0.8, ("prompt_tuning", None, 42): 0.6,
               ("prompt_tuning", None, 7): 0.5, ("superpos", 16, 42): 0.7, ("superpos", 16, 7): 0.7}  # fmt: skip
     for (method, init, seed), share in shares.items():
@@ -96,6 +99,13 @@ def test_stage_a_reports_the_dev_choice_and_the_final_validation_score_over_seed
     assert row.final_low < 85.0 < row.final_high
     assert (row.invalid, row.collapsed) == (2.0, 0.0)
     assert stage.floor.majority == 50.0 and stage.floor.zero_shot == 0.0
+    assert [(d.seed, d.best, d.final) for d in superpos.dev_seeds] == [(42, 88.0, 88.0), (7, 84.0, 80.0)]
+    assert (superpos.dev_mean("best"), superpos.dev_mean("final")) == (86.0, 84.0)
+    one_hot = settings["superpos one_hot"]
+    assert one_hot.dev_seeds == [] and one_hot.dev_mean("best") is None  # nothing chosen yet
+    assert tuning.dev_seeds == []  # no second seed for the other methods
+    default_init = report_v2_tables(quality_v2_numbers(GRID_V2, results))["default-init"]
+    assert "| superpos normal | 86.0 | — | — |" in default_init  # SmolLM2's runs are missing
     versus = dict(stage.versus)
     assert versus["superpos normal vs prompt_tuning"].difference == pytest.approx(30.0)
     assert versus["superpos normal vs prompt_tuning"].verdict == "better"
