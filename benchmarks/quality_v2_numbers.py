@@ -337,7 +337,7 @@ def stage_b(results: ResultSet, steps: FirstSteps, model: str) -> StageB:
         evidence[task] = (sides, rows)
     versus = []
     dull = [t.task for t in tasks if t.not_informative]
-    for one, other in superpos_pairs([m for m in methods if m.startswith("superpos")], methods):
+    for one, other in superpos_pairs(stats.ordered(s.series for s in specs if s.method == "superpos"), methods):
         sides_by_task = {t: (e[0][one], e[0][other], score(e[1][one]), score(e[1][other])) for t, e in evidence.items()}
         versus.append((f"{one} vs {other}", stats.tested(sides_by_task, dull)))
     return StageB(model, tasks, versus)
