@@ -158,9 +158,9 @@ def resampled_evaluation(folder: Path, step: int, task: str, key: tuple) -> Side
     return (saved.ids, saved.golds), bootstrap_scores(task, saved.preds, saved.golds, resamples=BOOTSTRAP_RESAMPLES)
 
 
-def resampled_runs(runs: Sequence[RunResult], step: int | None = None) -> Side | None:
-    """The runs' predictions at ``step`` (None: each run's best evaluation), scored on the resamples and averaged
-    over the runs (the seeds of a series); None if a run has no such evaluation saved or the runs' examples
+def resampled_seeds(runs: Sequence[RunResult], step: int | None = None) -> tuple[tuple, np.ndarray] | None:
+    """The runs' predictions at ``step`` (None: each run's best evaluation), scored on the resamples: the examples
+    and the scores, shape (runs, resamples); None if a run has no such evaluation saved or the runs' examples
     differ."""
     sides = []
     for run in runs:
@@ -170,7 +170,30 @@ def resampled_runs(runs: Sequence[RunResult], step: int | None = None) -> Side |
         sides.append(resampled_evaluation(run.folder, at, run.spec.task, version(run.folder)))
     if not sides or None in sides or len({examples for examples, _ in sides}) != 1:
         return None
-    return sides[0][0], np.mean([scores for _, scores in sides], axis=0)
+    return sides[0][0], np.stack([scores for _, scores in sides])
+
+
+def resampled_runs(runs: Sequence[RunResult], step: int | None = None) -> Side | None:
+    """:func:`resampled_seeds` averaged over the runs (the seeds of a series): one side of a paired comparison."""
+    seeds = resampled_seeds(runs, step)
+    return None if seeds is None else (seeds[0], seeds[1].mean(axis=0))
+
+
+def seeds_and_examples_interval(runs: Sequence[RunResult], step: int) -> tuple[float, float] | None:
+    """The 95 % interval of the runs' mean score at ``step`` over resamples of the seeds and the eval examples
+    (:func:`two_level_interval`); None where :func:`resampled_seeds` is."""
+    seeds = resampled_seeds(runs, step)
+    return None if seeds is None else two_level_interval(seeds[1])
+
+
+def two_level_interval(scores: np.ndarray) -> tuple[float, float]:
+    """The 95 % interval of the mean over runs of ``scores`` (shape (runs, resamples of the examples)), where each
+    resample of the examples also draws as many runs with replacement (a two-level bootstrap; seed 0). With one
+    run it is the interval over the examples alone."""
+    runs, resamples = scores.shape
+    draws = np.random.default_rng(0).integers(0, runs, size=(resamples, runs))
+    means = scores[draws, np.arange(resamples)[:, None]].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
 @functools.cache

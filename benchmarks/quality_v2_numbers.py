@@ -46,7 +46,8 @@ COLLAPSE_SHARE = 90.0
 @dataclass(frozen=True)
 class MethodRow:
     """One series (a method at its settings, every seed) on the validation examples. ``final``: the mean over
-    seeds of the last evaluation, with a 95 % interval over the eval examples (bootstrap of the seed mean);
+    seeds of the last evaluation, with a 95 % interval over the seeds and the eval examples
+    (``seeds_and_examples_interval``);
     ``invalid``: the mean invalid-label rate (%) over every evaluation of every seed; ``collapsed``: the share (%)
     of those evaluations where one label took at least :data:`COLLAPSE_SHARE` % of the predictions;
     ``relative_step``: the effective step relative to the embedding RMS (``final.json["step_size"]``: for SuperPos
@@ -208,19 +209,23 @@ def relative_step(runs: Sequence[RunResult]) -> float | None:
     return stats.mean_or_none((run.final.get("step_size") or {}).get("relative") for run in runs)
 
 
+def last_step(runs: Sequence[RunResult]) -> int | None:
+    """The step of the first run's last evaluation (every run of a series has the same budget)."""
+    return int(runs[0].scored[-1]["step"]) if runs and runs[0].scored else None
+
+
 def final_side(runs: Sequence[RunResult]) -> Side | None:
     """The runs' last evaluation on each bootstrap resample of the eval examples, averaged over the seeds."""
-    return stats.resampled_runs(runs, int(runs[0].scored[-1]["step"])) if runs and runs[0].scored else None
+    step = last_step(runs)
+    return None if step is None else stats.resampled_runs(runs, step)
 
 
 def method_row(label: str, runs: Sequence[RunResult], steps: FirstSteps) -> MethodRow | None:
     """:class:`MethodRow` of the finished runs of one series (None: none finished)."""
     if not runs:
         return None
-    side = final_side(runs)
-    low, high = (
-        (None, None) if side is None else (float(np.percentile(side[1], 2.5)), float(np.percentile(side[1], 97.5)))
-    )
+    step = last_step(runs)
+    low, high = (None if step is None else stats.seeds_and_examples_interval(runs, step)) or (None, None)
     evaluations = [row for run in runs for row in run.scored]
     shares = [row.get("eval_majority_pred_share") for row in evaluations]
     return MethodRow(

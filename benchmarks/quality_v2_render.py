@@ -36,8 +36,8 @@ TABLE_TITLES = {
     f"(measured at lr {STEP_REFERENCE_LR:g}, `prompt-steps.md`)",
     "matched": "{model}, Stage C: SuperPos' m and softmax at its tuned whole step (SST-2, validation)",
 }
-ROW_HEADER = ["method", "lr", "ΔE step / RMS", "whole step / RMS", "final (95 % CI)", "per seed", "best",
-              "steps to 90 %", "invalid %", "collapsed %"]  # fmt: skip
+ROW_HEADER = ["method", "lr", "ΔE step / RMS", "whole step / RMS", "final (95 % CI, seeds and examples)", "per seed",
+              "best", "steps to 90 %", "invalid %", "collapsed %"]  # fmt: skip
 
 
 def interval_cell(value: float | None, low: float | None, high: float | None) -> str:

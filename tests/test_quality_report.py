@@ -13,7 +13,7 @@ from quality_results import lr_check_grid, write_first_steps, write_lr_check, wr
 
 from benchmarks import quality_report as qr
 from benchmarks.quality_grid import ABLATION, MAIN, MINILM, SEED, ZERO_SHOT, RunSpec
-from benchmarks.quality_stats import SeriesSummary, Side, compare, paired, pooled
+from benchmarks.quality_stats import SeriesSummary, Side, compare, paired, pooled, two_level_interval
 from peft_superpos.metrics import compute_metrics
 
 
@@ -204,6 +204,17 @@ def test_pooled_interval_resamples_each_task_independently():
     two = pooled([(side(list(first)), side(list(second)), 50.0, 48.0)] * 2)
     assert two.difference == 2.0 and 0.6 < (two.high - two.low) / (one.high - one.low) < 0.8
     assert pooled([(side(list(first)), None, 50.0, 48.0), (side(list(first)), side(list(second)), 50.0, 48.0)]) is None
+
+
+def test_two_level_interval_spans_the_seeds_as_well_as_the_examples():
+    examples = np.random.default_rng(1).normal(0, 2, 1000)
+    # two seeds 10 points apart, each steady over the examples: a quarter of the draws take one seed twice
+    assert two_level_interval(np.stack([np.full(1000, 80.0), np.full(1000, 90.0)])) == (80.0, 90.0)
+    # one seed: the interval over the examples alone
+    low, high = two_level_interval((85 + examples)[None])
+    assert (low, high) == (np.percentile(85 + examples, 2.5), np.percentile(85 + examples, 97.5))
+    # equal seeds: the seed draws change nothing
+    assert two_level_interval(np.stack([85 + examples] * 2)) == (low, high)
 
 
 def test_head_to_head_tests_each_task_on_the_saved_predictions(tmp_path):
