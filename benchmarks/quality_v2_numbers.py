@@ -106,8 +106,7 @@ class Setting:
 
     def dev_mean(self, score: str) -> float | None:
         """The mean of ``score`` (``best`` or ``final``) over ``dev_seeds``; None until every seed finished."""
-        values = [getattr(seed, score) for seed in self.dev_seeds]
-        return float(np.mean(values)) if values and None not in values else None
+        return stats.mean_or_none(getattr(seed, score) for seed in self.dev_seeds)
 
 
 @dataclass(frozen=True)
