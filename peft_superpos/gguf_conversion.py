@@ -20,12 +20,20 @@ from typing import Any
 import torch
 
 from .atomic_files import staged_folder
-from .embedded_models import SMOLLM2, GgufModel, PathLike, default_cache_dir, embedded_gguf_path, gguf_sources
+from .embedded_models import (
+    SMOLLM2,
+    GgufModel,
+    PathLike,
+    TokenizerProbe,
+    default_cache_dir,
+    embedded_gguf_path,
+    gguf_sources,
+)
 
 logger = logging.getLogger(__name__)
 
 _MARKER_FILENAME = "peft_superpos_conversion.json"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # 2: the tokenizer passed its model's probe (caches of format 1 may hold a misread tokenizer)
 
 
 def _join_chunks(model: GgufModel, chunks: list[pathlib.Path], target: pathlib.Path) -> pathlib.Path:
@@ -53,14 +61,35 @@ def _require_gguf(model: GgufModel) -> None:
         )
 
 
-def load_gguf_model_and_tokenizer(gguf_path: PathLike | None = None) -> tuple[Any, Any]:
-    """Load the (dequantised, GGUF-flagged) model and tokenizer straight from a GGUF file (slow); the default
-    model's file when ``gguf_path`` is None."""
+def check_tokenizer(tokenizer: Any, probe: TokenizerProbe, source: str) -> None:
+    """Raise if ``tokenizer`` (read from the GGUF file ``source``) gives ``probe.text`` other ids than the model's
+    own tokenizer: a model trained on those ids would be silently wrong."""
+    import transformers
+
+    ids = tuple(tokenizer(probe.text)["input_ids"])
+    if ids != probe.ids:
+        raise RuntimeError(
+            f"transformers {transformers.__version__} reads the tokenizer of {source} wrongly: {probe.text!r} becomes "
+            f"{len(ids)} ids {list(ids)}, where the model's own tokenizer gives {len(probe.ids)}: {list(probe.ids)}. "
+            f"Nothing was converted. Upgrade transformers: pip install -U 'transformers>={probe.fixed_in}'"
+        )
+
+
+def load_gguf_model_and_tokenizer(
+    gguf_path: PathLike | None = None, probe: TokenizerProbe | None = None
+) -> tuple[Any, Any]:
+    """Load the (dequantised, GGUF-flagged) model and tokenizer straight from a GGUF file (slow): the default
+    model's file, checked with its probe, when ``gguf_path`` is None. A ``probe`` checks the tokenizer before the
+    model is read."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path = pathlib.Path(gguf_path) if gguf_path is not None else embedded_gguf_path()
+    if gguf_path is None:
+        gguf_path, probe = embedded_gguf_path(), SMOLLM2.tokenizer_probe
+    path = pathlib.Path(gguf_path)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    if probe is not None:
+        check_tokenizer(tokenizer, probe, path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     model.eval()
     logger.info("Loaded %s from GGUF in %.1f s", path.name, time.perf_counter() - t0)
@@ -97,8 +126,11 @@ def _plain_copy(gguf_model: Any) -> Any:
 
 
 def _marker_payload(model: GgufModel, sources: list[pathlib.Path]) -> dict[str, Any]:
+    import transformers
+
     payload = {
         "format": _FORMAT_VERSION,
+        "transformers": transformers.__version__,
         "source": model.filename,
         "source_size": sum(p.stat().st_size for p in sources),
     }
@@ -133,7 +165,7 @@ def _convert_into(target: pathlib.Path, model: GgufModel, sources: list[pathlib.
     t0 = time.perf_counter()
     with staged_folder(target) as tmp:
         gguf_path = _join_chunks(model, sources, tmp / model.filename) if model.is_chunked else sources[0]
-        gguf_model, tokenizer = load_gguf_model_and_tokenizer(gguf_path)
+        gguf_model, tokenizer = load_gguf_model_and_tokenizer(gguf_path, model.tokenizer_probe)
         if model.is_chunked:
             gguf_path.unlink()  # the joined GGUF is only needed while loading
         plain = _plain_copy(gguf_model)

@@ -44,7 +44,7 @@ def test_cli_end_to_end(family, task, mode, tmp_path_factory, tmp_path):
     assert final["config"]["eval_mode"] == mode and final["timings"]["wall_s"] > 0
     assert final["model_class"] == ("T5ForConditionalGeneration" if family == "t5" else "LlamaForCausalLM")
     environment = final["environment"]  # where the numbers were computed
-    assert environment["device"].startswith("cpu: ") and environment["torch"] == torch.__version__
+    assert environment["device"].startswith(("cpu: ", "cuda: ")) and environment["torch"] == torch.__version__
     assert environment["torch_threads"] == 1 and environment["peft"]  # run_cli sets OMP_NUM_THREADS=1
     assert (out / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "checkpoint-3" / "adapter_model.safetensors").is_file()

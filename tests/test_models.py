@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import subprocess
@@ -13,7 +14,7 @@ import time
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 from tiny_models import SPECIAL_TOKENS, make_tiny, subprocess_env, word_level_tokenizer  # noqa: E402
 
 from peft_superpos import atomic_files, embedded_models, gguf_conversion, models  # noqa: E402
@@ -64,8 +65,8 @@ def converted(tmp_path_factory):
     seen: dict = {}
     real_loader = gguf_conversion.load_gguf_model_and_tokenizer
 
-    def spying_loader(path=None):
-        seen["model"], seen["tokenizer"] = real_loader(path)
+    def spying_loader(path=None, probe=None):
+        seen["model"], seen["tokenizer"] = real_loader(path, probe)
         seen["calls"] = seen.get("calls", 0) + 1
         return seen["model"], seen["tokenizer"]
 
@@ -184,6 +185,22 @@ def test_converted_matches_gguf(converted, default_loaded):
     assert model.lm_head.weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     marker = json.loads((folder / "peft_superpos_conversion.json").read_text())
     assert marker["source"] == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    # the saved tokenizer still gives the ids of the model's own tokenizer
+    probe = models.SMOLLM2.tokenizer_probe
+    assert tuple(tokenizer(probe.text)["input_ids"]) == probe.ids
+
+
+@needs_embedded
+def test_misread_tokenizer_stops_the_conversion_and_names_the_fix(monkeypatch, tmp_path):
+    """A transformers release that rebuilds the GGUF tokenizer wrongly (5.17 splits Gemma 3's words into pieces)
+    must fail before the slow model load and leave no cache."""
+    wrong = embedded_models.TokenizerProbe(models.SMOLLM2.tokenizer_probe.text, (1, 2, 3), "9.9.0")
+    model = dataclasses.replace(models.SMOLLM2, tokenizer_probe=wrong)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", _forbidden_gguf_load)
+    message = r"reads the tokenizer of SmolLM2-135M-Instruct\.Q4_1\.gguf wrongly: .* gives 3: \[1, 2, 3\]\. Nothing"
+    with pytest.raises(RuntimeError, match=message + r".*pip install -U 'transformers>=9\.9\.0'"):
+        gguf_conversion.ensure_converted(model, tmp_path)
+    assert not (tmp_path / model.cache_dirname).exists()
 
 
 @needs_embedded
@@ -216,7 +233,7 @@ def test_default_model_pad_token_and_save_pretrained(default_loaded, tmp_path):
 # --------------------------------------------------------------------------------------------------------
 
 
-def _fake_gguf_loader(path=None):
+def _fake_gguf_loader(path=None, probe=None):
     return tiny_llama(), word_level_tokenizer(VOCAB, with_pad=False)
 
 
@@ -274,10 +291,13 @@ def test_killed_conversion_leaves_no_loadable_cache(monkeypatch, tmp_path):
 
 
 @needs_embedded
-def test_invalid_cache_is_reconverted(monkeypatch, tmp_path):
+@pytest.mark.parametrize("marker", [None, {"format": 1}], ids=["copied-by-hand", "format-1-unprobed-tokenizer"])
+def test_invalid_cache_is_reconverted(monkeypatch, tmp_path, marker):
     target = tmp_path / models.SMOLLM2.cache_dirname
     target.mkdir()
-    (target / "config.json").write_text("{}")  # e.g. a copy made by hand, without the marker
+    (target / "config.json").write_text("{}")
+    if marker is not None:
+        (target / "peft_superpos_conversion.json").write_text(json.dumps(marker))
     monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", _fake_gguf_loader)
     assert models.ensure_default_model(tmp_path) == target
     assert gguf_conversion._cache_is_valid(target)
@@ -287,10 +307,10 @@ def test_invalid_cache_is_reconverted(monkeypatch, tmp_path):
 def test_concurrent_conversion_happens_once(monkeypatch, tmp_path):
     calls = []
 
-    def slow_fake_loader(path=None):
+    def slow_fake_loader(path=None, probe=None):
         calls.append(1)
         time.sleep(0.5)
-        return _fake_gguf_loader(path)
+        return _fake_gguf_loader(path, probe)
 
     monkeypatch.setattr(gguf_conversion, "load_gguf_model_and_tokenizer", slow_fake_loader)
     results, errors = [], []
