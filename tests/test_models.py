@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -188,6 +189,19 @@ def test_converted_matches_gguf(converted, default_loaded):
     # the saved tokenizer still gives the ids of the model's own tokenizer
     probe = models.SMOLLM2.tokenizer_probe
     assert tuple(tokenizer(probe.text)["input_ids"]) == probe.ids
+
+
+@pytest.mark.skipif(
+    not all(importlib.util.find_spec(name) for name in ("gguf", *models.GEMMA3.packages)),
+    reason="gguf or the Gemma 3 packages are not installed",
+)
+def test_installed_transformers_reads_gemma3s_tokenizer_right(tmp_path):
+    """The tokenizer alone (seconds, not the minute a conversion takes)."""
+    joined = gguf_conversion._join_chunks(
+        models.GEMMA3, embedded_models.gguf_sources(models.GEMMA3), tmp_path / models.GEMMA3.filename
+    )
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=joined.name)
+    gguf_conversion.check_tokenizer(tokenizer, models.GEMMA3.tokenizer_probe, joined.name)
 
 
 @needs_embedded
