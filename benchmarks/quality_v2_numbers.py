@@ -349,7 +349,7 @@ def stage_b(results: ResultSet, steps: FirstSteps, model: str) -> StageB:
 
 def stage_c(results: ResultSet, steps: FirstSteps, model: str) -> StageC:
     """Stage C on ``model``: each variant's row and its difference from the tuned setting's confirmations (the
-    SuperPos init the variants train with, m=128)."""
+    SuperPos init the variants train with, m=128) at the variant's seeds."""
     runs = [r for r in results.found if r.spec.stage == MATCHED and r.spec.model == model]
     variants = stats.ordered(s.series for s in results.stage(MATCHED) if s.model == model)
     inits = {(r.final.get("config") or {}).get("method_settings", {}).get("weight_init") for r in runs}
@@ -362,6 +362,9 @@ def stage_c(results: ResultSet, steps: FirstSteps, model: str) -> StageC:
         row = method_row(series, series_runs, steps)
         if row is not None:
             rows.append(row)
-            difference = stats.paired(final_side(series_runs), final_side(reference_runs), row.final, score(reference))
+            seeds = {r.spec.seed for r in series_runs}
+            paired_runs = [r for r in reference_runs if r.spec.seed in seeds]
+            paired_score = stats.mean_or_none(r.last for r in paired_runs)
+            difference = stats.paired(final_side(series_runs), final_side(paired_runs), row.final, paired_score)
             versus.append((f"{series} vs m=128", difference))
     return StageC(model, reference, rows, versus)

@@ -129,11 +129,13 @@ def regime_versus_table(stage: StageB) -> str:
 
 
 def matched_table(stage: StageC) -> str:
-    """The tuned setting (m=128), then each variant with its difference from it."""
+    """The tuned setting (m=128), then each variant with its difference from m=128 at the variant's seeds."""
     versus = dict(stage.versus)
     rows = [[stage.reference.label, *method_cells(stage.reference), ""]] if stage.reference else []
     rows += [[row.label, *method_cells(row), difference_cell(versus[f"{row.label} vs m=128"])] for row in stage.rows]
-    return md_table([*ROW_HEADER, "vs m=128 (95 % CI)"], rows or [["not run yet", *[""] * len(ROW_HEADER)]])
+    return md_table(
+        [*ROW_HEADER, "vs m=128 at the same seeds (95 % CI)"], rows or [["not run yet", *[""] * len(ROW_HEADER)]]
+    )
 
 
 def transfer_table(stages: Sequence[StageA]) -> str:

@@ -149,6 +149,17 @@ def test_stage_c_sets_each_variant_beside_the_tuned_setting_at_the_same_effectiv
     assert difference.difference == pytest.approx(-15.0) and difference.verdict == "worse"
 
 
+def test_stage_c_pairs_a_variant_with_the_tuned_setting_at_the_variant_s_seeds_only(results, tmp_path):
+    shutil.copytree(results, tmp_path, dirs_exist_ok=True)
+    folder = finish(tmp_path, specs(MATCHED, m=64, seed=42)[0], {100: 80.0, 400: 90.0}, 4e-3, 6.4)
+    for step in (100, 400):
+        write_predictions(folder, step, "sst2", GOLDS, correct(0.9 if step == 400 else 0.8))
+    matched = quality_v2_numbers(GRID_V2, tmp_path).stage_c[0]
+    assert matched.reference.final == 85.0  # both seeds of m=128
+    difference = dict(matched.versus)["superpos m=64 vs m=128"]
+    assert difference.difference == 0.0 and difference.verdict == "within noise"  # against seed 42's 90.0 alone
+
+
 def test_one_command_writes_both_reports_and_they_regenerate_identically(results):
     (report,), written = quality_report.write_outputs([GRID_V2], results, plots=True)
     assert [p.name for p in written] == ["report-v2.md", "report-v2.json"]
